@@ -1,0 +1,99 @@
+"""Prompts and request bodies of the two calls downstream services make.
+
+    >>> from aria.prompts import diagnostic_messages
+    >>> diagnostic_messages(profile)[0]["role"]
+    'user'
+
+Gemma's chat template has no system role, so each call is a single user turn, as in the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aria.domain import MEASUREMENTS, format_value, validate_profile
+from aria.schema import diagnostic_response_format
+
+DIAGNOSTIC_TEMPERATURE = 0.1
+DIAGNOSTIC_MAX_TOKENS = 256
+REPORT_TEMPERATURE = 0.3
+REPORT_MAX_TOKENS = 2048
+
+DIAGNOSTIC_TEMPLATE = (
+    "Mesures biomécaniques d'un coureur :\n{measurements}\n{context}"
+    "Diagnostic en JSON (pathologie, confiance, justification)."
+)
+REPORT_TEMPLATE = (
+    "Mesures biomécaniques d'un coureur :\n{measurements}\n{context}"
+    "Rédige en français un rapport pour le coureur et son clinicien : constats, pathologie "
+    "probable, ce qui la provoque, conseils. Ne cite que les valeurs mesurées ci-dessus."
+)
+
+_SEXE_FR = {"F": "femme", "M": "homme"}
+
+
+def render_measurements(profile: Mapping[str, Any]) -> str:
+    """One line per measurement, `key : value unit`, in the table's order."""
+    values = validate_profile(profile)
+    lines = []
+    for m in MEASUREMENTS:
+        unit = f" {m.unit}" if m.unit else ""
+        lines.append(f"- {m.key} : {format_value(m.key, values[m.key])}{unit}")
+    return "\n".join(lines)
+
+
+def render_context(profile: Mapping[str, Any]) -> str:
+    """The optional context as one line ending with a newline, or an empty string."""
+    parts = []
+    if "age" in profile:
+        parts.append(f"{profile['age']} ans")
+    if "sexe" in profile:
+        parts.append(_SEXE_FR.get(str(profile["sexe"]), str(profile["sexe"])))
+    if "distance_hebdo_km" in profile:
+        parts.append(f"{profile['distance_hebdo_km']} km/semaine")
+    if "vitesse_kmh" in profile:
+        parts.append(f"{profile['vitesse_kmh']} km/h")
+    if "cadence_pas_min" in profile:
+        parts.append(f"cadence {profile['cadence_pas_min']} pas/min")
+    if "localisation_douleur" in profile:
+        parts.append(f"douleur : {profile['localisation_douleur']}")
+    return f"Contexte : {', '.join(parts)}.\n" if parts else ""
+
+
+def render_prompt(profile: Mapping[str, Any], template: str = DIAGNOSTIC_TEMPLATE) -> str:
+    """Fill a prompt template's `{measurements}` and `{context}` fields from a profile."""
+    return template.format(
+        measurements=render_measurements(profile), context=render_context(profile)
+    )
+
+
+def diagnostic_messages(profile: dict, template: str = DIAGNOSTIC_TEMPLATE) -> list[dict]:
+    """OpenAI chat messages of the guided-JSON diagnostic call."""
+    return [{"role": "user", "content": render_prompt(profile, template)}]
+
+
+def report_messages(profile: dict, template: str = REPORT_TEMPLATE) -> list[dict]:
+    """OpenAI chat messages of the free-text report call."""
+    return [{"role": "user", "content": render_prompt(profile, template)}]
+
+
+def diagnostic_request(profile: dict, model: str, template: str = DIAGNOSTIC_TEMPLATE) -> dict:
+    """The full body of the diagnostic call: the seed's parameters with the guided JSON schema."""
+    return {
+        "model": model,
+        "messages": diagnostic_messages(profile, template),
+        "temperature": DIAGNOSTIC_TEMPERATURE,
+        "max_tokens": DIAGNOSTIC_MAX_TOKENS,
+        "response_format": diagnostic_response_format(),
+    }
+
+
+def report_request(profile: dict, model: str, template: str = REPORT_TEMPLATE) -> dict:
+    """The full body of the report call: free text, no response_format."""
+    return {
+        "model": model,
+        "messages": report_messages(profile, template),
+        "temperature": REPORT_TEMPERATURE,
+        "max_tokens": REPORT_MAX_TOKENS,
+    }

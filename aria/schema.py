@@ -1,0 +1,71 @@
+"""The diagnostic answer: a pydantic model and the JSON schema handed to guided decoding.
+
+The justification is bounded so that the whole JSON always fits in the diagnostic call's
+max_tokens, even if every byte became one token: a guided answer cut by max_tokens mid-string is
+invalid JSON. Its characters are restricted to printable ASCII without quote or backslash, so the
+model cannot spend tokens on escape sequences or multi-byte characters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aria.domain import CONFIDENCES, PATHOLOGIES
+
+DIAGNOSTIC_SCHEMA_NAME = "diagnostic"
+JUSTIFICATION_MAX_CHARS = 140
+# What xgrammar emits between items and after keys under `disable_any_whitespace`.
+GUIDED_SEPARATORS = (", ", ": ")
+# Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
+JUSTIFICATION_PATTERN = r"^[ !#-\[\]-~]{1,%d}$" % JUSTIFICATION_MAX_CHARS
+
+
+class Diagnostic(BaseModel):
+    """What the diagnostic call returns: a canonical pathology, a confidence band, a short reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pathologie: Literal[PATHOLOGIES] = Field(description="one of the six canonical pathologies")  # type: ignore[valid-type]
+    confiance: Literal[CONFIDENCES] = Field(description="élevée, modérée or faible")  # type: ignore[valid-type]
+    justification: str = Field(
+        min_length=1,
+        max_length=JUSTIFICATION_MAX_CHARS,
+        pattern=JUSTIFICATION_PATTERN,
+        description="the measured value(s) that decided, with their thresholds",
+    )
+
+    def to_json(self) -> str:
+        """The exact text the model is taught: keys in schema order, accents kept, and the
+        separators xgrammar emits when whitespace is disabled (", " and ": ")."""
+        return json.dumps(self.model_dump(), ensure_ascii=False, separators=GUIDED_SEPARATORS)
+
+
+def diagnostic_json_schema() -> dict:
+    """The JSON schema S of the diagnostic call (enums, bounded justification, no extra keys)."""
+    return Diagnostic.model_json_schema()
+
+
+def diagnostic_response_format() -> dict:
+    """The OpenAI `response_format` body that asks vLLM for guided JSON with the diagnostic schema."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": DIAGNOSTIC_SCHEMA_NAME, "schema": diagnostic_json_schema()},
+    }
+
+
+def worst_case_diagnostic_bytes() -> int:
+    """UTF-8 length of the longest JSON the schema admits: an upper bound on its tokens."""
+    longest = Diagnostic.model_construct(
+        pathologie=max(PATHOLOGIES, key=lambda s: len(s.encode())),
+        confiance=max(CONFIDENCES, key=lambda s: len(s.encode())),
+        justification="~" * JUSTIFICATION_MAX_CHARS,
+    )
+    return len(longest.to_json().encode())
+
+
+def parse_diagnostic(text: str) -> Diagnostic:
+    """Parse and validate a model's answer; raises pydantic.ValidationError or ValueError."""
+    return Diagnostic.model_validate_json(text)

@@ -1,0 +1,122 @@
+"""One typed settings object, read from the environment and `.env`.
+
+    >>> from aria.settings import get_settings
+    >>> s = get_settings()
+    >>> s.model_dir("aria-ft-dpo")
+    PosixPath('data/models/tiny/aria-ft-dpo')
+
+Every variable has a default that works for the tiny profile on a laptop; `.env.example` documents
+them. A bad value raises an error naming the variable; secrets are SecretStr and never print.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["medgemma", "tiny"]
+Stage = Literal["base", "aria-ft-sft", "aria-ft-dpo"]
+_SECRET_MARKERS = ("TOKEN", "KEY", "SECRET")
+STAGES: tuple[str, ...] = ("base", "aria-ft-sft", "aria-ft-dpo")
+MEDGEMMA_HUB_ID = "google/medgemma-4b-it"
+# The make target that produces each stage, named in "missing model" errors.
+STAGE_TARGETS: dict[str, str] = {
+    "base": "make tiny-model",
+    "aria-ft-sft": "make train-sft",
+    "aria-ft-dpo": "make train-dpo",
+}
+
+
+class Settings(BaseSettings):
+    """Settings shared by every target; field names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- model profile and paths
+    aria_profile: Profile = "tiny"
+    aria_data_dir: Path = Path("data")
+    aria_reports_dir: Path = Path("reports")
+
+    # --- serving (names of the seed)
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = Field(8001, ge=1, le=65535)
+    vllm_model: str | None = None  # a path or Hub id; default: the profile's aria-ft-dpo
+    vllm_served_name: str = "aria-ft"
+    vllm_api_key: SecretStr | None = SecretStr("aria-local")
+    vllm_max_model_len: int = Field(4096, ge=64)
+    vllm_gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
+    vllm_cpu_kvcache_space: int = Field(2, ge=1)  # GiB of KV cache on a CPU server
+    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_structured_output_backend: Literal["xgrammar", "guidance", "outlines"] = "xgrammar"
+    vllm_request_timeout_s: float = Field(60.0, gt=0)
+
+    # --- Hugging Face Hub
+    hf_token: SecretStr | None = None
+    hf_model_repo: str | None = None
+    hf_dataset_repo: str | None = None
+
+    @property
+    def training_dir(self) -> Path:
+        """Where `make datasets` writes sft.jsonl and dpo.jsonl."""
+        return self.aria_data_dir / "training"
+
+    @property
+    def eval_path(self) -> Path:
+        """The held-out evaluation set."""
+        return self.aria_data_dir / "eval" / "eval.jsonl"
+
+    @property
+    def models_dir(self) -> Path:
+        """data/models/<profile>: every model this profile trains or builds."""
+        return self.aria_data_dir / "models" / self.aria_profile
+
+    def model_dir(self, stage: str) -> Path:
+        """The folder of one stage (`base`, `aria-ft-sft`, `aria-ft-dpo`) of the active profile."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        return self.models_dir / stage
+
+    def base_model(self) -> str:
+        """The base model of the profile: the MedGemma Hub id, or the local tiny model folder."""
+        if self.aria_profile == "medgemma":
+            return MEDGEMMA_HUB_ID
+        return str(self.model_dir("base"))
+
+    def stage_model(self, stage: str) -> str:
+        """A path or Hub id for a stage; `base` is the Hub id on medgemma."""
+        return self.base_model() if stage == "base" else str(self.model_dir(stage))
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL of the local server."""
+        return f"http://{self.vllm_host}:{self.vllm_port}/v1"
+
+    def api_key_value(self) -> str:
+        """The API key in clear, for the HTTP header only; never print it. 'EMPTY' when unset."""
+        return self.vllm_api_key.get_secret_value() if self.vllm_api_key else "EMPTY"
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """A one-line-per-variable message naming each bad environment variable and why."""
+    lines = ["invalid settings (fix them in .env or the environment):"]
+    for err in error.errors():
+        name = ".".join(str(p) for p in err["loc"]).upper()
+        shown = "***" if any(s in name for s in _SECRET_MARKERS) else repr(err.get("input"))
+        lines.append(f"  {name}: {err['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; raises SystemExit with a readable message on a bad value."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SystemExit(format_validation_error(error)) from None
