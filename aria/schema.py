@@ -20,7 +20,7 @@ JUSTIFICATION_MAX_CHARS = 140
 # What xgrammar emits between items and after keys under `disable_any_whitespace`.
 GUIDED_SEPARATORS = (", ", ": ")
 # Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
-JUSTIFICATION_PATTERN = r"^[ !#-\[\]-~]{1,%d}$" % JUSTIFICATION_MAX_CHARS
+JUSTIFICATION_PATTERN = rf"^[ !#-\[\]-~]{{1,{JUSTIFICATION_MAX_CHARS}}}$"
 
 
 class Diagnostic(BaseModel):

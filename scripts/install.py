@@ -36,7 +36,9 @@ def detect_engine() -> str:
     forced = os.environ.get("ENGINE", "").strip().lower()
     if forced:
         if forced not in EXTRAS:
-            sys.exit(f"ENGINE={forced!r} is not a known engine profile; use ENGINE=cpu or ENGINE=gpu")
+            sys.exit(
+                f"ENGINE={forced!r} is not a known engine profile; use ENGINE=cpu or ENGINE=gpu"
+            )
         return forced
     if shutil.which("nvidia-smi"):
         probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)

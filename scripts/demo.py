@@ -1,0 +1,115 @@
+"""The whole chain on the tiny profile, on a CPU, in minutes: what `make demo` runs.
+
+    python -m scripts.demo            # datasets → tiny base → SFT → DPO → serve ×3 → benchmark
+    python -m scripts.demo --fresh    # rebuild everything instead of reusing finished stages
+
+Each stage is the same module its make target runs. A stage whose output already exists is reused
+(the outputs are atomic, so an existing folder is a finished one); an interrupted training resumes.
+The base, SFT and DPO models are served side by side on three ports, benchmarked in one run, then
+stopped, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from aria.settings import get_settings
+
+ROLES = {"base": "base", "aria-ft-sft": "sft", "aria-ft-dpo": "dpo"}
+
+
+@dataclass
+class DemoConfig:
+    """What the demo builds and how hard the benchmark pushes."""
+
+    fresh: bool = False
+    limit: int | None = None  # eval profiles per model; None = the whole eval set
+    report_sample: int = 6
+    first_port: int = 8101
+
+
+def run_stage(name: str, module: str, *args: str) -> float:
+    """Run `python -m module args` as its make target would; stop the demo if it fails."""
+    print(f"\n━━ {name} ━━ python -m {module} {' '.join(args)}".rstrip(), flush=True)
+    started = time.monotonic()
+    code = subprocess.run([sys.executable, "-m", module, *args]).returncode
+    if code != 0:
+        sys.exit(f"demo stopped: `{name}` failed with exit code {code} (see above)")
+    return time.monotonic() - started
+
+
+def main(cfg: DemoConfig) -> int:
+    """Build what is missing, serve the three stages, benchmark them, stop the servers."""
+    os.environ["ARIA_PROFILE"] = "tiny"  # the demo is the CPU profile by definition
+    get_settings.cache_clear()
+    settings = get_settings()
+    timings: dict[str, float] = {}
+
+    data_ready = (settings.training_dir / "sft.jsonl").exists() and settings.eval_path.exists()
+    if cfg.fresh or not data_ready:
+        timings["datasets"] = run_stage("datasets", "scripts.generate_datasets")
+    if cfg.fresh or not (settings.model_dir("base") / "config.json").exists():
+        timings["tiny-model"] = run_stage("tiny base model", "training.build_tiny_model")
+    if cfg.fresh or not (settings.model_dir("aria-ft-sft") / "config.json").exists():
+        timings["train-sft"] = run_stage("SFT QLoRA + merge", "training.train_sft")
+    if cfg.fresh or not (settings.model_dir("aria-ft-dpo") / "config.json").exists():
+        timings["train-dpo"] = run_stage("DPO QLoRA + merge", "training.train_dpo")
+
+    from serve.vllm_server import start_server
+
+    servers = []
+    try:
+        print("\n━━ serving base, SFT and DPO side by side ━━", flush=True)
+        started = time.monotonic()
+        for i, stage in enumerate(ROLES):
+            servers.append(
+                start_server(
+                    model=settings.model_dir(stage),
+                    port=cfg.first_port + i,
+                    served_name=stage,
+                    api_key=settings.api_key_value(),
+                    max_model_len=2048,
+                    extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+                    log_path=settings.aria_data_dir / "logs" / f"demo-{stage}.log",
+                )
+            )
+        for server in servers:
+            server.wait_ready(timeout=600)
+        timings["serve"] = time.monotonic() - started
+        args = []
+        for server, (stage, role) in zip(servers, ROLES.items(), strict=True):
+            args += ["--target", f"{role}={server.base_url},{stage}"]
+        if cfg.limit:
+            args += ["--limit", str(cfg.limit)]
+        args += ["--report-sample", str(cfg.report_sample)]
+        print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
+        started = time.monotonic()
+        gate = subprocess.run([sys.executable, "-m", "scripts.benchmark", *args]).returncode
+        timings["benchmark"] = time.monotonic() - started
+    finally:
+        for server in servers:
+            server.stop()
+
+    print("\n━━ demo done ━━")
+    for stage, seconds in timings.items():
+        print(f"  {stage:<12} {seconds:7.1f} s")
+    latest = settings.aria_reports_dir / "latest"
+    print(f"  report: {latest / 'report.md'} (summary: {latest / 'summary.json'})")
+    print(f"  release gate: {'passed' if gate == 0 else 'FAILED (see the report)'}")
+    return gate
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="rebuild every stage")
+    parser.add_argument("--limit", type=int, default=None, help="eval profiles per model")
+    parser.add_argument("--report-sample", type=int, default=6, help="report calls per model")
+    parser.add_argument("--first-port", type=int, default=8101, help="ports first..first+2")
+    ns = parser.parse_args()
+    cfg = DemoConfig(ns.fresh, ns.limit, ns.report_sample, ns.first_port)
+    sys.exit(main(cfg))

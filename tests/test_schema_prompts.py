@@ -1,0 +1,119 @@
+"""The diagnostic schema, the reference answers and the prompts of the two calls."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from aria.domain import PATHOLOGIES
+from aria.prompts import (
+    DIAGNOSTIC_MAX_TOKENS,
+    diagnostic_messages,
+    diagnostic_request,
+    report_messages,
+    report_request,
+)
+from aria.references import reference_diagnostic, reference_justification
+from aria.schema import (
+    JUSTIFICATION_MAX_CHARS,
+    Diagnostic,
+    diagnostic_json_schema,
+    diagnostic_response_format,
+    parse_diagnostic,
+    worst_case_diagnostic_bytes,
+)
+
+PROFILE = {
+    "inclinaison_tronc": 4.2,
+    "valgus_genou": 13.4,
+    "adduction_hanche": 6.1,
+    "longueur_foulee": 1.18,
+    "pronation_pied": 3.9,
+    "heel_strike_index": 0.52,
+    "dorsiflexion_max": 11.0,
+    "age": 34,
+    "sexe": "F",
+    "cadence_pas_min": 172,
+}
+
+
+def test_schema_has_enums_bound_and_no_extra_properties():
+    schema = diagnostic_json_schema()
+    assert schema["required"] == ["pathologie", "confiance", "justification"]
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["pathologie"]["enum"] == list(PATHOLOGIES)
+    assert schema["properties"]["confiance"]["enum"] == ["élevée", "modérée", "faible"]
+    assert schema["properties"]["justification"]["maxLength"] == JUSTIFICATION_MAX_CHARS
+
+
+def test_longest_answer_fits_in_max_tokens_even_one_token_per_byte():
+    # One byte per token is the worst a byte-fallback tokenizer does; +1 for the EOS token.
+    assert worst_case_diagnostic_bytes() + 1 <= DIAGNOSTIC_MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"pathologie": "Entorse", "confiance": "faible", "justification": "x"},
+        {"pathologie": "SFP", "confiance": "faible", "justification": "x"},
+        {"pathologie": PATHOLOGIES[0], "confiance": "haute", "justification": "x"},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": ""},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "é"},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "a" * 141},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "x", "extra": 1},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible"},
+    ],
+)
+def test_schema_rejects_what_the_contract_forbids(payload):
+    with pytest.raises(ValidationError):
+        parse_diagnostic(json.dumps(payload))
+
+
+def test_reference_diagnostic_round_trips_and_cites_only_input_values():
+    diag = reference_diagnostic(PROFILE)
+    assert diag.pathologie == "Syndrome fémoro-patellaire"
+    assert diag.confiance == "élevée"
+    assert diag.justification == "valgus_genou 13.4 > 10.0"
+    text = diag.to_json()
+    assert text.startswith('{"pathologie": "Syndrome fémoro-patellaire", "confiance": ')
+    assert parse_diagnostic(text) == diag
+
+
+def test_reference_justification_marks_other_signals_and_no_signal():
+    two = {**PROFILE, "pronation_pied": 7.0}
+    assert reference_justification(two).endswith("; autres signaux presents")
+    calm = {**PROFILE, "valgus_genou": 9.0}
+    text = reference_justification(calm)
+    assert text == "valgus_genou 9.0 <= 10.0 ; aucun seuil franchi"
+    Diagnostic(pathologie=PATHOLOGIES[1], confiance="faible", justification=text)
+
+
+def test_diagnostic_prompt_lists_every_measurement_and_the_context():
+    (message,) = diagnostic_messages(PROFILE)
+    assert message["role"] == "user"
+    content = message["content"]
+    for fragment in [
+        "valgus_genou : 13.4 °",
+        "longueur_foulee : 1.18 m",
+        "heel_strike_index : 0.52",
+    ]:
+        assert fragment in content
+    assert "34 ans, femme, cadence 172 pas/min" in content
+    assert "JSON" in content
+
+
+def test_prompt_refuses_a_bad_profile():
+    with pytest.raises(ValueError, match="valgus_genou"):
+        diagnostic_messages({**PROFILE, "valgus_genou": "high"})
+
+
+def test_request_bodies_carry_the_seed_parameters():
+    diag = diagnostic_request(PROFILE, "aria-ft")
+    assert (diag["temperature"], diag["max_tokens"]) == (0.1, 256)
+    assert diag["response_format"] == diagnostic_response_format()
+    assert diag["response_format"]["json_schema"]["name"] == "diagnostic"
+    rep = report_request(PROFILE, "aria-ft")
+    assert (rep["temperature"], rep["max_tokens"]) == (0.3, 2048)
+    assert "response_format" not in rep
+    assert rep["messages"] == report_messages(PROFILE)
+    assert "rapport" in rep["messages"][0]["content"]
