@@ -1,0 +1,246 @@
+"""Validators of dataset records (SFT, DPO, eval), shared by `make datasets` and `make copy-datasets`.
+
+    >>> from aria.files import read_jsonl
+    >>> from aria.records import validate_sft_record
+    >>> records = read_jsonl("data/training/sft.jsonl", validate_sft_record)
+
+One validator per record kind. Each returns the record unchanged or raises ValueError naming the
+field and the fix; `aria.files.read_jsonl` turns that into `file:line: reason`. Pure (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aria.domain import (
+    CONFIDENCES,
+    PATHOLOGIES,
+    RULES,
+    format_value,
+    label,
+    validate_profile,
+)
+from aria.population import SLICES, canonical_measurements
+from aria.prompts import render_measurements, render_prompt
+from aria.schema import parse_diagnostic
+
+SFT_KINDS: tuple[str, ...] = ("diagnostic", "report")
+REJECTION_KINDS: tuple[str, ...] = (
+    "wrong_pathology",
+    "wrong_confidence",
+    "ungrounded_value",
+    "invalid_json",
+)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+def cited_numbers(text: str) -> list[str]:
+    """Every number written in `text`, as written (e.g. '9.1', '-0.5', '170')."""
+    return _NUMBER.findall(text)
+
+
+def grounded_numbers(profile: Mapping[str, Any]) -> set[float]:
+    """The numbers a text about `profile` may cite: the prompt's values and the rule's thresholds."""
+    allowed = {float(n) for n in cited_numbers(render_prompt(profile))}
+    allowed |= {float(format_value(key, t)) for rule in RULES for key, t in rule.thresholds}
+    return allowed
+
+
+def ungrounded_numbers(text: str, profile: Mapping[str, Any]) -> list[str]:
+    """Numbers cited in `text` that are neither in the input profile nor a threshold."""
+    allowed = grounded_numbers(profile)
+    return [n for n in cited_numbers(text) if float(n) not in allowed]
+
+
+def _require(record: Mapping[str, Any], keys: Iterable[str]) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+
+
+def _checked_profile(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's profile, after checking that its label, confidence and slice are the rule's."""
+    profile = record["profile"]
+    if not isinstance(profile, dict):
+        raise ValueError("field 'profile' must be an object of measurements")
+    validate_profile(profile)
+    pathology, confiance = label(profile)
+    if record["label"] != pathology:
+        raise ValueError(f"label {record['label']!r} is not the rule's label {pathology!r}")
+    if record["confidence"] != confiance:
+        raise ValueError(
+            f"confidence {record['confidence']!r} is not the rule's confidence {confiance!r}"
+        )
+    if record["slice"] not in SLICES:
+        raise ValueError(f"slice {record['slice']!r} is not one of {', '.join(SLICES)}")
+    return profile
+
+
+def _single_message(messages: Any, role: str, field: str) -> str:
+    """The content of a one-message conversational list with `role`; raises otherwise."""
+    if (
+        not isinstance(messages, list)
+        or len(messages) != 1
+        or not isinstance(messages[0], dict)
+        or messages[0].get("role") != role
+        or not isinstance(messages[0].get("content"), str)
+        or not messages[0]["content"].strip()
+    ):
+        raise ValueError(
+            f'field \'{field}\' must be [{{"role": "{role}", "content": <non-empty text>}}] '
+            "(TRL conversational format)"
+        )
+    return messages[0]["content"]
+
+
+def _check_prompt(record: Mapping[str, Any], profile: Mapping[str, Any]) -> str:
+    prompt = _single_message(record["prompt"], "user", "prompt")
+    if render_measurements(profile) not in prompt:
+        raise ValueError("the prompt does not show the profile's measurements (regenerate it)")
+    return prompt
+
+
+def _check_reference_diagnostic(text: str, field: str, pathology: str, confiance: str) -> None:
+    try:
+        diagnostic = parse_diagnostic(text)
+    except ValueError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"'{field}' is not a valid diagnostic JSON ({first})") from None
+    if diagnostic.pathologie != pathology or diagnostic.confiance != confiance:
+        raise ValueError(
+            f"'{field}' says ({diagnostic.pathologie}, {diagnostic.confiance}) but the rule says "
+            f"({pathology}, {confiance})"
+        )
+
+
+def validate_sft_record(record: dict) -> dict:
+    """An SFT record: TRL prompt/completion messages, the rule's label, a grounded completion."""
+    _require(record, ("prompt", "completion", "kind", "profile", "label", "confidence", "slice"))
+    profile = _checked_profile(record)
+    _check_prompt(record, profile)
+    completion = _single_message(record["completion"], "assistant", "completion")
+    if record["kind"] == "diagnostic":
+        _check_reference_diagnostic(completion, "completion", record["label"], record["confidence"])
+    elif record["kind"] == "report":
+        if record["label"] not in completion:
+            raise ValueError(f"the report does not name the label {record['label']!r}")
+        bad = ungrounded_numbers(completion, profile)
+        if bad:
+            raise ValueError(f"the report cites number(s) absent from the input: {', '.join(bad)}")
+    else:
+        raise ValueError(f"kind {record['kind']!r} is not one of {', '.join(SFT_KINDS)}")
+    return record
+
+
+def validate_dpo_record(record: dict) -> dict:
+    """A DPO record: the reference as `chosen`, a `rejected` answer that is wrong in its stated way."""
+    _require(
+        record,
+        ("prompt", "chosen", "rejected", "rejection_kind", "profile", "label", "confidence"),
+    )
+    _require(record, ("slice",))
+    profile = _checked_profile(record)
+    prompt = _check_prompt(record, profile)
+    chosen = _single_message(record["chosen"], "assistant", "chosen")
+    rejected = _single_message(record["rejected"], "assistant", "rejected")
+    _check_reference_diagnostic(chosen, "chosen", record["label"], record["confidence"])
+    if rejected == chosen:
+        raise ValueError("'rejected' is identical to 'chosen'")
+    kind = record["rejection_kind"]
+    if kind == "invalid_json":
+        try:
+            json.loads(rejected)
+        except json.JSONDecodeError:
+            return record
+        raise ValueError("rejection_kind invalid_json but 'rejected' is valid JSON")
+    if kind not in REJECTION_KINDS:
+        raise ValueError(f"rejection_kind {kind!r} is not one of {', '.join(REJECTION_KINDS)}")
+    try:
+        wrong = parse_diagnostic(rejected)
+    except ValueError:
+        raise ValueError(f"rejection_kind {kind} needs a 'rejected' that parses") from None
+    if kind == "wrong_pathology" and wrong.pathologie == record["label"]:
+        raise ValueError("rejection_kind wrong_pathology but 'rejected' names the right pathology")
+    if kind == "wrong_confidence" and (
+        wrong.pathologie != record["label"] or wrong.confiance == record["confidence"]
+    ):
+        raise ValueError(
+            "rejection_kind wrong_confidence needs the right label, a wrong confidence"
+        )
+    if kind == "ungrounded_value":
+        allowed = {float(n) for n in cited_numbers(prompt)} | grounded_numbers(profile)
+        if all(float(n) in allowed for n in cited_numbers(wrong.justification)):
+            raise ValueError(
+                "rejection_kind ungrounded_value but every cited number is in the input"
+            )
+    return record
+
+
+def validate_eval_record(record: dict) -> dict:
+    """An eval record: an id, a valid profile, and the rule's label, confidence and slice."""
+    _require(record, ("id", "profile", "label", "confidence", "slice"))
+    if not isinstance(record["id"], str) or not record["id"]:
+        raise ValueError("field 'id' must be a non-empty string such as 'eval-0001'")
+    _checked_profile(record)
+    return record
+
+
+# Dataset file name -> the validator of its records.
+VALIDATORS = {
+    "sft.jsonl": validate_sft_record,
+    "dpo.jsonl": validate_dpo_record,
+    "eval.jsonl": validate_eval_record,
+}
+
+
+def check_unique_ids(records: Iterable[Mapping[str, Any]]) -> None:
+    """Raise ValueError naming the first eval id that appears twice."""
+    seen: set[str] = set()
+    for r in records:
+        if r["id"] in seen:
+            raise ValueError(f"eval id {r['id']!r} appears twice")
+        seen.add(r["id"])
+
+
+def check_no_leakage(
+    training: Iterable[Mapping[str, Any]], evaluation: Iterable[Mapping[str, Any]]
+) -> None:
+    """Raise ValueError if an eval profile's measurements also appear in a training record."""
+    train_keys = {canonical_measurements(r["profile"]) for r in training}
+    for r in evaluation:
+        if canonical_measurements(r["profile"]) in train_keys:
+            raise ValueError(
+                f"eval record {r.get('id', '?')} has the same measurements as a training record: "
+                "the evaluation would leak; regenerate with `make datasets`"
+            )
+
+
+def dataset_stats(
+    sft: list[Mapping[str, Any]], dpo: list[Mapping[str, Any]], evaluation: list[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Counts per split of labels, confidences, slices and DPO rejection kinds (JSON-ready)."""
+    splits = {
+        "sft_diagnostic": [r for r in sft if r["kind"] == "diagnostic"],
+        "sft_report": [r for r in sft if r["kind"] == "report"],
+        "dpo": dpo,
+        "eval": evaluation,
+    }
+    return {
+        "records": {"sft": len(sft), "dpo": len(dpo), "eval": len(evaluation)},
+        "label": {
+            name: {p: sum(r["label"] == p for r in rs) for p in PATHOLOGIES}
+            for name, rs in splits.items()
+        },
+        "confidence": {
+            name: {c: sum(r["confidence"] == c for r in rs) for c in CONFIDENCES}
+            for name, rs in splits.items()
+        },
+        "slice": {
+            name: {s: sum(r["slice"] == s for r in rs) for s in SLICES}
+            for name, rs in splits.items()
+        },
+        "rejection_kind": {k: sum(r["rejection_kind"] == k for r in dpo) for k in REJECTION_KINDS},
+    }

@@ -1,0 +1,274 @@
+"""Generate the SFT, DPO and eval datasets from the labelling rule (seeded, deterministic).
+
+    python -m scripts.generate_datasets                 # make datasets
+    python -m scripts.generate_datasets --seed 7 --n-sft 300 --out-dir /tmp/aria-data
+
+Writes, atomically, under --out-dir (default: ARIA_DATA_DIR, i.e. data/):
+- training/sft.jsonl: TRL conversational prompt-completion records, ~88% diagnostic JSON, ~12% report;
+- training/dpo.jsonl: prompt / chosen (the reference JSON) / rejected (one of four kinds of error);
+- eval/eval.jsonl: held-out profiles with the rule's label, none of them seen in training;
+- training/stats.json: the counts printed at the end.
+Profiles come from `aria.population` (realistic runners, balanced over the six labels and the four
+slices); every label, completion and chosen answer comes from `aria.domain` and `aria.references`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aria.domain import (
+    CONFIDENCES,
+    MEASUREMENT_BY_KEY,
+    PATHOLOGIES,
+    deciding_evidence,
+    format_value,
+    label,
+    runner_up,
+)
+from aria.files import atomic_write_json, atomic_write_jsonl
+from aria.population import SLICES, balanced_plan, canonical_measurements, sample_profile
+from aria.prompts import diagnostic_messages, report_messages
+from aria.records import (
+    REJECTION_KINDS,
+    check_no_leakage,
+    check_unique_ids,
+    dataset_stats,
+    grounded_numbers,
+    validate_dpo_record,
+    validate_eval_record,
+    validate_sft_record,
+)
+from aria.references import reference_diagnostic, reference_justification, reference_report
+from aria.schema import Diagnostic
+from aria.settings import get_settings
+
+REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the diagnostic JSON
+
+
+@dataclass
+class GenerateConfig:
+    """What to generate and where; the defaults give the datasets the recipes expect."""
+
+    seed: int = 1234
+    n_sft: int = 1500
+    n_dpo: int = 420
+    n_eval: int = 360
+    out_dir: Path | None = None  # default: settings.aria_data_dir
+
+
+def _fresh_profile(
+    rng: random.Random, target: str, slice_name: str, seen: set[tuple[float, ...]]
+) -> dict[str, Any]:
+    """A profile whose measurements no earlier record has: resample on collision."""
+    for _ in range(1000):
+        profile = sample_profile(rng, target, slice_name)
+        key = canonical_measurements(profile)
+        if key not in seen:
+            seen.add(key)
+            return profile
+    raise RuntimeError(f"no fresh {slice_name} profile for {target}: lower the counts")
+
+
+def _labelled(profile: dict[str, Any], slice_name: str) -> dict[str, Any]:
+    pathology, confiance = label(profile)
+    return {"profile": profile, "label": pathology, "confidence": confiance, "slice": slice_name}
+
+
+def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> str:
+    """The reference justification with the deciding value replaced by one the input lacks."""
+    pathology = label(profile)[0]
+    allowed = grounded_numbers(profile)
+    key, value, threshold = deciding_evidence(profile, pathology)[0]
+    m = MEASUREMENT_BY_KEY[key]
+    for _ in range(100):
+        delta = rng.uniform(0.08, 0.35) * rng.choice((-1.0, 1.0))
+        fake = float(value) * (1.0 + delta) if float(value) else delta * 10
+        fake = min(max(fake, m.low + 0.01), m.high)
+        text = format_value(key, fake)
+        if float(text) not in allowed:
+            break
+    else:
+        raise RuntimeError(f"could not invent an ungrounded value for {key}")
+    comparison = ">" if float(text) > float(threshold) else "<="
+    return f"{key} {text} {comparison} {threshold}"
+
+
+def _invalid_json(rng: random.Random, reference: str) -> str:
+    """A broken version of the reference JSON: cut mid-string, unclosed, or single-quoted."""
+    variant = rng.randrange(3)
+    if variant == 0:  # what max_tokens does to a guided answer: cut inside the justification
+        start = reference.index('"justification": "') + len('"justification": "')
+        broken = reference[: rng.randint(start + 1, len(reference) - 3)]
+    elif variant == 1:
+        broken = reference[:-1]
+    else:
+        broken = reference.replace('"', "'")
+    return broken
+
+
+def _rejected(rng: random.Random, profile: dict[str, Any], kind: str, reference: str) -> str:
+    """A plausible wrong answer of the given kind for `profile`."""
+    pathology, confiance = label(profile)
+    if kind == "wrong_pathology":
+        other = runner_up(profile)
+        return Diagnostic(
+            pathologie=other,
+            confiance=confiance,
+            justification=reference_justification(profile, other),
+        ).to_json()
+    if kind == "wrong_confidence":
+        wrong = rng.choice([c for c in CONFIDENCES if c != confiance])
+        return Diagnostic(
+            pathologie=pathology,
+            confiance=wrong,
+            justification=reference_justification(profile, pathology),
+        ).to_json()
+    if kind == "ungrounded_value":
+        return Diagnostic(
+            pathologie=pathology,
+            confiance=confiance,
+            justification=_ungrounded_justification(rng, profile),
+        ).to_json()
+    if kind == "invalid_json":
+        return _invalid_json(rng, reference)
+    raise ValueError(
+        f"unknown rejection kind {kind!r}; expected one of {', '.join(REJECTION_KINDS)}"
+    )
+
+
+def build_datasets(cfg: GenerateConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(sft, dpo, eval) records for `cfg`; same config, same records. Validated, leak-free."""
+    rng = random.Random(f"aria-datasets-{cfg.seed}")
+    seen: set[tuple[float, ...]] = set()
+
+    # Eval first, so that its profiles are reserved before any training profile is drawn.
+    evaluation = [
+        _labelled(_fresh_profile(rng, target, slice_name, seen), slice_name)
+        for target, slice_name in balanced_plan(cfg.n_eval)
+    ]
+    rng.shuffle(evaluation)
+    evaluation = [{"id": f"eval-{i:04d}", **r} for i, r in enumerate(evaluation, start=1)]
+
+    n_report = round(cfg.n_sft * REPORT_SHARE)
+    sft: list[dict] = []
+    for kind, n in (("diagnostic", cfg.n_sft - n_report), ("report", n_report)):
+        for target, slice_name in balanced_plan(n):
+            profile = _fresh_profile(rng, target, slice_name, seen)
+            if kind == "diagnostic":
+                prompt = diagnostic_messages(profile)
+                answer = reference_diagnostic(profile).to_json()
+            else:
+                prompt = report_messages(profile)
+                answer = reference_report(profile)
+            sft.append(
+                {
+                    "prompt": prompt,
+                    "completion": [{"role": "assistant", "content": answer}],
+                    "kind": kind,
+                    **_labelled(profile, slice_name),
+                }
+            )
+    rng.shuffle(sft)
+
+    dpo: list[dict] = []
+    # The plan is grouped by label: cycling the kinds in plan order balances kinds within labels.
+    for i, (target, slice_name) in enumerate(balanced_plan(cfg.n_dpo)):
+        profile = _fresh_profile(rng, target, slice_name, seen)
+        kind = REJECTION_KINDS[i % len(REJECTION_KINDS)]
+        chosen = reference_diagnostic(profile).to_json()
+        dpo.append(
+            {
+                "prompt": diagnostic_messages(profile),
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [
+                    {"role": "assistant", "content": _rejected(rng, profile, kind, chosen)}
+                ],
+                "rejection_kind": kind,
+                **_labelled(profile, slice_name),
+            }
+        )
+    rng.shuffle(dpo)
+
+    for r in sft:
+        validate_sft_record(r)
+    for r in dpo:
+        validate_dpo_record(r)
+    for r in evaluation:
+        validate_eval_record(r)
+    check_unique_ids(evaluation)
+    check_no_leakage(sft + dpo, evaluation)
+    return sft, dpo, evaluation
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """One screen: labels x split, slices x split, confidences x split, rejection kinds."""
+    splits = list(stats["label"])
+    width = max(len(p) for p in PATHOLOGIES) + 2
+    head = "".join(f"{s:>16}" for s in splits)
+    lines = [f"{'label':<{width}}{head}"]
+    for p in PATHOLOGIES:
+        lines.append(f"{p:<{width}}" + "".join(f"{stats['label'][s][p]:>16}" for s in splits))
+    lines.append("")
+    lines.append(f"{'slice':<{width}}{head}")
+    for sl in SLICES:
+        lines.append(f"{sl:<{width}}" + "".join(f"{stats['slice'][s][sl]:>16}" for s in splits))
+    lines.append("")
+    lines.append(f"{'confidence':<{width}}{head}")
+    for c in CONFIDENCES:
+        lines.append(f"{c:<{width}}" + "".join(f"{stats['confidence'][s][c]:>16}" for s in splits))
+    lines.append("")
+    kinds = ", ".join(f"{k} {n}" for k, n in stats["rejection_kind"].items())
+    lines.append(f"DPO rejection kinds: {kinds}")
+    return "\n".join(lines)
+
+
+def main(cfg: GenerateConfig) -> dict[str, Any]:
+    """Generate, validate and write the three datasets and stats.json; returns the stats."""
+    start = time.perf_counter()
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else get_settings().aria_data_dir
+    sft, dpo, evaluation = build_datasets(cfg)
+    stats = dataset_stats(sft, dpo, evaluation)
+    stats["generation"] = {
+        **{k: v for k, v in asdict(cfg).items() if k != "out_dir"},
+        "report_share": REPORT_SHARE,
+        "command": "python -m scripts.generate_datasets"
+        + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}",
+    }
+    atomic_write_jsonl(out_dir / "eval" / "eval.jsonl", evaluation)
+    atomic_write_jsonl(out_dir / "training" / "sft.jsonl", sft)
+    atomic_write_jsonl(out_dir / "training" / "dpo.jsonl", dpo)
+    atomic_write_json(out_dir / "training" / "stats.json", stats)
+    print(format_summary(stats))
+    print(
+        f"\nwrote {len(sft)} SFT, {len(dpo)} DPO, {len(evaluation)} eval records under {out_dir} "
+        f"in {time.perf_counter() - start:.1f} s (no eval profile in training)"
+    )
+    print(json.dumps({"records": stats["records"], "out_dir": str(out_dir)}))
+    return stats
+
+
+def parse_args(argv: list[str] | None = None) -> GenerateConfig:
+    """CLI flags -> GenerateConfig."""
+    defaults = GenerateConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--n-sft", type=int, default=defaults.n_sft)
+    parser.add_argument("--n-dpo", type=int, default=defaults.n_dpo)
+    parser.add_argument("--n-eval", type=int, default=defaults.n_eval)
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: ARIA_DATA_DIR")
+    args = parser.parse_args(argv)
+    for name in ("n_sft", "n_dpo", "n_eval"):
+        if getattr(args, name) < len(PATHOLOGIES):
+            parser.error(f"--{name.replace('_', '-')} must be at least {len(PATHOLOGIES)}")
+    return GenerateConfig(**vars(args))
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))

@@ -1,0 +1,378 @@
+"""The datasets: determinism, balance, slices, leakage, references, DPO errors, realism, import, card.
+
+Pure and fast: no engine. `dataset_dir` (tests/fixtures_data.py) generates the default sets once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from aria.domain import (
+    CONFIDENCES,
+    PATHOLOGIES,
+    exceedances,
+    fired_rules,
+    label,
+    runner_up,
+)
+from aria.files import read_jsonl
+from aria.population import (
+    NEAR_THRESHOLD_MAX_EXCEEDANCE,
+    PAIN_LOCATIONS,
+    SLICES,
+    balanced_plan,
+    canonical_measurements,
+    is_physical,
+    sample_profile,
+    slice_counts,
+)
+from aria.records import (
+    REJECTION_KINDS,
+    VALIDATORS,
+    check_no_leakage,
+    cited_numbers,
+    dataset_stats,
+    grounded_numbers,
+    ungrounded_numbers,
+    validate_dpo_record,
+    validate_eval_record,
+    validate_sft_record,
+)
+from aria.references import reference_report
+from aria.schema import parse_diagnostic
+from scripts import copy_datasets
+from scripts.generate_dataset_card import render_dataset_card, size_category
+from scripts.generate_datasets import GenerateConfig, build_datasets
+from scripts.generate_datasets import main as generate
+
+SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48}
+
+
+def _load(data_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    return (
+        read_jsonl(data_dir / "training" / "sft.jsonl", validate_sft_record),
+        read_jsonl(data_dir / "training" / "dpo.jsonl", validate_dpo_record),
+        read_jsonl(data_dir / "eval" / "eval.jsonl", validate_eval_record),
+    )
+
+
+@pytest.fixture(scope="module")
+def datasets(dataset_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    return _load(dataset_dir)
+
+
+@pytest.fixture(scope="module")
+def population() -> list[dict]:
+    rng = random.Random(3)
+    return [sample_profile(rng, t, s) for t, s in balanced_plan(1200)]
+
+
+# --- determinism ---------------------------------------------------------------------------
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
+    files = ("training/sft.jsonl", "training/dpo.jsonl", "eval/eval.jsonl", "training/stats.json")
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "a", **SMALL))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "b", **SMALL))
+    generate(GenerateConfig(seed=6, out_dir=tmp_path / "c", **SMALL))
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert (tmp_path / "a" / files[0]).read_bytes() != (tmp_path / "c" / files[0]).read_bytes()
+
+
+def test_default_sizes(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    assert len(sft) == 1500 and len(dpo) == 420 and len(evaluation) >= 300
+    reports = sum(r["kind"] == "report" for r in sft)
+    assert 0.10 <= reports / len(sft) <= 0.14
+
+
+# --- balance and slices --------------------------------------------------------------------
+
+
+def test_labels_are_balanced_in_every_split(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    stats = dataset_stats(sft, dpo, evaluation)
+    for split, counts in stats["label"].items():
+        assert set(counts) == set(PATHOLOGIES)
+        assert max(counts.values()) - min(counts.values()) <= 1, (split, counts)
+
+
+def test_every_slice_and_confidence_is_present(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    for records in (sft, dpo, evaluation):
+        assert {r["slice"] for r in records} == set(SLICES)
+        assert {r["confidence"] for r in records} == set(CONFIDENCES)
+    for pathology in PATHOLOGIES:  # every label in every slice of the eval set
+        slices = {r["slice"] for r in evaluation if r["label"] == pathology}
+        assert slices == set(SLICES), pathology
+
+
+def test_slice_counts_follow_the_weights() -> None:
+    assert sum(slice_counts(61).values()) == 61
+    assert slice_counts(100) == {
+        "clear": 40,
+        "near_threshold": 25,
+        "two_rules": 20,
+        "none_fire": 15,
+    }
+
+
+def test_slices_mean_what_they_say(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    near_sides = set()
+    for r in sft + dpo + evaluation:
+        profile, fired = r["profile"], fired_rules(r["profile"])
+        top = exceedances(profile)[r["label"]]
+        if r["slice"] == "clear":
+            assert fired == [r["label"]] and top > NEAR_THRESHOLD_MAX_EXCEEDANCE
+        elif r["slice"] == "near_threshold":
+            assert abs(top) <= NEAR_THRESHOLD_MAX_EXCEEDANCE and fired in ([], [r["label"]])
+            assert r["confidence"] == "faible"
+            near_sides.add(bool(fired))
+        elif r["slice"] == "two_rules":
+            assert len(fired) == 2 and r["label"] in fired and r["confidence"] != "élevée"
+        else:
+            assert fired == [] and r["confidence"] == "faible"
+    assert near_sides == {True, False}  # just above and just below the threshold
+
+
+# --- leakage -------------------------------------------------------------------------------
+
+
+def test_no_eval_profile_in_training(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    train = {canonical_measurements(r["profile"]) for r in sft + dpo}
+    assert not any(canonical_measurements(r["profile"]) in train for r in evaluation)
+    assert len({r["id"] for r in evaluation}) == len(evaluation)
+
+
+def test_leakage_check_raises() -> None:
+    rng = random.Random(0)
+    profile = sample_profile(rng, PATHOLOGIES[0], "clear")
+    twin = {**profile, "age": 70}  # same measurements, other context: still the same case
+    with pytest.raises(ValueError, match="leak"):
+        check_no_leakage([{"profile": profile}], [{"id": "eval-0001", "profile": twin}])
+
+
+# --- references ----------------------------------------------------------------------------
+
+
+def test_every_diagnostic_completion_is_the_rule(datasets) -> None:
+    sft, dpo, _ = datasets
+    completions = [r["completion"][0]["content"] for r in sft if r["kind"] == "diagnostic"]
+    completions += [r["chosen"][0]["content"] for r in dpo]
+    profiles = [r["profile"] for r in sft if r["kind"] == "diagnostic"] + [
+        r["profile"] for r in dpo
+    ]
+    for text, profile in zip(completions, profiles, strict=True):
+        diagnostic = parse_diagnostic(text)
+        assert (diagnostic.pathologie, diagnostic.confiance) == label(profile)
+        assert not ungrounded_numbers(diagnostic.justification, profile)
+
+
+def test_prompts_are_single_user_turns_showing_the_profile(datasets) -> None:
+    sft, _, _ = datasets
+    for r in sft:
+        assert [m["role"] for m in r["prompt"]] == ["user"]
+        assert [m["role"] for m in r["completion"]] == ["assistant"]
+        assert (
+            f"heel_strike_index : {r['profile']['heel_strike_index']:.2f}"
+            in (r["prompt"][0]["content"])
+        )
+
+
+def test_reports_are_grounded_and_sized(datasets) -> None:
+    sft, _, _ = datasets
+    reports = [r for r in sft if r["kind"] == "report"]
+    texts = {r["completion"][0]["content"] for r in reports}
+    assert len(texts) == len(reports)
+    for r in reports:
+        text = r["completion"][0]["content"]
+        assert r["label"] in text and r["confidence"] in text
+        assert 350 <= len(text) <= 800
+        assert not ungrounded_numbers(text, r["profile"])
+
+
+def test_report_is_deterministic_and_varied(population) -> None:
+    assert reference_report(population[0]) == reference_report(dict(population[0]))
+    first_lines = {reference_report(p).split(" ", 2)[0] for p in population[:200]}
+    assert len(first_lines) >= 3  # several layouts
+
+
+# --- DPO -----------------------------------------------------------------------------------
+
+
+def test_dpo_kinds_are_balanced_and_rejected_differs(datasets) -> None:
+    _, dpo, _ = datasets
+    counts = {k: sum(r["rejection_kind"] == k for r in dpo) for k in REJECTION_KINDS}
+    assert min(counts.values()) >= len(dpo) // len(REJECTION_KINDS) - 1
+    for r in dpo:
+        assert r["rejected"][0]["content"] != r["chosen"][0]["content"]
+        assert r["prompt"][0]["role"] == "user" and r["rejected"][0]["role"] == "assistant"
+
+
+def test_invalid_json_rejections_are_invalid(datasets) -> None:
+    _, dpo, _ = datasets
+    broken = [r["rejected"][0]["content"] for r in dpo if r["rejection_kind"] == "invalid_json"]
+    assert broken
+    for text in broken:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)
+        with pytest.raises(ValueError):
+            parse_diagnostic(text)
+
+
+def test_ungrounded_rejections_cite_a_number_absent_from_the_input(datasets) -> None:
+    _, dpo, _ = datasets
+    records = [r for r in dpo if r["rejection_kind"] == "ungrounded_value"]
+    assert records
+    for r in records:
+        wrong = parse_diagnostic(r["rejected"][0]["content"])
+        prompt_numbers = {float(n) for n in cited_numbers(r["prompt"][0]["content"])}
+        absent = [n for n in cited_numbers(wrong.justification) if float(n) not in prompt_numbers]
+        assert absent and set(absent) & set(ungrounded_numbers(wrong.justification, r["profile"]))
+        assert (wrong.pathologie, wrong.confiance) == (r["label"], r["confidence"])
+
+
+def test_wrong_pathology_is_the_runner_up_and_wrong_confidence_only_the_band(datasets) -> None:
+    _, dpo, _ = datasets
+    for r in dpo:
+        if r["rejection_kind"] == "wrong_pathology":
+            wrong = parse_diagnostic(r["rejected"][0]["content"])
+            assert wrong.pathologie == runner_up(r["profile"]) != r["label"]
+        if r["rejection_kind"] == "wrong_confidence":
+            wrong = parse_diagnostic(r["rejected"][0]["content"])
+            assert wrong.pathologie == r["label"] and wrong.confiance != r["confidence"]
+
+
+# --- validators ----------------------------------------------------------------------------
+
+
+def test_validators_reject_tampered_records(datasets) -> None:
+    sft, dpo, evaluation = datasets
+    diag = next(r for r in sft if r["kind"] == "diagnostic")
+    wrong_label = next(p for p in PATHOLOGIES if p != diag["label"])
+    with pytest.raises(ValueError, match="rule's label"):
+        validate_sft_record({**diag, "label": wrong_label})
+    with pytest.raises(ValueError, match="kind"):
+        validate_sft_record({**diag, "kind": "chat"})
+    report = next(r for r in sft if r["kind"] == "report")
+    invented = report["completion"][0]["content"] + " Valeur 123.4."
+    with pytest.raises(ValueError, match=r"123\.4"):
+        validate_sft_record({**report, "completion": [{"role": "assistant", "content": invented}]})
+    with pytest.raises(ValueError, match="identical"):
+        validate_dpo_record({**dpo[0], "rejected": dpo[0]["chosen"]})
+    with pytest.raises(ValueError, match="missing"):
+        validate_eval_record({k: v for k, v in evaluation[0].items() if k != "id"})
+
+
+# --- realism -------------------------------------------------------------------------------
+
+
+def test_population_is_physical_and_correlated(population) -> None:
+    assert all(is_physical(p) for p in population)
+    assert all(18 <= p["age"] <= 70 for p in population)
+    assert all(p["localisation_douleur"] in PAIN_LOCATIONS for p in population)
+
+    def corr(a: str, b: str) -> float:
+        return statistics.correlation([p[a] for p in population], [p[b] for p in population])
+
+    assert corr("vitesse_kmh", "longueur_foulee") > 0.5
+    assert corr("longueur_foulee", "heel_strike_index") > 0.2  # overstriding: heel strike
+    assert corr("vitesse_kmh", "distance_hebdo_km") > 0.2
+    for p in population:  # step length = speed / cadence, up to rounding
+        step = p["vitesse_kmh"] * 1000 / 60 / p["cadence_pas_min"]
+        assert abs(step - p["longueur_foulee"]) < 0.02
+        assert 6.0 <= p["vitesse_kmh"] <= 22.0 and 148 <= p["cadence_pas_min"] <= 200
+
+    def mean(key: str, sexe: str) -> float:
+        return statistics.mean(p[key] for p in population if p["sexe"] == sexe)
+
+    assert mean("valgus_genou", "F") > mean("valgus_genou", "M")
+    assert mean("adduction_hanche", "F") > mean("adduction_hanche", "M")
+
+
+def test_sample_profile_hits_its_target_and_is_rounded() -> None:
+    rng = random.Random(11)
+    for target in PATHOLOGIES:
+        for slice_name in SLICES:
+            profile = sample_profile(rng, target, slice_name)
+            assert label(profile)[0] == target
+            assert canonical_measurements(profile) == tuple(profile[k] for k in list(profile)[:7])
+    with pytest.raises(ValueError, match="slice"):
+        sample_profile(rng, PATHOLOGIES[0], "easy")
+
+
+# --- copy-datasets -------------------------------------------------------------------------
+
+
+def test_copy_datasets_imports_valid_files(dataset_dir: Path, tmp_path: Path) -> None:
+    counts = copy_datasets.main(copy_datasets.CopyConfig(src=dataset_dir, out_dir=tmp_path))
+    assert counts == {"sft.jsonl": 1500, "dpo.jsonl": 420, "eval.jsonl": 360}
+    assert (tmp_path / "training" / "sft.jsonl").read_bytes() == (
+        dataset_dir / "training" / "sft.jsonl"
+    ).read_bytes()
+
+
+def test_copy_datasets_refuses_a_bad_line_and_touches_nothing(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (dest / "training").mkdir(parents=True)
+    (dest / "training" / "sft.jsonl").write_text("previous\n", encoding="utf-8")
+    (src / "eval.jsonl").write_bytes((dataset_dir / "eval" / "eval.jsonl").read_bytes())
+    lines = (dataset_dir / "training" / "sft.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[2])
+    bad["label"] = next(p for p in PATHOLOGIES if p != bad["label"])
+    lines[2] = json.dumps(bad, ensure_ascii=False)
+    (src / "sft.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    with pytest.raises(SystemExit, match=r"sft\.jsonl:3: label"):
+        copy_datasets.main(copy_datasets.CopyConfig(src=src, out_dir=dest))
+    assert (dest / "training" / "sft.jsonl").read_text(encoding="utf-8") == "previous\n"
+    assert not (dest / "eval").exists()
+
+
+def test_copy_datasets_explains_a_missing_or_empty_source(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="SRC="):
+        copy_datasets.main(copy_datasets.CopyConfig(src=None, out_dir=tmp_path))
+    with pytest.raises(SystemExit, match="not a folder"):
+        copy_datasets.main(copy_datasets.CopyConfig(src=tmp_path / "nope", out_dir=tmp_path))
+    with pytest.raises(SystemExit, match="none of"):
+        copy_datasets.main(copy_datasets.CopyConfig(src=tmp_path, out_dir=tmp_path))
+
+
+def test_generate_and_copy_share_the_validators() -> None:
+    assert VALIDATORS["sft.jsonl"] is validate_sft_record
+    assert VALIDATORS["dpo.jsonl"] is validate_dpo_record
+    assert VALIDATORS["eval.jsonl"] is validate_eval_record
+
+
+# --- dataset card --------------------------------------------------------------------------
+
+
+def test_card_renders_metadata_and_counts() -> None:
+    sft, dpo, evaluation = build_datasets(GenerateConfig(seed=2, **SMALL))
+    stats = dataset_stats(sft, dpo, evaluation)
+    card = render_dataset_card(stats, generation={"seed": 2, "command": "make datasets"})
+    front = card.split("---")[1]
+    assert "language: fr" in front and "config_name: dpo" in front
+    assert "size_categories:\n- n<1K" in front
+    per_label = stats["label"]["eval"][PATHOLOGIES[0]]
+    assert f"| {PATHOLOGIES[0]} | {stats['label']['sft_diagnostic'][PATHOLOGIES[0]]} |" in card
+    assert f"| {per_label} |" in card
+    assert "pas des dispositifs médicaux" in card and "make datasets" in card
+    assert size_category(2280) == "1K<n<10K"
+
+
+def test_grounded_numbers_include_thresholds() -> None:
+    profile = sample_profile(random.Random(1), PATHOLOGIES[3], "clear")
+    allowed = grounded_numbers(profile)
+    assert 1.35 in allowed and 0.7 in allowed and float(profile["cadence_pas_min"]) in allowed
