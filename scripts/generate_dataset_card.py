@@ -33,9 +33,9 @@ from aria.settings import get_settings
 
 # Paths of the files inside the Hub dataset repository (configs' data_files).
 HUB_FILES: dict[str, tuple[str, str]] = {
-    "sft": ("train", "sft.jsonl"),
-    "dpo": ("train", "dpo.jsonl"),
-    "eval": ("test", "eval.jsonl"),
+    "sft": ("train", "training/sft.jsonl"),
+    "dpo": ("train", "training/dpo.jsonl"),
+    "eval": ("test", "eval/eval.jsonl"),
 }
 SPLIT_NAMES = {
     "sft_diagnostic": "SFT diagnostic",

@@ -1,0 +1,278 @@
+"""Publish the production model or the datasets to the Hugging Face Hub, in one commit plus a tag.
+
+    python -m scripts.hf_push model --dry-run      # what `make hf-push-model ARGS=--dry-run` runs
+    python -m scripts.hf_push model                # push data/models/<profile>/aria-ft-dpo
+    python -m scripts.hf_push datasets             # push data/training + data/eval and the dataset card
+    python -m scripts.hf_push model --revision v1.0 --public
+
+The repo (HF_MODEL_REPO or HF_DATASET_REPO) is created private unless --public, then every file
+that may go up is sent in a single commit and tagged (v<date>-<git short sha> unless --revision).
+Optimizer states, checkpoints, pid files and secrets never go up (`excluded_by`). `--dry-run`
+lists the exact files, sizes and total without a token. The endpoint follows HF_ENDPOINT.
+Transient Hub errors (5xx, lost connection) are retried with backoff; nothing else is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from aria.settings import Settings, get_settings
+
+T = TypeVar("T")
+Target = Literal["model", "datasets"]
+
+# Never published: training state that is large and useless downstream, runtime files and secrets.
+# A pattern ending in "/" excludes a folder and everything under it.
+EXCLUDED_PATTERNS: tuple[str, ...] = (
+    "checkpoint-*/",
+    "runs/",
+    "__pycache__/",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*",
+    "trainer_state.json",
+    "training_args.bin",
+    "events.out.tfevents*",
+    "*.pid",
+    "*.log",
+    ".env",
+    ".env.*",
+    ".*",  # hidden files: temp files of atomic writes, editor and OS droppings
+)
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file of the upload: where it lands in the repo, where it is read from, its size."""
+
+    path_in_repo: str
+    local_path: Path
+    size: int
+
+
+@dataclass
+class PushConfig:
+    """What to push and how; the retry knobs exist so tests need not wait."""
+
+    target: Target
+    dry_run: bool = False
+    revision: str | None = None  # tag name; default v<YYYYMMDD>-<git short sha>
+    public: bool = False
+    retry_attempts: int = 4
+    retry_base_s: float = 2.0
+
+
+def excluded_by(path_in_repo: str) -> str | None:
+    """The pattern of EXCLUDED_PATTERNS that keeps this repo path off the Hub, or None if it may go."""
+    parts = path_in_repo.split("/")
+    for pattern in EXCLUDED_PATTERNS:
+        if pattern.endswith("/"):
+            if any(fnmatch.fnmatchcase(p, pattern[:-1]) for p in parts[:-1]):
+                return pattern
+        elif any(fnmatch.fnmatchcase(p, pattern) for p in parts):
+            return pattern
+    return None
+
+
+def plan_folder(folder: Path, prefix: str = "") -> list[PlannedFile]:
+    """Every file under `folder` that may go up, as repo paths under `prefix`, sorted."""
+    planned = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        path_in_repo = prefix + path.relative_to(folder).as_posix()
+        if excluded_by(path_in_repo) is None:
+            planned.append(PlannedFile(path_in_repo, path, path.stat().st_size))
+    return planned
+
+
+def upload_plan(target: Target, settings: Settings) -> list[PlannedFile]:
+    """The files of a push; raises SystemExit naming the make target when an input is missing."""
+    if target == "model":
+        folder = settings.model_dir("aria-ft-dpo")
+        if not folder.is_dir():
+            raise SystemExit(f"no production model in {folder}: run `make train-dpo` first")
+        if not (folder / "README.md").exists():
+            raise SystemExit(f"no model card in {folder}: run `make model-card` first")
+        return plan_folder(folder)
+    training, evaluation = settings.training_dir, settings.eval_path.parent
+    for folder in (training, evaluation):
+        if not folder.is_dir():
+            raise SystemExit(f"no dataset in {folder}: run `make datasets` first")
+    if not (training / "README.md").exists():
+        raise SystemExit(f"no dataset card {training / 'README.md'}: run `make dataset-card` first")
+    # The dataset card becomes the repo's README; the data keep their folder names.
+    card = PlannedFile("README.md", training / "README.md", (training / "README.md").stat().st_size)
+    files = [
+        f for f in plan_folder(training, "training/") if f.path_in_repo != "training/README.md"
+    ]
+    return [card, *files, *plan_folder(evaluation, "eval/")]
+
+
+def repo_settings(target: Target, settings: Settings) -> tuple[str | None, str, str]:
+    """(repo id or None, Hub repo type, the variable that names the repo)."""
+    if target == "model":
+        return settings.hf_model_repo, "model", "HF_MODEL_REPO"
+    return settings.hf_dataset_repo, "dataset", "HF_DATASET_REPO"
+
+
+def default_tag(now: datetime | None = None) -> str:
+    """v<YYYYMMDD>-<short sha of the code that produced the release> (`nogit` outside git)."""
+    now = now or datetime.now(UTC)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "nogit"
+    return f"v{now:%Y%m%d}-{sha or 'nogit'}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors worth retrying: a 5xx answer or a connection that failed or timed out."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        response = getattr(error, "response", None)
+        return response is not None and response.status_code >= 500
+    return isinstance(error, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+def with_retries(
+    call: Callable[[], T],
+    what: str,
+    attempts: int,
+    base_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `call`, retrying transient errors with exponential backoff (base_s, 2·base_s, ...)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            wait = base_s * 2 ** (attempt - 1)
+            print(f"  {what}: transient error ({type(error).__name__}), retry in {wait:.1f} s")
+            sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def human_size(size: float) -> str:
+    """Bytes as B, KB, MB or GB (powers of 1000, as the Hub shows them)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def print_plan(files: list[PlannedFile], repo: str, repo_type: str) -> None:
+    """The upload as a table: repo path, size, and the total."""
+    width = max([len(f.path_in_repo) for f in files] + [10])
+    print(f"{repo_type} repo {repo}: {len(files)} files")
+    for f in files:
+        print(f"  {f.path_in_repo:<{width}}  {human_size(f.size):>9}")
+    print(f"  {'total':<{width}}  {human_size(sum(f.size for f in files)):>9}")
+
+
+def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
+    """Plan the upload, then (unless dry-run) create the repo, commit once and tag the commit."""
+    settings = settings or get_settings()
+    repo_id, repo_type, repo_var = repo_settings(cfg.target, settings)
+    files = upload_plan(cfg.target, settings)
+    total = sum(f.size for f in files)
+    tag = cfg.revision or default_tag()
+    summary: dict[str, Any] = {
+        "target": cfg.target,
+        "repo": repo_id,
+        "repo_type": repo_type,
+        "private": not cfg.public,
+        "tag": tag,
+        "files": len(files),
+        "bytes": total,
+        "dry_run": cfg.dry_run,
+    }
+    if cfg.dry_run:
+        print_plan(files, repo_id or f"<{repo_var} unset>", repo_type)
+        if not repo_id:
+            print(f"note: set {repo_var} in .env before the real push")
+        print(json.dumps(summary | {"paths": [f.path_in_repo for f in files]}))
+        return summary
+    if not repo_id:
+        raise SystemExit(f"{repo_var} is not set: add e.g. {repo_var}=username/name to .env")
+    if settings.hf_token is None or not settings.hf_token.get_secret_value():
+        raise SystemExit(
+            "HF_TOKEN is not set: add a Hugging Face token with write access to .env "
+            "(HF_TOKEN=hf_...), or run with --dry-run to see the plan"
+        )
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    # Read here, not at import, so a test's HF_ENDPOINT reaches huggingface_hub too.
+    api = HfApi(
+        endpoint=os.environ.get("HF_ENDPOINT") or None, token=settings.hf_token.get_secret_value()
+    )
+    print_plan(files, repo_id, repo_type)
+
+    def retried(call: Callable[[], T], what: str) -> T:
+        return with_retries(call, what, cfg.retry_attempts, cfg.retry_base_s)
+
+    url = retried(
+        lambda: api.create_repo(
+            repo_id, repo_type=repo_type, private=not cfg.public, exist_ok=True
+        ),
+        "create repo",
+    )
+    # Operations are rebuilt on each attempt: huggingface_hub mutates them during a commit.
+    commit = retried(
+        lambda: api.create_commit(
+            repo_id,
+            [CommitOperationAdd(f.path_in_repo, str(f.local_path)) for f in files],
+            commit_message=f"ARIA {cfg.target} release {tag}",
+            commit_description=f"{len(files)} files, {human_size(total)}; `python -m scripts.hf_push`",
+            repo_type=repo_type,
+        ),
+        "commit",
+    )
+    try:
+        retried(
+            lambda: api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type=repo_type),
+            "tag",
+        )
+    except Exception as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 409:
+            raise SystemExit(
+                f"tag {tag} already exists on {repo_id}: the commit {commit.oid} is pushed; "
+                "name a new tag with --revision TAG"
+            ) from None
+        raise
+    summary |= {"url": str(url), "commit": commit.oid}
+    print(f"✓ pushed {len(files)} files ({human_size(total)}) to {url} @ {commit.oid}, tag {tag}")
+    print(json.dumps(summary))
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> PushConfig:
+    """CLI flags into a PushConfig."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target", choices=["model", "datasets"])
+    parser.add_argument("--dry-run", action="store_true", help="list the files, push nothing")
+    parser.add_argument("--revision", default=None, help="tag of this release")
+    parser.add_argument("--public", action="store_true", help="create the repo public")
+    args = parser.parse_args(argv)
+    return PushConfig(args.target, args.dry_run, args.revision, args.public)
+
+
+if __name__ == "__main__":
+    main(parse_args())

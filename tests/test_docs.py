@@ -1,0 +1,93 @@
+"""The docs restate facts the code holds: these tests fail when the two drift apart."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from aria.cards import EXAMPLE_PROFILE
+from aria.domain import RULES
+from aria.prompts import diagnostic_request
+from aria.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def marked_block(page: str, marker: str) -> str:
+    """The text between `<!-- marker... -->` and `<!-- end marker -->` of a docs page."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    match = re.search(rf"<!-- {marker}\b.*?-->\n(.*?)<!-- end {marker} -->", text, re.S)
+    assert match, f"docs/{page} lost its `{marker}` markers"
+    return match.group(1)
+
+
+def test_domain_thresholds_table_matches_the_rules() -> None:
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in marked_block("domain.md", "thresholds-table").splitlines()[2:]
+        if line.startswith("|")
+    ]
+    expected = [
+        [rule.pathology, " and ".join(f"`{key}` > {t:g}" for key, t in rule.thresholds)]
+        for rule in RULES
+    ]
+    assert rows == expected
+
+
+def test_serving_settings_table_lists_every_setting() -> None:
+    table = marked_block("serving.md", "settings-table")
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M))
+    assert listed == {name.upper() for name in Settings.model_fields}
+
+
+def test_serving_curl_body_is_the_real_diagnostic_request() -> None:
+    block = marked_block("serving.md", "diagnostic-body")
+    body = block.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
+    assert json.loads(body) == diagnostic_request(EXAMPLE_PROFILE, "aria-ft")
+
+
+def test_every_docs_page_is_in_the_nav() -> None:
+    # mkdocs.yml uses a !!python/name tag (mermaid fences): read the nav with a lenient loader.
+    class Lenient(yaml.SafeLoader):
+        pass
+
+    Lenient.add_multi_constructor("tag:yaml.org,2002:python/", lambda *_: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Lenient)
+
+    def pages(nav) -> set[str]:
+        if isinstance(nav, str):
+            return {nav}
+        items = nav.values() if isinstance(nav, dict) else nav
+        return set().union(*(pages(item) for item in items))
+
+    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    assert pages(config["nav"]) == on_disk
+
+
+def test_ci_workflow_runs_quality_and_the_full_suite() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    # YAML reads the bare key `on` as True.
+    triggers = workflow.get("on", workflow.get(True))
+    assert triggers["push"]["branches"] == ["main"]
+    assert triggers["pull_request"]["branches"] == ["main"]
+    steps = {
+        name: " ".join(str(s.get("run", "")) for s in job["steps"])
+        for name, job in workflow["jobs"].items()
+    }
+    for command in ("ruff check .", "ruff format --check .", "pip-audit", "make test-fast"):
+        assert command in steps["quality"]
+    assert "bash .ci/run" in steps["full"]
+    assert all("timeout-minutes" in job for job in workflow["jobs"].values())
+
+
+def test_readme_lists_every_make_target() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-zA-Z_-]+):.*## ", makefile, re.M))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- make-targets\b.*?-->\n(.*?)<!-- end make-targets -->", readme, re.S)
+    assert block, "README.md lost its make-targets markers"
+    assert set(re.findall(r"^\| `make ([a-zA-Z_-]+)` \|", block.group(1), re.M)) == targets
