@@ -4,6 +4,10 @@ The justification is bounded so that the whole JSON always fits in the diagnosti
 max_tokens, even if every byte became one token: a guided answer cut by max_tokens mid-string is
 invalid JSON. Its characters are restricted to printable ASCII without quote or backslash, so the
 model cannot spend tokens on escape sequences or multi-byte characters.
+
+The bound lives in the regular expression alone (`{1,N}`), not in minLength/maxLength: vLLM's
+xgrammar backend refuses a string that has both a pattern and length keywords (xgrammar issue
+966), and xgrammar 0.2.8 fails to compile a bounded repetition above 128, hence N = 120.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aria.domain import CONFIDENCES, PATHOLOGIES
 
 DIAGNOSTIC_SCHEMA_NAME = "diagnostic"
-JUSTIFICATION_MAX_CHARS = 140
+JUSTIFICATION_MAX_CHARS = 120
 # What xgrammar emits between items and after keys under `disable_any_whitespace`.
 GUIDED_SEPARATORS = (", ", ": ")
 # Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
@@ -31,8 +35,6 @@ class Diagnostic(BaseModel):
     pathologie: Literal[PATHOLOGIES] = Field(description="one of the six canonical pathologies")  # type: ignore[valid-type]
     confiance: Literal[CONFIDENCES] = Field(description="élevée, modérée or faible")  # type: ignore[valid-type]
     justification: str = Field(
-        min_length=1,
-        max_length=JUSTIFICATION_MAX_CHARS,
         pattern=JUSTIFICATION_PATTERN,
         description="the measured value(s) that decided, with their thresholds",
     )

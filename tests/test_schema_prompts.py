@@ -43,7 +43,10 @@ def test_schema_has_enums_bound_and_no_extra_properties():
     assert schema["additionalProperties"] is False
     assert schema["properties"]["pathologie"]["enum"] == list(PATHOLOGIES)
     assert schema["properties"]["confiance"]["enum"] == ["élevée", "modérée", "faible"]
-    assert schema["properties"]["justification"]["maxLength"] == JUSTIFICATION_MAX_CHARS
+    justification = schema["properties"]["justification"]
+    # The pattern alone carries the bound: vLLM refuses pattern + minLength/maxLength.
+    assert justification["pattern"].endswith(f"{{1,{JUSTIFICATION_MAX_CHARS}}}$")
+    assert not {"minLength", "maxLength"} & set(justification)
 
 
 def test_longest_answer_fits_in_max_tokens_even_one_token_per_byte():
@@ -59,7 +62,7 @@ def test_longest_answer_fits_in_max_tokens_even_one_token_per_byte():
         {"pathologie": PATHOLOGIES[0], "confiance": "haute", "justification": "x"},
         {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": ""},
         {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "é"},
-        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "a" * 141},
+        {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "a" * 121},
         {"pathologie": PATHOLOGIES[0], "confiance": "faible", "justification": "x", "extra": 1},
         {"pathologie": PATHOLOGIES[0], "confiance": "faible"},
     ],
@@ -117,3 +120,19 @@ def test_request_bodies_carry_the_seed_parameters():
     assert "response_format" not in rep
     assert rep["messages"] == report_messages(PROFILE)
     assert "rapport" in rep["messages"][0]["content"]
+
+
+@pytest.mark.engine  # imports vLLM (~20 s)
+def test_vllm_xgrammar_accepts_and_compiles_the_schema():
+    """vLLM 400s a pattern with length keywords; xgrammar crashes on repetitions above 128."""
+    xgr = pytest.importorskip("xgrammar", reason="xgrammar comes with the engine install")
+    backend = pytest.importorskip("vllm.v1.structured_output.backend_xgrammar")
+    schema = diagnostic_json_schema()
+    assert not backend.has_xgrammar_unsupported_json_features(schema)
+    vocab = [chr(i) for i in range(32, 127)] + ["é", "è", "<eos>"]
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1]))
+    compiled = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+    matcher = xgr.GrammarMatcher(compiled)
+    answer = reference_diagnostic(PROFILE).to_json()
+    assert all(matcher.accept_token(vocab.index(ch)) for ch in answer)
+    assert matcher.accept_token(len(vocab) - 1) and matcher.is_terminated()

@@ -1,0 +1,489 @@
+"""Benchmark maths: latency percentiles, exact match, calibration, grounding, the release gate.
+
+    >>> from aria.metrics import percentile, latency_summary
+    >>> percentile([10, 20, 30, 40], 50)
+    25.0
+
+Pure Python and numpy (no torch), so the benchmark's numbers are unit-tested in milliseconds.
+Every function takes plain lists and dicts and returns JSON-serialisable values (no NaN: a
+quantity that cannot be computed is None).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aria.domain import (
+    CONFIDENCES,
+    MEASUREMENT_BY_KEY,
+    PATHOLOGIES,
+    RULE_BY_PATHOLOGY,
+    RULES,
+    exceedances,
+    validate_profile,
+)
+
+INVALID = "(invalide)"  # confusion-matrix column of answers that name no canonical label
+NEAR_THRESHOLD_MARGIN = 0.05  # |top exceedance| or top-two gap below this: a borderline profile
+
+
+# ---------------------------------------------------------------- latency
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks.
+
+    Sorted values x[0..n-1] sit at ranks 0..n-1; the percentile is read at rank q/100*(n-1) and
+    interpolated linearly between its two neighbours (NumPy's default "linear" method, R type 7).
+    None for an empty input.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        return None
+    rank = q / 100 * (len(xs) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(xs) - 1)
+    return xs[low] + (xs[high] - xs[low]) * (rank - low)
+
+
+def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """count, p50, p95, p99, mean, min and max of latencies in milliseconds (None when empty)."""
+    xs = [float(v) for v in values_ms]
+    return {
+        "count": len(xs),
+        "p50": percentile(xs, 50),
+        "p95": percentile(xs, 95),
+        "p99": percentile(xs, 99),
+        "mean": sum(xs) / len(xs) if xs else None,
+        "min": min(xs) if xs else None,
+        "max": max(xs) if xs else None,
+    }
+
+
+def goodput(latencies_ms: Sequence[float | None], target_ms: float) -> float | None:
+    """Share of requests that succeeded under `target_ms`; a failed request (None) counts as missed."""
+    if not latencies_ms:
+        return None
+    good = sum(1 for v in latencies_ms if v is not None and v < target_ms)
+    return good / len(latencies_ms)
+
+
+# ---------------------------------------------------------------- labels and accuracy
+
+
+def _fold(text: str) -> str:
+    """Lower case, no accents, single spaces: how labels are compared leniently."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.lower().replace("-", " ").replace("_", " ").split())
+
+
+_LENIENT_LABELS: dict[str, str] = {_fold(p): p for p in PATHOLOGIES} | {
+    _fold(r.abbreviation): r.pathology for r in RULES if r.abbreviation
+}
+
+
+def normalise_pathology(text: Any) -> str | None:
+    """The canonical label a free answer names (case, accents, spacing, SFP/SBIT), else None."""
+    if not isinstance(text, str):
+        return None
+    return _LENIENT_LABELS.get(_fold(text))
+
+
+def exact_match(expected: Sequence[str], predicted: Sequence[str | None]) -> float | None:
+    """Share of items whose predicted label equals the expected canonical string."""
+    if len(expected) != len(predicted):
+        raise ValueError("expected and predicted must have the same length")
+    if not expected:
+        return None
+    return sum(1 for e, p in zip(expected, predicted, strict=True) if e == p) / len(expected)
+
+
+def accuracy_by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    """{group: {n, correct, accuracy}} in first-seen order."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, ok in zip(groups, correct, strict=True):
+        cell = out.setdefault(group, {"n": 0, "correct": 0, "accuracy": None})
+        cell["n"] += 1
+        cell["correct"] += int(bool(ok))
+    for cell in out.values():
+        cell["accuracy"] = cell["correct"] / cell["n"]
+    return out
+
+
+def per_pathology_accuracy(
+    expected: Sequence[str], predicted: Sequence[str | None]
+) -> dict[str, dict[str, Any]]:
+    """Accuracy per true pathology, in the table's order; pathologies absent from the set are left out."""
+    by_group = accuracy_by_group(
+        list(expected), [e == p for e, p in zip(expected, predicted, strict=True)]
+    )
+    return {p: by_group[p] for p in PATHOLOGIES if p in by_group}
+
+
+def per_slice_accuracy(
+    slices: Sequence[Sequence[str]], correct: Sequence[bool]
+) -> dict[str, dict[str, Any]]:
+    """Accuracy per slice; an item belongs to every slice it lists (slices overlap)."""
+    groups: list[str] = []
+    flags: list[bool] = []
+    for item_slices, ok in zip(slices, correct, strict=True):
+        for name in item_slices:
+            groups.append(name)
+            flags.append(bool(ok))
+    return dict(sorted(accuracy_by_group(groups, flags).items()))
+
+
+def profile_slices(profile: Mapping[str, Any]) -> list[str]:
+    """The slices the rule puts a profile in: how many rules fire, and whether it is borderline.
+
+    `no_rule` / `one_rule` / `two_rules` (two or more fire); `near_threshold` when the top
+    exceedance is within NEAR_THRESHOLD_MARGIN of zero or of the runner-up's.
+    """
+    ranked = sorted(exceedances(profile).values(), reverse=True)
+    n_fired = sum(1 for e in ranked if e > 0)
+    slices = ["no_rule" if n_fired == 0 else "one_rule" if n_fired == 1 else "two_rules"]
+    if abs(ranked[0]) < NEAR_THRESHOLD_MARGIN or ranked[0] - ranked[1] < NEAR_THRESHOLD_MARGIN:
+        slices.append("near_threshold")
+    return slices
+
+
+def confusion_matrix(expected: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
+    """Counts with rows = true label, columns = predicted label (the six, then INVALID).
+
+    A prediction that is not one of the six canonical labels (None included) lands in INVALID.
+    """
+    columns = [*PATHOLOGIES, INVALID]
+    index = {p: i for i, p in enumerate(PATHOLOGIES)}
+    matrix = [[0] * len(columns) for _ in PATHOLOGIES]
+    for e, p in zip(expected, predicted, strict=True):
+        if e not in index:
+            raise ValueError(f"expected label {e!r} is not one of the six pathologies")
+        matrix[index[e]][index.get(p, len(PATHOLOGIES))] += 1
+    return {"rows": list(PATHOLOGIES), "columns": columns, "matrix": matrix}
+
+
+def confidence_accuracy(expected: Sequence[str], predicted: Sequence[str | None]) -> float | None:
+    """Share of items whose `confiance` equals the rule's confidence band."""
+    return exact_match(expected, predicted)
+
+
+def calibration(
+    predicted_confidence: Sequence[str | None], correct: Sequence[bool]
+) -> dict[str, Any]:
+    """How often the pathology is right within each confidence band the model announced.
+
+    A calibrated model is right more often when it says `élevée` than `modérée`, and more often
+    then than `faible`: `monotonic` is True when the announced bands' accuracies never increase
+    from élevée to faible (bands with no item are skipped).
+    """
+    bands: dict[str, dict[str, Any]] = {}
+    for band in CONFIDENCES:
+        flags = [bool(ok) for c, ok in zip(predicted_confidence, correct, strict=True) if c == band]
+        bands[band] = {
+            "n": len(flags),
+            "accuracy": sum(flags) / len(flags) if flags else None,
+        }
+    seen = [b["accuracy"] for b in bands.values() if b["accuracy"] is not None]
+    monotonic = all(a >= b for a, b in itertools.pairwise(seen))
+    return {"bands": bands, "monotonic": monotonic}
+
+
+# ---------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap confidence interval of the mean of `values` (e.g. 0/1 hits).
+
+    Deterministic for a given seed; None for an empty input.
+    """
+    xs = np.asarray(values, dtype=float)
+    if xs.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = xs[rng.integers(0, xs.size, size=(n_resamples, xs.size))].mean(axis=1)
+    alpha = (1 - level) / 2 * 100
+    return float(np.percentile(means, alpha)), float(np.percentile(means, 100 - alpha))
+
+
+def paired_bootstrap_delta(
+    a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float] | None:
+    """mean(b) - mean(a) on paired items with its 95% percentile-bootstrap interval."""
+    if len(a) != len(b):
+        raise ValueError("paired samples must have the same length")
+    if not a:
+        return None
+    diffs = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    ci = bootstrap_ci(diffs, n_resamples=n_resamples, seed=seed)
+    assert ci is not None
+    return {"delta": sum(diffs) / len(diffs), "ci95_low": ci[0], "ci95_high": ci[1]}
+
+
+# ---------------------------------------------------------------- grounding of numbers
+
+# A list marker at a line start ("1." or "2)") numbers the text, it does not cite a value.
+_LIST_MARKER = re.compile(r"(?m)^\s*\d+[.)]\s")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+def cited_numbers(text: str) -> list[float]:
+    """Unsigned numbers a text cites, in order; a French decimal comma reads as a point."""
+    text = _LIST_MARKER.sub(" ", text)
+    return [float(m.group().replace(",", ".")) for m in _NUMBER.finditer(text)]
+
+
+def allowed_numbers(profile: Mapping[str, Any]) -> set[float]:
+    """Numbers a text about `profile` may cite: its measured values, its numeric context, and the
+    thresholds of the rules (absolute values: signs are not part of what cited_numbers reads)."""
+    allowed = {abs(round(v, 6)) for v in validate_profile(profile).values()}
+    for value in profile.values():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            allowed.add(abs(round(float(value), 6)))
+    for rule in RULES:
+        allowed.update(abs(round(t, 6)) for _, t in rule.thresholds)
+    return allowed
+
+
+def grounding(text: str, profile: Mapping[str, Any]) -> dict[str, Any]:
+    """Which numbers of `text` come from the profile or the rule thresholds, and which do not.
+
+    `grounded_rate` is the share of cited numbers that are allowed (1.0 when nothing is cited);
+    `ungrounded` lists the others: a number the model made up.
+    """
+    allowed = allowed_numbers(profile)
+    cited = cited_numbers(text)
+    ungrounded = [c for c in cited if round(c, 6) not in allowed]
+    return {
+        "cited": len(cited),
+        "ungrounded": ungrounded,
+        "grounded_rate": 1.0 if not cited else 1 - len(ungrounded) / len(cited),
+    }
+
+
+# ---------------------------------------------------------------- hallucination (text vs source)
+
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)?|\w+")
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-case word and number tokens; accents folded, decimal commas read as points."""
+    return [t.replace(",", ".") for t in _TOKEN.findall(_fold(text))]
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    n = min(n, len(tokens))
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)] if n else []
+
+
+def anchoring(output: str, source: str, n: int = 3) -> float:
+    """Share of the output's n-grams that also occur in the source (1.0 for an empty output).
+
+    An output shorter than n tokens is one n-gram; the source's n-grams of that size are compared.
+    """
+    out_tokens = text_tokens(output)
+    if not out_tokens:
+        return 1.0
+    size = min(n, len(out_tokens))
+    source_grams = set(_ngrams(text_tokens(source), size))
+    grams = _ngrams(out_tokens, size)
+    return sum(1 for g in grams if g in source_grams) / len(grams)
+
+
+def insertion_rate(output: str, source: str) -> float:
+    """Share of the output's tokens that never occur in the source (0.0 for an empty output)."""
+    out_tokens = text_tokens(output)
+    if not out_tokens:
+        return 0.0
+    vocabulary = set(text_tokens(source))
+    return sum(1 for t in out_tokens if t not in vocabulary) / len(out_tokens)
+
+
+def length_ratio(output: str, reference: str) -> float | None:
+    """Characters of the output over characters of the reference (None for an empty reference)."""
+    ref = len(reference.strip())
+    return len(output.strip()) / ref if ref else None
+
+
+def hallucinated_blocks(
+    output: str, source: str, min_unknown: int = 4, max_gap: int = 1
+) -> list[str]:
+    """Runs of the output made of tokens absent from the source.
+
+    A block starts and ends on an unknown token; up to `max_gap` known tokens in a row may sit
+    inside it (a stray "de" does not break a made-up sentence). Blocks with fewer than
+    `min_unknown` unknown tokens are not reported.
+    """
+    tokens = text_tokens(output)
+    vocabulary = set(text_tokens(source))
+    blocks: list[str] = []
+    start: int | None = None
+    last_unknown = -1
+    unknown = 0
+
+    def close() -> None:
+        if start is not None and unknown >= min_unknown:
+            blocks.append(" ".join(tokens[start : last_unknown + 1]))
+
+    for i, token in enumerate(tokens):
+        if token in vocabulary:
+            if start is not None and i - last_unknown > max_gap:
+                close()
+                start, unknown = None, 0
+            continue
+        if start is None:
+            start = i
+        last_unknown = i
+        unknown += 1
+    close()
+    return blocks
+
+
+def hallucination_scores(
+    output: str, source: str, reference: str, n: int = 3, min_anchoring: float = 0.5
+) -> dict[str, Any]:
+    """Anchoring and insertion against `source` (the input plus the reference), length against the
+    reference, made-up blocks; `flagged` when anchoring is below `min_anchoring` or a block exists."""
+    score = anchoring(output, source, n)
+    blocks = hallucinated_blocks(output, source)
+    return {
+        "anchoring": score,
+        "insertion_rate": insertion_rate(output, source),
+        "length_ratio": length_ratio(output, reference),
+        "hallucinated_blocks": blocks,
+        "flagged": score < min_anchoring or bool(blocks),
+    }
+
+
+# ---------------------------------------------------------------- keywords
+
+
+def deciding_keys(pathology: str) -> list[str]:
+    """The measurement key(s) whose threshold decides `pathology`."""
+    return [key for key, _ in RULE_BY_PATHOLOGY[pathology].thresholds]
+
+
+def keyword_coverage(text: str, pathology: str) -> float:
+    """Share of the deciding measurements of `pathology` that the text names.
+
+    A measurement counts when its key (`valgus_genou`) or its French label (`Valgus du genou`)
+    appears, ignoring case, accents and underscores.
+    """
+    folded = _fold(text)
+    keys = deciding_keys(pathology)
+    named = sum(
+        1
+        for key in keys
+        if _fold(key) in folded or _fold(MEASUREMENT_BY_KEY[key].label_fr) in folded
+    )
+    return named / len(keys)
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def recommendation_band(gain_points: float) -> str:
+    """The fine-tuning verdict of a gain in percentage points of exact match.
+
+    `effective` above 10 points, `moderate` from 5 to 10 inclusive, `insufficient` below 5.
+    """
+    if gain_points > 10:
+        return "effective"
+    if gain_points >= 5:
+        return "moderate"
+    return "insufficient"
+
+
+def pick_winner(models: Sequence[Mapping[str, Any]]) -> str | None:
+    """The name of the best model: highest exact match, then JSON-valid rate, then lowest P50.
+
+    Each model is a dict with `name`, `exact_match`, `json_valid_rate` and `latency_ms.p50`;
+    a model with no exact match (nothing answered) cannot win.
+    """
+    candidates = [m for m in models if m.get("exact_match") is not None]
+    if not candidates:
+        return None
+
+    def key(m: Mapping[str, Any]) -> tuple[float, float, float]:
+        p50 = (m.get("latency_ms") or {}).get("p50")
+        return (
+            -round(m["exact_match"], 6),
+            -round(m.get("json_valid_rate") or 0.0, 6),
+            p50 if p50 is not None else math.inf,
+        )
+
+    return min(candidates, key=key)["name"]
+
+
+# ---------------------------------------------------------------- release gate
+
+_OPS = {
+    ">=": lambda measured, target: measured >= target,
+    ">": lambda measured, target: measured > target,
+    "<=": lambda measured, target: measured <= target,
+    "<": lambda measured, target: measured < target,
+}
+
+
+def validate_gate(thresholds: Any) -> list[dict[str, Any]]:
+    """Check a gate's thresholds (a list of {metric, op, target}); raises ValueError naming the entry."""
+    if not isinstance(thresholds, list) or not thresholds:
+        raise ValueError("the gate needs a non-empty list `thresholds` of {metric, op, target}")
+    for i, t in enumerate(thresholds):
+        if not isinstance(t, Mapping) or set(t) - {"metric", "op", "target", "why"}:
+            raise ValueError(f"thresholds[{i}] must be a mapping with metric, op, target (+ why)")
+        if not isinstance(t.get("metric"), str):
+            raise ValueError(
+                f"thresholds[{i}].metric must be a metric name, got {t.get('metric')!r}"
+            )
+        if t.get("op") not in _OPS:
+            raise ValueError(
+                f"thresholds[{i}].op must be one of {', '.join(_OPS)}, got {t.get('op')!r}"
+            )
+        target = t.get("target")
+        if isinstance(target, bool) or not isinstance(target, int | float):
+            raise ValueError(f"thresholds[{i}].target must be a number, got {target!r}")
+    return [dict(t) for t in thresholds]
+
+
+def evaluate_gate(
+    measured: Mapping[str, float | None], thresholds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Compare measured metrics with the gate's thresholds.
+
+    Returns {passed, checked, failures}; each failure names the metric, the op and target, the
+    measured value, `by` (how far it is on the wrong side, in the metric's unit; None when the
+    metric was not measured) and a one-line `message`.
+    """
+    checked: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for t in thresholds:
+        metric, op, target = t["metric"], t["op"], float(t["target"])
+        value = measured.get(metric)
+        if value is None:
+            ok, by = False, None
+            message = f"{metric} was not measured (target {op} {target:g})"
+        else:
+            ok = _OPS[op](value, target)
+            by = abs(value - target) if not ok else 0.0
+            message = (
+                f"{metric} = {value:.4g} meets {op} {target:g}"
+                if ok
+                else f"{metric} = {value:.4g} misses {op} {target:g} by {by:.4g}"
+            )
+        row = {"metric": metric, "op": op, "target": target, "measured": value, "passed": ok}
+        checked.append(row | {"message": message})
+        if not ok:
+            failures.append(row | {"by": by, "message": message})
+    return {"passed": not failures, "checked": checked, "failures": failures}
