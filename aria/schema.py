@@ -21,8 +21,8 @@ from aria.domain import CONFIDENCES, PATHOLOGIES
 
 DIAGNOSTIC_SCHEMA_NAME = "diagnostic"
 JUSTIFICATION_MAX_CHARS = 120
-# What xgrammar emits between items and after keys under `disable_any_whitespace`.
-GUIDED_SEPARATORS = (", ", ": ")
+# The separators vLLM hands xgrammar under `disable_any_whitespace`: compact JSON, no spaces.
+GUIDED_SEPARATORS = (",", ":")
 # Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
 JUSTIFICATION_PATTERN = rf"^[ !#-\[\]-~]{{1,{JUSTIFICATION_MAX_CHARS}}}$"
 
@@ -41,7 +41,7 @@ class Diagnostic(BaseModel):
 
     def to_json(self) -> str:
         """The exact text the model is taught: keys in schema order, accents kept, and the
-        separators xgrammar emits when whitespace is disabled (", " and ": ")."""
+        separators the grammar allows when whitespace is disabled (compact JSON)."""
         return json.dumps(self.model_dump(), ensure_ascii=False, separators=GUIDED_SEPARATORS)
 
 

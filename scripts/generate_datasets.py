@@ -46,7 +46,7 @@ from aria.records import (
     validate_sft_record,
 )
 from aria.references import reference_diagnostic, reference_justification, reference_report
-from aria.schema import Diagnostic
+from aria.schema import GUIDED_SEPARATORS, Diagnostic
 from aria.settings import get_settings
 
 REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the diagnostic JSON
@@ -104,7 +104,8 @@ def _invalid_json(rng: random.Random, reference: str) -> str:
     """A broken version of the reference JSON: cut mid-string, unclosed, or single-quoted."""
     variant = rng.randrange(3)
     if variant == 0:  # what max_tokens does to a guided answer: cut inside the justification
-        start = reference.index('"justification": "') + len('"justification": "')
+        marker = '"justification"' + GUIDED_SEPARATORS[1] + '"'
+        start = reference.index(marker) + len(marker)
         broken = reference[: rng.randint(start + 1, len(reference) - 3)]
     elif variant == 1:
         broken = reference[:-1]

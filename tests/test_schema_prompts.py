@@ -15,6 +15,7 @@ from aria.prompts import (
 )
 from aria.references import reference_diagnostic, reference_justification
 from aria.schema import (
+    GUIDED_SEPARATORS,
     JUSTIFICATION_MAX_CHARS,
     Diagnostic,
     diagnostic_json_schema,
@@ -78,7 +79,7 @@ def test_reference_diagnostic_round_trips_and_cites_only_input_values():
     assert diag.confiance == "élevée"
     assert diag.justification == "valgus_genou 13.4 > 10.0"
     text = diag.to_json()
-    assert text.startswith('{"pathologie": "Syndrome fémoro-patellaire", "confiance": ')
+    assert text.startswith('{"pathologie":"Syndrome fémoro-patellaire","confiance":')
     assert parse_diagnostic(text) == diag
 
 
@@ -131,8 +132,18 @@ def test_vllm_xgrammar_accepts_and_compiles_the_schema():
     assert not backend.has_xgrammar_unsupported_json_features(schema)
     vocab = [chr(i) for i in range(32, 127)] + ["é", "è", "<eos>"]
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1]))
-    compiled = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
-    matcher = xgr.GrammarMatcher(compiled)
-    answer = reference_diagnostic(PROFILE).to_json()
-    assert all(matcher.accept_token(vocab.index(ch)) for ch in answer)
-    assert matcher.accept_token(len(vocab) - 1) and matcher.is_terminated()
+    # Exactly the call vLLM's xgrammar backend makes under disable_any_whitespace.
+    compiled = compiler.compile_json_schema(
+        json.dumps(schema), any_whitespace=False, separators=GUIDED_SEPARATORS
+    )
+
+    def accepts(text: str) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        return all(matcher.accept_token(vocab.index(ch)) for ch in text) and matcher.accept_token(
+            len(vocab) - 1
+        )
+
+    answer = reference_diagnostic(PROFILE)
+    assert accepts(answer.to_json())  # what we teach is what the grammar allows
+    spaced = json.dumps(answer.model_dump(), ensure_ascii=False)
+    assert not accepts(spaced)
