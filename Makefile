@@ -4,6 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.aria-installed
 export ARIA_PROFILE ?= tiny
+export NO_MKDOCS_2_WARNING := 1
 SRC ?=
 ARGS ?=
 PYTEST_ARGS ?=

@@ -1,0 +1,126 @@
+"""Server start time and the cost of guided JSON, in one run on one fresh server.
+
+    python -m scripts.bench_guided_overhead --requests 30          # on VLLM_MODEL or the base
+
+Starts a vLLM server (serve.vllm_server.start_server, a free port) on VLLM_MODEL or the
+profile's base model, measures process start → /health OK, then sends the same diagnostic
+`--requests` times, one at a time, in three forms, interleaved:
+
+- guided: aria.prompts.diagnostic_request as is (response_format json_schema, xgrammar);
+- unguided: the same body without response_format (max_tokens 256; may run to the limit);
+- unguided, same tokens: without response_format, max_tokens = the guided answer's token count
+  and ignore_eos, so both generate exactly as many tokens: the fair per-token overhead.
+
+Prints a table and one JSON line; stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from aria.prompts import diagnostic_request
+from aria.settings import get_settings
+from scripts.soak import soak_profiles
+from serve.vllm_server import free_port, resolve_model, start_server
+
+
+@dataclass
+class BenchConfig:
+    """How many paired requests, and how long to wait for the server."""
+
+    requests: int = 30
+    warmup: int = 3
+    ready_timeout_s: float = 900.0
+    seed: int = 1
+
+
+def timed_post(client: httpx.Client, body: dict) -> tuple[float, int]:
+    """(latency in s, completion tokens) of one chat completion; raises on HTTP errors."""
+    t0 = time.perf_counter()
+    response = client.post("/chat/completions", json=body)
+    latency = time.perf_counter() - t0
+    response.raise_for_status()
+    return latency, response.json()["usage"]["completion_tokens"]
+
+
+def summarise(rows: list[tuple[float, int]]) -> dict:
+    """Median latency, median tokens, and median milliseconds per generated token."""
+    return {
+        "median_latency_s": round(statistics.median(r[0] for r in rows), 4),
+        "median_completion_tokens": statistics.median(r[1] for r in rows),
+        "median_ms_per_token": round(
+            statistics.median(1000 * r[0] / max(r[1], 1) for r in rows), 3
+        ),
+    }
+
+
+def main(cfg: BenchConfig) -> int:
+    """Run the benchmark on a fresh server; prints a table then a JSON line."""
+    settings = get_settings()
+    model = resolve_model(settings, "base")
+    port = free_port()
+    handle = start_server(model, port, "aria-bench", "bench-key", kv_cache_gib=1)
+    try:
+        start_s = handle.wait_ready(cfg.ready_timeout_s)
+        headers = {"Authorization": "Bearer bench-key"}
+        profiles = soak_profiles(cfg.warmup + cfg.requests, cfg.seed)
+        results: dict[str, list[tuple[float, int]]] = {"guided": [], "unguided": [], "same": []}
+        with httpx.Client(base_url=handle.base_url, headers=headers, timeout=300) as client:
+            for i, profile in enumerate(profiles):
+                guided = diagnostic_request(profile, handle.served_name)
+                unguided = {k: v for k, v in guided.items() if k != "response_format"}
+                g = timed_post(client, guided)
+                u = timed_post(client, unguided)
+                same = {**unguided, "max_tokens": g[1], "ignore_eos": True}
+                s = timed_post(client, same)
+                if i >= cfg.warmup:  # the first requests also pay for warm-up and caches
+                    results["guided"].append(g)
+                    results["unguided"].append(u)
+                    results["same"].append(s)
+    finally:
+        handle.stop()
+    guided, unguided, same = (summarise(results[k]) for k in ("guided", "unguided", "same"))
+    summary = {
+        "model": str(model),
+        "requests": cfg.requests,
+        "server_start_s": round(start_s, 2),
+        "guided": guided,
+        "unguided": unguided,
+        "unguided_same_tokens": same,
+        "latency_ratio_guided_vs_unguided": round(
+            guided["median_latency_s"] / unguided["median_latency_s"], 3
+        ),
+        "latency_ratio_guided_vs_same_tokens": round(
+            guided["median_latency_s"] / same["median_latency_s"], 3
+        ),
+    }
+    print(f"server start (process → /health OK): {start_s:.1f} s on {model}")
+    print(f"{'request':<26}{'median latency':>16}{'median tokens':>15}{'ms/token':>10}")
+    for name, row in (
+        ("guided (xgrammar)", guided),
+        ("unguided", unguided),
+        ("unguided, same tokens", same),
+    ):
+        print(
+            f"{name:<26}{row['median_latency_s']:>14.3f} s{row['median_completion_tokens']:>15}"
+            f"{row['median_ms_per_token']:>10.2f}"
+        )
+    print(
+        f"guided / unguided: {summary['latency_ratio_guided_vs_unguided']}x · "
+        f"guided / same tokens: {summary['latency_ratio_guided_vs_same_tokens']}x"
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, default in asdict(BenchConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    raise SystemExit(main(BenchConfig(**vars(parser.parse_args()))))

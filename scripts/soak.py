@@ -1,0 +1,278 @@
+"""Bounded soak of the live local server: zero errors, 100% schema-valid, flat memory.
+
+    python -m scripts.soak --requests 2000 --concurrency 32       # make soak ARGS="..."
+
+Sends `--requests` guided diagnostics (aria.client, no retries: every failure counts) from
+`--concurrency` threads to the server of aria.settings (loopback only), stopping early at
+`--max-seconds`. Meanwhile it samples the resident memory of the server (the pid in
+data/run/vllm-<port>.pid and its EngineCore children) to show it stays flat. Prints a table, writes
+reports/soak.json and ends with one JSON line. Exit code 0 only when every request succeeded with a
+schema-valid diagnostic and memory did not grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aria.client import AriaClient, InvalidDiagnosticError
+from aria.domain import MEASUREMENTS, RULES
+from aria.files import atomic_write_json
+from aria.settings import Settings, get_settings
+from serve.vllm_server import pid_alive, pid_path, read_pid
+
+# Memory counts as flat when the last quarter's mean is within this of the first quarter's.
+FLAT_MEMORY_TOLERANCE_MIB = 64.0
+FLAT_MEMORY_TOLERANCE_FRACTION = 0.05
+
+
+@dataclass
+class SoakConfig:
+    """How hard and how long to push the server."""
+
+    requests: int = 2000
+    concurrency: int = 32
+    max_seconds: float = 900.0  # stop sending new requests after this
+    timeout_s: float = 120.0  # per request
+    sample_every_s: float = 1.0
+    seed: int = 0
+    out: Path | None = None  # default: <reports>/soak.json
+
+
+def soak_profiles(n: int, seed: int) -> list[dict]:
+    """`n` varied valid profiles: each signal drawn around its threshold (0.5x to 1.6x)."""
+    rng = random.Random(seed)
+    thresholds = {key: t for rule in RULES for key, t in rule.thresholds}
+    profiles = []
+    for _ in range(n):
+        profile = {}
+        for m in MEASUREMENTS:
+            t = thresholds[m.key]
+            value = rng.uniform(0.5 * t, 1.6 * t)
+            profile[m.key] = round(min(max(value, m.low + 10**-m.decimals), m.high), m.decimals)
+        profiles.append(profile)
+    return profiles
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_rss_mib(pid: int) -> float | None:
+    """Resident memory of the server process and all its children, in MiB (None if gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue  # a child that just exited
+    return total / 2**20
+
+
+def memory_trend(samples: list[tuple[float, int, float]]) -> dict:
+    """First/last/max RSS, growth between the first and last quarter, and whether it is flat."""
+    if len(samples) < 4:
+        return {"samples": len(samples), "flat": None}
+    rss = np.array([s[2] for s in samples])
+    quarter = max(1, len(rss) // 4)
+    first, last = float(rss[:quarter].mean()), float(rss[-quarter:].mean())
+    growth = last - first
+    tolerance = max(FLAT_MEMORY_TOLERANCE_MIB, FLAT_MEMORY_TOLERANCE_FRACTION * first)
+    return {
+        "samples": len(samples),
+        "rss_first_quarter_mib": round(first, 1),
+        "rss_last_quarter_mib": round(last, 1),
+        "rss_max_mib": round(float(rss.max()), 1),
+        "growth_mib": round(growth, 1),
+        "tolerance_mib": round(tolerance, 1),
+        "flat": bool(growth <= tolerance),
+    }
+
+
+def latency_summary(latencies: list[float]) -> dict:
+    """P50/P90/P99/max latency in seconds."""
+    if not latencies:
+        return {}
+    arr = np.array(latencies)
+    return {
+        "p50_s": round(float(np.percentile(arr, 50)), 4),
+        "p90_s": round(float(np.percentile(arr, 90)), 4),
+        "p99_s": round(float(np.percentile(arr, 99)), 4),
+        "max_s": round(float(arr.max()), 4),
+    }
+
+
+def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
+    """Send the requests, sample memory, and return the summary (see module docstring)."""
+    from tqdm import tqdm
+
+    pid = read_pid(pid_path(settings, settings.vllm_port))
+    if pid is not None and not pid_alive(pid):
+        pid = None
+    client = AriaClient(timeout=cfg.timeout_s, max_retries=0)
+    profiles = soak_profiles(cfg.requests, cfg.seed)
+    outcomes: Counter[str] = Counter()
+    latencies: list[float] = []
+    samples: list[tuple[float, int, float]] = []
+    invalid_examples: list[str] = []
+    error_examples: list[str] = []
+    done = 0
+    lock = threading.Lock()
+    stop_sampling = threading.Event()
+    started = time.monotonic()
+    deadline = started + cfg.max_seconds
+
+    def sample_memory() -> None:
+        while not stop_sampling.is_set() and pid is not None:
+            rss = server_rss_mib(pid)
+            if rss is not None:
+                samples.append((time.monotonic() - started, done, rss))
+            stop_sampling.wait(cfg.sample_every_s)
+
+    def one(profile: dict) -> tuple[str, float | None, str | None]:
+        if time.monotonic() > deadline:
+            return "not_sent", None, None
+        t0 = time.perf_counter()
+        try:
+            client.diagnose(profile)
+        except InvalidDiagnosticError as error:
+            return "invalid", time.perf_counter() - t0, error.raw_text
+        except Exception as error:  # every failure counts, by type, with its cause
+            cause = error.__cause__ or error.__context__
+            detail = f"{type(error).__name__}: {error}"
+            if cause is not None:
+                detail += f" (cause: {type(cause).__name__}: {cause})"
+            return f"error:{type(error).__name__}", None, detail
+        return "ok", time.perf_counter() - t0, None
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+        futures = [pool.submit(one, p) for p in profiles]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="soak", unit="req"):
+            outcome, latency, raw = future.result()
+            with lock:
+                outcomes[outcome] += 1
+                done += outcome != "not_sent"
+                if latency is not None:
+                    latencies.append(latency)
+                examples = invalid_examples if outcome == "invalid" else error_examples
+                if raw is not None and len(examples) < 3:
+                    examples.append(raw)
+    wall = time.monotonic() - started
+    stop_sampling.set()
+    sampler.join(timeout=5)
+    client.close()
+
+    sent = cfg.requests - outcomes["not_sent"]
+    errors = sum(n for k, n in outcomes.items() if k.startswith("error:"))
+    memory = memory_trend(samples) if pid is not None else {"flat": None, "note": "no pid file"}
+    passed = (
+        sent == cfg.requests
+        and errors == 0
+        and outcomes["invalid"] == 0
+        and memory.get("flat") is not False
+    )
+    return {
+        "passed": passed,
+        "base_url": settings.base_url,
+        "server_pid": pid,
+        "requests": cfg.requests,
+        "concurrency": cfg.concurrency,
+        "sent": sent,
+        "ok": outcomes["ok"],
+        "invalid": outcomes["invalid"],
+        "errors": errors,
+        "errors_by_type": {k[6:]: n for k, n in outcomes.items() if k.startswith("error:")},
+        "schema_valid_pct": round(100.0 * outcomes["ok"] / sent, 2) if sent else 0.0,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(sent / wall, 2) if wall else 0.0,
+        "latency": latency_summary(latencies),
+        "memory": memory,
+        "invalid_examples": invalid_examples,
+        "error_examples": error_examples,
+        "rss_samples": [[round(t, 1), n, round(r, 1)] for t, n, r in samples],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+
+
+def print_table(summary: dict) -> None:
+    """One screen for people."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"soak of {summary['base_url']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    lat, mem = summary["latency"], summary["memory"]
+    rows = [
+        ("requests sent / asked", f"{summary['sent']} / {summary['requests']}"),
+        ("concurrency", str(summary["concurrency"])),
+        ("schema-valid", f"{summary['schema_valid_pct']} %"),
+        ("invalid JSON", str(summary["invalid"])),
+        ("errors", f"{summary['errors']} {summary['errors_by_type'] or ''}".strip()),
+        ("throughput", f"{summary['throughput_rps']} req/s over {summary['wall_s']} s"),
+        (
+            "latency P50 / P90 / P99",
+            " / ".join(f"{lat.get(k, 0):.3f} s" for k in lat if k != "max_s"),
+        ),
+        (
+            "server RSS first→last quarter",
+            f"{mem.get('rss_first_quarter_mib')} → "
+            f"{mem.get('rss_last_quarter_mib')} MiB (max {mem.get('rss_max_mib')})",
+        ),
+        ("memory flat", str(mem.get("flat"))),
+        ("PASSED", str(summary["passed"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def main(cfg: SoakConfig) -> int:
+    """Run the soak against the configured local server; 0 when it passed."""
+    settings = get_settings()
+    if not is_loopback(settings.vllm_host):
+        print(
+            f"error: the soak only targets a local server; VLLM_HOST={settings.vllm_host} is "
+            "not a loopback address (use 127.0.0.1)"
+        )
+        return 2
+    summary = run_soak(cfg, settings)
+    out = cfg.out or settings.aria_reports_dir / "soak.json"
+    atomic_write_json(out, summary)
+    print_table(summary)
+    print(f"written {out}")
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, default in asdict(SoakConfig()).items():
+        kind = type(default) if default is not None else Path
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+    raise SystemExit(main(SoakConfig(**vars(parser.parse_args()))))

@@ -1,0 +1,554 @@
+"""Serving without an engine: the vLLM and docker commands, pid/port handling, health, client."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from pydantic import SecretStr
+
+from aria.client import AriaClient, InvalidDiagnosticError, is_retryable
+from aria.domain import validate_profile
+from aria.prompts import diagnostic_request, report_request
+from aria.references import reference_diagnostic
+from aria.settings import STAGE_TARGETS, Settings
+from scripts.soak import is_loopback, memory_trend, soak_profiles
+from serve import docker, health
+from serve.vllm_server import (
+    API_SERVER_MODULE,
+    MASK,
+    ModelMissingError,
+    PortTakenError,
+    build_command,
+    check_port_free,
+    pid_path,
+    port_in_use,
+    resolve_model,
+    stop_recorded_server,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = health.HEALTH_PROFILE
+SECRET = "s3cret-key-value"
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    """Settings isolated from the developer's environment and .env."""
+    values = {
+        "aria_profile": "tiny",
+        "aria_data_dir": tmp_path / "data",
+        "aria_reports_dir": tmp_path / "reports",
+        "vllm_host": "127.0.0.1",
+        "vllm_port": 8001,
+        "vllm_model": None,
+        "vllm_served_name": "aria-ft",
+        "vllm_api_key": SecretStr(SECRET),
+        "vllm_max_model_len": 4096,
+        "vllm_gpu_memory_utilization": 0.9,
+        "vllm_cpu_kvcache_space": 3,
+        "vllm_dtype": "bfloat16",
+        "vllm_tensor_parallel_size": 1,
+        "hf_token": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def make_model(settings: Settings, stage: str) -> Path:
+    """A stage folder that looks like a model (config.json is what the check needs)."""
+    folder = settings.model_dir(stage)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value following `name` in argv."""
+    return argv[argv.index(name) + 1]
+
+
+# --- build_command
+
+
+def test_cpu_command_has_every_flag_and_kv_cache_env(tmp_path):
+    settings = make_settings(tmp_path)
+    folder = make_model(settings, "aria-ft-dpo")
+    command = build_command(settings, "aria-ft-dpo", "cpu")
+    argv = command.argv
+    assert argv[:3] == [sys.executable, "-m", API_SERVER_MODULE]
+    assert flag(argv, "--model") == str(folder)
+    assert flag(argv, "--served-model-name") == "aria-ft"
+    assert flag(argv, "--host") == "127.0.0.1"
+    assert flag(argv, "--port") == "8001"
+    assert flag(argv, "--max-model-len") == "4096"
+    assert flag(argv, "--dtype") == "bfloat16"
+    assert flag(argv, "--tensor-parallel-size") == "1"
+    assert flag(argv, "--api-key") == SECRET
+    assert json.loads(flag(argv, "--structured-outputs-config")) == {
+        "backend": "xgrammar",
+        "disable_any_whitespace": True,
+    }
+    assert "--gpu-memory-utilization" not in argv
+    assert command.env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+
+
+def test_gpu_command_sets_memory_utilization_and_no_cpu_env(tmp_path):
+    settings = make_settings(
+        tmp_path, vllm_gpu_memory_utilization=0.85, vllm_tensor_parallel_size=2
+    )
+    make_model(settings, "aria-ft-sft")
+    command = build_command(settings, "aria-ft-sft", "gpu")
+    assert flag(command.argv, "--gpu-memory-utilization") == "0.85"
+    assert flag(command.argv, "--tensor-parallel-size") == "2"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in command.env
+
+
+def test_printed_command_masks_the_api_key(tmp_path):
+    settings = make_settings(tmp_path)
+    make_model(settings, "base")
+    shown = build_command(settings, "base", "cpu").display()
+    assert SECRET not in shown
+    assert f"--api-key '{MASK}'" in shown
+    assert "VLLM_CPU_KVCACHE_SPACE=3" in shown
+    assert "disable_any_whitespace" in shown
+
+
+def test_no_api_key_means_no_flag(tmp_path):
+    settings = make_settings(tmp_path, vllm_api_key=None)
+    make_model(settings, "base")
+    assert "--api-key" not in build_command(settings, "base", "cpu").argv
+
+
+def test_medgemma_base_is_served_from_the_hub_id(tmp_path):
+    settings = make_settings(tmp_path, aria_profile="medgemma")
+    assert flag(build_command(settings, "base", "gpu").argv, "--model") == "google/medgemma-4b-it"
+
+
+def test_vllm_model_overrides_the_stage(tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    settings = make_settings(tmp_path, vllm_model=str(other))
+    assert resolve_model(settings, "aria-ft-dpo") == str(other)
+
+
+@pytest.mark.parametrize("stage", list(STAGE_TARGETS))
+def test_missing_model_folder_names_the_make_target(tmp_path, stage):
+    settings = make_settings(tmp_path)
+    with pytest.raises(ModelMissingError, match=f"`{STAGE_TARGETS[stage]}`"):
+        build_command(settings, stage, "cpu")
+
+
+def test_missing_vllm_model_names_the_variable(tmp_path):
+    settings = make_settings(tmp_path, vllm_model=str(tmp_path / "nope" / "model"))
+    with pytest.raises(ModelMissingError, match="VLLM_MODEL="):
+        build_command(settings, "base", "cpu")
+
+
+def test_structured_outputs_flag_exists_in_the_installed_vllm():
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        pytest.skip("vllm is not installed")
+    arg_utils = Path(spec.origin).parent / "engine" / "arg_utils.py"
+    config = Path(spec.origin).parent / "config" / "structured_outputs.py"
+    assert '"--structured-outputs-config"' in arg_utils.read_text()
+    assert "disable_any_whitespace: bool" in config.read_text()
+
+
+# --- port and pid file
+
+
+@pytest.fixture
+def listening_port():
+    """A port on 127.0.0.1 with something listening on it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_port_taken_by_another_process(tmp_path, listening_port):
+    settings = make_settings(tmp_path)
+    assert port_in_use("127.0.0.1", listening_port)
+    with pytest.raises(PortTakenError, match=r"another process.*VLLM_PORT"):
+        check_port_free(settings, "127.0.0.1", listening_port)
+
+
+def test_free_port_passes(tmp_path, listening_port):
+    settings = make_settings(tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    assert not port_in_use("127.0.0.1", port)
+    check_port_free(settings, "127.0.0.1", port)
+
+
+@pytest.fixture
+def fake_server():
+    """A sleeping process whose command line says vllm, in its own session like the real one."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", API_SERVER_MODULE],
+        start_new_session=True,
+    )
+    yield process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_port_taken_by_our_server_names_it_and_stop_stops_it(tmp_path, listening_port, fake_server):
+    settings = make_settings(tmp_path)
+    path = pid_path(settings, listening_port)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"{fake_server.pid}\n")
+    with pytest.raises(
+        PortTakenError, match=f"our vLLM server \\(pid {fake_server.pid}.*serve-stop"
+    ):
+        check_port_free(settings, "127.0.0.1", listening_port)
+    message = stop_recorded_server(settings, listening_port, timeout=5)
+    assert "stopped with SIGTERM" in message
+    assert fake_server.wait(timeout=5) == -signal.SIGTERM
+    assert not path.exists()
+
+
+def test_stop_removes_a_stale_pid_file(tmp_path):
+    settings = make_settings(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = pid_path(settings, 8001)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"{dead.pid}\n")
+    assert "stale" in stop_recorded_server(settings, 8001)
+    assert not path.exists()
+    assert "nothing to stop" in stop_recorded_server(settings, 8001)
+
+
+# --- docker
+
+
+def test_docker_run_command(tmp_path):
+    settings = make_settings(tmp_path, hf_token=SecretStr("hf_secret_token"))
+    make_model(settings, "aria-ft-dpo")
+    command = docker.build_run_command(settings, "aria-ft-dpo")
+    argv = command.argv
+    shown = command.display()
+    assert argv[:3] == ["docker", "run", "-d"]
+    assert flag(argv, "--gpus") == "all"
+    assert "--ipc=host" in argv
+    assert flag(argv, "-p") == "127.0.0.1:8001:8000"
+    models_root = (settings.aria_data_dir / "models").resolve()
+    assert f"{models_root}:/models:ro" in argv
+    assert flag(argv, "--model") == "/models/tiny/aria-ft-dpo"
+    assert flag(argv, "--host") == "0.0.0.0"
+    assert flag(argv, "--port") == "8000"
+    assert "disable_any_whitespace" in flag(argv, "--structured-outputs-config")
+    # Secrets travel by name only: the values are in the CLI's environment, never in argv.
+    assert argv[argv.index("HF_TOKEN") - 1 : argv.index("HF_TOKEN") + 1] == ["-e", "HF_TOKEN"]
+    assert "VLLM_API_KEY" in argv
+    assert "--api-key" not in argv
+    assert "hf_secret_token" not in shown and SECRET not in shown
+    env = docker.forwarded_env(settings, command)
+    assert env["HF_TOKEN"] == "hf_secret_token"
+    assert env["VLLM_API_KEY"] == SECRET
+    assert argv[argv.index(docker.IMAGE) - 1] != "-e"  # the image comes after the docker flags
+
+
+def test_docker_without_gpus_and_with_hub_model(tmp_path):
+    settings = make_settings(tmp_path, aria_profile="medgemma")
+    argv = docker.build_run_command(settings, "base", gpus=None).argv
+    assert "--gpus" not in argv
+    assert flag(argv, "--model") == "google/medgemma-4b-it"
+    assert not any(a.endswith(":/models:ro") for a in argv)
+
+
+def test_docker_missing_model_names_the_make_target(tmp_path):
+    with pytest.raises(ModelMissingError, match="make train-dpo"):
+        docker.build_run_command(make_settings(tmp_path), "aria-ft-dpo")
+
+
+def test_dockerfile_and_image_tag_match_the_pinned_vllm():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = pyproject["project"]["optional-dependencies"]
+    assert f"vllm=={docker.VLLM_VERSION}" in pins["gpu"]
+    assert f"vllm-cpu=={docker.VLLM_VERSION}" in pins["cpu"]
+    text = docker.DOCKERFILE.read_text()
+    assert f"ARG VLLM_VERSION=v{docker.VLLM_VERSION}" in text
+    assert "FROM vllm/vllm-openai:${VLLM_VERSION}" in text
+    build = docker.build_image_command().argv
+    assert flag(build, "-t") == docker.IMAGE == f"aria-vllm:v{docker.VLLM_VERSION}"
+
+
+# --- client
+
+
+def completion(content: str | None, finish_reason: str = "stop") -> dict:
+    """An OpenAI chat completion body."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "aria-ft",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def mock_client(responses: list, max_retries: int = 2) -> tuple[AriaClient, list[dict]]:
+    """An AriaClient whose HTTP calls answer `responses` in turn; returns it and the bodies sent."""
+    sent: list[dict] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        item = queue.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        status, body = item
+        return httpx.Response(status, json=body)
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    client = AriaClient(
+        base_url="http://aria.test/v1",
+        api_key="k",
+        model="aria-ft",
+        max_retries=max_retries,
+        retry_backoff_s=0.0,
+        http_client=http,
+    )
+    return client, sent
+
+
+VALID = reference_diagnostic(PROFILE)
+
+
+def test_diagnose_sends_the_seed_body_and_returns_a_validated_diagnostic():
+    client, sent = mock_client([(200, completion(VALID.to_json()))])
+    assert client.diagnose(PROFILE) == VALID
+    assert sent == [diagnostic_request(PROFILE, "aria-ft")]
+    assert sent[0]["temperature"] == 0.1 and sent[0]["max_tokens"] == 256
+    assert sent[0]["response_format"]["type"] == "json_schema"
+
+
+def test_report_sends_the_report_body():
+    client, sent = mock_client([(200, completion("Rapport : inclinaison du tronc 9.1°."))])
+    assert client.report(PROFILE).startswith("Rapport")
+    assert sent == [report_request(PROFILE, "aria-ft")]
+    assert "response_format" not in sent[0]
+
+
+def test_5xx_then_success_is_retried():
+    error = {"error": {"message": "boom"}}
+    client, sent = mock_client([(503, error), (500, error), (200, completion(VALID.to_json()))])
+    assert client.diagnose(PROFILE) == VALID
+    assert len(sent) == 3
+
+
+def test_5xx_retries_are_bounded():
+    error = {"error": {"message": "boom"}}
+    client, sent = mock_client([(500, error)] * 5, max_retries=2)
+    with pytest.raises(openai.InternalServerError):
+        client.diagnose(PROFILE)
+    assert len(sent) == 3
+
+
+def test_connection_errors_are_retried():
+    refused = httpx.ConnectError("refused")
+    client, sent = mock_client([refused, (200, completion(VALID.to_json()))])
+    assert client.diagnose(PROFILE) == VALID
+    assert len(sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "exception"),
+    [
+        (400, openai.BadRequestError),
+        (401, openai.AuthenticationError),
+        (404, openai.NotFoundError),
+        (429, openai.RateLimitError),
+    ],
+)
+def test_4xx_is_never_retried(status, exception):
+    client, sent = mock_client([(status, {"error": {"message": "no"}})] * 3)
+    with pytest.raises(exception):
+        client.diagnose(PROFILE)
+    assert len(sent) == 1
+
+
+def test_retry_policy():
+    request = httpx.Request("POST", "http://aria.test")
+    assert is_retryable(openai.APIConnectionError(request=request))
+    assert is_retryable(openai.APITimeoutError(request=request))
+    for status, expected in ((500, True), (503, True), (400, False), (422, False), (429, False)):
+        response = httpx.Response(status, request=request)
+        error = openai.APIStatusError("x", response=response, body=None)
+        assert is_retryable(error) is expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Lombalgie mécanique, confiance élevée",  # the schema was ignored: prose
+        '{"pathologie": "Lombalgie", "confiance": "élevée", "justification": "x"}',  # bad enum
+        '{"pathologie": "Lombalgie mécanique", "confiance": "élevée", "justification": "x',  # cut
+    ],
+)
+def test_invalid_guided_text_raises_with_the_raw_text(text):
+    client, sent = mock_client([(200, completion(text))])
+    with pytest.raises(InvalidDiagnosticError) as caught:
+        client.diagnose(PROFILE)
+    assert caught.value.raw_text == text
+    assert repr(text) in str(caught.value)
+    assert len(sent) == 1  # never retried: the server answered
+
+
+def test_truncated_guided_answer_says_so():
+    client, _ = mock_client([(200, completion('{"pathologie": "Tend', "length"))])
+    with pytest.raises(InvalidDiagnosticError, match="cut by max_tokens"):
+        client.diagnose(PROFILE)
+
+
+def test_empty_guided_answer_raises():
+    client, _ = mock_client([(200, completion(None))])
+    with pytest.raises(InvalidDiagnosticError, match="empty"):
+        client.diagnose(PROFILE)
+
+
+def test_bad_profile_is_refused_before_any_request():
+    client, sent = mock_client([])
+    with pytest.raises(ValueError, match="valgus_genou"):
+        client.diagnose({k: v for k, v in PROFILE.items() if k != "valgus_genou"})
+    assert sent == []
+
+
+# --- health, against a tiny local HTTP server
+
+
+class FakeVllm(BaseHTTPRequestHandler):
+    """Answers /health with `health_status` and chat completions with `content`."""
+
+    health_status = 200
+    content: str | None = VALID.to_json()
+    chat_status = 200
+
+    def do_GET(self):
+        self.send_response(self.health_status)
+        self.end_headers()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(completion(self.content)).encode()
+        self.send_response(self.chat_status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A local HTTP server that plays vLLM; yields its handler class to tweak its answers."""
+    handler = type("Handler", (FakeVllm,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    handler.port = server.server_address[1]
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_health_ok(tmp_path, fake_vllm):
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_OK
+    assert result.details["diagnostic"] == VALID.model_dump()
+
+
+def test_health_server_down(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    result = health.check(make_settings(tmp_path, vllm_port=port), timeout_s=2)
+    assert result.code == health.EXIT_DOWN
+    assert "make serve-ft" in result.message
+
+
+def test_health_endpoint_not_ok(tmp_path, fake_vllm):
+    fake_vllm.health_status = 503
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_UNHEALTHY
+    assert "503" in result.message
+
+
+def test_health_invalid_diagnostic_shows_the_raw_text(tmp_path, fake_vllm):
+    fake_vllm.content = "pas du JSON"
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_DIAGNOSTIC_FAILED
+    assert "'pas du JSON'" in result.message
+
+
+def test_health_http_error_on_the_diagnostic(tmp_path, fake_vllm):
+    fake_vllm.chat_status = 401
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_DIAGNOSTIC_FAILED
+    assert "VLLM_API_KEY" in result.message
+
+
+# --- soak helpers
+
+
+def test_soak_profiles_are_valid_and_seeded():
+    profiles = soak_profiles(200, seed=3)
+    for profile in profiles:
+        validate_profile(profile)
+    assert profiles == soak_profiles(200, seed=3)
+    assert profiles != soak_profiles(200, seed=4)
+
+
+def test_memory_trend_flags_growth():
+    flat = [(float(i), i, 3000.0 + (i % 3)) for i in range(40)]
+    growing = [(float(i), i, 3000.0 + 20 * i) for i in range(40)]
+    assert memory_trend(flat)["flat"] is True
+    assert memory_trend(growing)["flat"] is False
+    assert memory_trend(flat[:2])["flat"] is None
+
+
+def test_soak_is_loopback_only():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+
+
+def test_serving_modules_import_no_engine():
+    # A guard on the 'fast tests' promise: importing the serving modules pulls in no engine.
+    started = time.perf_counter()
+    code = (
+        "import serve.vllm_server, serve.health, serve.docker, aria.client, sys; "
+        "print('torch' in sys.modules, 'vllm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    assert time.perf_counter() - started < 30

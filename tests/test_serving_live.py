@@ -1,0 +1,210 @@
+"""The live vLLM server on the tiny model: guided JSON always valid, the seed's body, auth, errors.
+
+One server for the whole session (tests/fixtures_serving.py `live_server`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from aria.client import AriaClient, InvalidDiagnosticError
+from aria.prompts import diagnostic_request, render_prompt
+from aria.schema import Diagnostic, diagnostic_json_schema, parse_diagnostic
+from scripts.soak import soak_profiles
+from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK, HEALTH_PROFILE
+from serve.vllm_server import free_port
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def client_for(live, **kwargs) -> AriaClient:
+    """A client of the session's server with no retries: every failure must show."""
+    return AriaClient(
+        base_url=live.base_url,
+        api_key=live.api_key,
+        model=live.served_name,
+        max_retries=0,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def post(
+    live, body=None, *, content: bytes | None = None, key: str | None = "live"
+) -> httpx.Response:
+    """POST /v1/chat/completions with the session's key (key='live'), another key, or none."""
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {live.api_key if key == 'live' else key}"
+    return httpx.post(
+        f"{live.base_url}/chat/completions",
+        json=body if content is None else None,
+        content=content,
+        headers=headers,
+        timeout=120,
+    )
+
+
+def assert_still_serving(live) -> None:
+    """The next good request after a bad one is answered with a valid diagnostic."""
+    response = post(live, diagnostic_request(HEALTH_PROFILE, live.served_name))
+    assert response.status_code == 200, response.text
+    parse_diagnostic(response.json()["choices"][0]["message"]["content"])
+
+
+def test_server_is_ready_and_start_time_measured(live_server):
+    assert live_server.start_seconds > 0
+    assert httpx.get(f"{live_server.root_url}/health", timeout=10).status_code == 200
+
+
+def test_100_guided_diagnostics_parse_and_validate(live_server):
+    profiles = soak_profiles(100, seed=7)
+    client = client_for(live_server)
+
+    def diagnose(profile: dict) -> Diagnostic | str:
+        try:
+            return client.diagnose(profile)
+        except InvalidDiagnosticError as error:
+            return f"{error.finish_reason}: {error.raw_text!r}"
+
+    results = [diagnose(p) for p in profiles[:20]]  # one at a time
+    with ThreadPoolExecutor(max_workers=8) as pool:  # then batched by the engine
+        results += list(pool.map(diagnose, profiles[20:]))
+    invalid = [r for r in results if not isinstance(r, Diagnostic)]
+    assert not invalid, f"{len(invalid)}/100 guided answers are not schema-valid: {invalid[:3]}"
+
+
+def seed_body(live) -> dict:
+    """The request body of the seed's README, written out by hand."""
+    return {
+        "model": live.served_name,
+        "messages": [{"role": "user", "content": render_prompt(HEALTH_PROFILE)}],
+        "temperature": 0.1,
+        "max_tokens": 256,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "diagnostic", "schema": diagnostic_json_schema()},
+        },
+    }
+
+
+def test_seed_body_is_what_the_project_sends(live_server):
+    assert seed_body(live_server) == diagnostic_request(HEALTH_PROFILE, live_server.served_name)
+
+
+def test_seed_body_with_the_plain_openai_client(live_server):
+    client = openai.OpenAI(base_url=live_server.base_url, api_key=live_server.api_key)
+    completion = client.chat.completions.create(**seed_body(live_server))
+    parse_diagnostic(completion.choices[0].message.content)
+
+
+def test_seed_body_with_raw_http(live_server):
+    response = post(live_server, seed_body(live_server))
+    assert response.status_code == 200, response.text
+    parse_diagnostic(response.json()["choices"][0]["message"]["content"])
+
+
+def test_report_returns_text(live_server):
+    text = client_for(live_server).report(HEALTH_PROFILE)
+    assert isinstance(text, str) and text.strip()
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"], ids=["missing", "wrong"])
+def test_api_key_is_required(live_server, key):
+    response = post(
+        live_server, diagnostic_request(HEALTH_PROFILE, live_server.served_name), key=key
+    )
+    assert response.status_code == 401
+
+
+def test_wrong_key_through_the_openai_client(live_server):
+    client = openai.OpenAI(base_url=live_server.base_url, api_key="wrong-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(**seed_body(live_server))
+
+
+def bad_request(live, case: str) -> tuple[dict | None, bytes | None]:
+    """(json body, raw bytes) of one malformed request."""
+    good = diagnostic_request(HEALTH_PROFILE, live.served_name)
+    if case == "invalid_schema":
+        schema = {"type": "objectx"}
+        fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}
+        return {**good, "response_format": fmt}, None
+    if case == "unknown_model":
+        return {**good, "model": "no-such-model"}, None
+    if case == "prompt_too_long":
+        # Digits are split one token each: far more tokens than max_model_len.
+        long_text = " ".join(str(i) for i in range(2 * live.max_model_len))
+        return {**good, "messages": [{"role": "user", "content": long_text}]}, None
+    if case == "negative_max_tokens":
+        return {**good, "max_tokens": -1}, None
+    if case == "malformed_json":
+        return None, b'{"model": "aria-ft", "messages": [{"role": "user", '
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "words"),
+    [
+        ("invalid_schema", 400, "schema"),
+        ("unknown_model", 404, "does not exist"),
+        ("prompt_too_long", 400, "maximum context length"),
+        ("negative_max_tokens", 400, "max_tokens"),
+        ("malformed_json", 400, "JSON"),
+    ],
+)
+def test_bad_requests_get_a_readable_4xx_and_the_server_keeps_serving(
+    live_server, case, status, words
+):
+    body, content = bad_request(live_server, case)
+    response = post(live_server, body, content=content)
+    assert response.status_code == status, response.text
+    message = response.json()["error"]["message"]
+    assert words in message
+    assert_still_serving(live_server)
+
+
+def run_health(live, **env) -> subprocess.CompletedProcess:
+    """`python -m serve.health` pointed at the session's server (env overrides on top)."""
+    base = {
+        "VLLM_HOST": "127.0.0.1",
+        "VLLM_PORT": str(live.port),
+        "VLLM_API_KEY": live.api_key,
+        "VLLM_SERVED_NAME": live.served_name,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "serve.health", "--timeout-s", "120"],
+        cwd=ROOT,
+        env={**os.environ, **base, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_health_cli_passes(live_server):
+    result = run_health(live_server)
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["ok"] is True
+
+
+def test_health_cli_on_a_dead_port(live_server):
+    result = run_health(live_server, VLLM_PORT=str(free_port()))
+    assert result.returncode == EXIT_DOWN
+    assert "make serve-ft" in result.stdout
+
+
+def test_health_cli_with_a_wrong_key(live_server):
+    result = run_health(live_server, VLLM_API_KEY="wrong-key")
+    assert result.returncode == EXIT_DIAGNOSTIC_FAILED
+    assert "VLLM_API_KEY" in result.stdout
