@@ -18,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from aria.domain import EXAMPLE_PROFILE
 from aria.prompts import diagnostic_request, report_request
 from aria.settings import MEDGEMMA_HUB_ID
 
@@ -77,16 +78,6 @@ RECIPE_KEY_LABELS: dict[str, str] = {
     "bf16": "bf16",
     "gradient_checkpointing": "gradient checkpointing",
     "seed": "seed",
-}
-# An illustrative runner: Lombalgie mécanique fires alone (trunk lean 9.1° > 7°).
-EXAMPLE_PROFILE: dict[str, float] = {
-    "inclinaison_tronc": 9.1,
-    "valgus_genou": 6.0,
-    "adduction_hanche": 7.0,
-    "longueur_foulee": 1.1,
-    "pronation_pied": 4.0,
-    "heel_strike_index": 0.4,
-    "dorsiflexion_max": 10.0,
 }
 
 

@@ -82,6 +82,17 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "localisation_douleur",
 )
 
+# An illustrative runner for docs, cards and health checks: trunk lean 9.1 > 7 fires alone.
+EXAMPLE_PROFILE: dict[str, float] = {
+    "inclinaison_tronc": 9.1,
+    "valgus_genou": 6.0,
+    "adduction_hanche": 7.0,
+    "longueur_foulee": 1.1,
+    "pronation_pied": 4.0,
+    "heel_strike_index": 0.4,
+    "dorsiflexion_max": 10.0,
+}
+
 
 def validate_profile(profile: Mapping[str, Any]) -> dict[str, float]:
     """Return the seven measurements of `profile` as floats, or raise ValueError naming the bad key.

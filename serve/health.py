@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from aria.domain import EXAMPLE_PROFILE
 from aria.prompts import diagnostic_request
 from aria.schema import parse_diagnostic
 from aria.settings import Settings, get_settings
@@ -30,17 +31,6 @@ EXIT_OK = 0
 EXIT_DOWN = 2
 EXIT_UNHEALTHY = 3
 EXIT_DIAGNOSTIC_FAILED = 4
-
-# A fixed valid profile: trunk lean 9.1° over its 7° threshold, every other signal below.
-HEALTH_PROFILE: dict[str, float] = {
-    "inclinaison_tronc": 9.1,
-    "valgus_genou": 6.0,
-    "adduction_hanche": 7.0,
-    "longueur_foulee": 1.1,
-    "pronation_pied": 4.0,
-    "heel_strike_index": 0.4,
-    "dorsiflexion_max": 10.0,
-}
 
 
 @dataclass
@@ -83,7 +73,7 @@ def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
             "see the server log in data/logs/",
             {"url": root, "status": health.status_code},
         )
-    body = diagnostic_request(HEALTH_PROFILE, settings.vllm_served_name)
+    body = diagnostic_request(EXAMPLE_PROFILE, settings.vllm_served_name)
     headers = {"Authorization": f"Bearer {settings.api_key_value()}"}
     started = time.perf_counter()
     try:

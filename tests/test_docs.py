@@ -8,8 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from aria.cards import EXAMPLE_PROFILE
-from aria.domain import RULES
+from aria.domain import EXAMPLE_PROFILE, RULES
 from aria.prompts import diagnostic_request
 from aria.settings import Settings
 

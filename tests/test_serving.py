@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from aria.client import AriaClient, InvalidDiagnosticError, is_retryable
-from aria.domain import validate_profile
+from aria.domain import EXAMPLE_PROFILE, validate_profile
 from aria.prompts import diagnostic_request, report_request
 from aria.references import reference_diagnostic
 from aria.settings import STAGE_TARGETS, Settings
@@ -41,7 +41,7 @@ from serve.vllm_server import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = health.HEALTH_PROFILE
+PROFILE = EXAMPLE_PROFILE
 SECRET = "s3cret-key-value"
 
 

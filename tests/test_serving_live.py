@@ -17,10 +17,11 @@ import openai
 import pytest
 
 from aria.client import AriaClient, InvalidDiagnosticError
+from aria.domain import EXAMPLE_PROFILE
 from aria.prompts import diagnostic_request, render_prompt
 from aria.schema import Diagnostic, diagnostic_json_schema, parse_diagnostic
 from scripts.soak import soak_profiles
-from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK, HEALTH_PROFILE
+from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
 from serve.vllm_server import free_port
 
 pytestmark = pytest.mark.live
@@ -57,7 +58,7 @@ def post(
 
 def assert_still_serving(live) -> None:
     """The next good request after a bad one is answered with a valid diagnostic."""
-    response = post(live, diagnostic_request(HEALTH_PROFILE, live.served_name))
+    response = post(live, diagnostic_request(EXAMPLE_PROFILE, live.served_name))
     assert response.status_code == 200, response.text
     parse_diagnostic(response.json()["choices"][0]["message"]["content"])
 
@@ -88,7 +89,7 @@ def seed_body(live) -> dict:
     """The request body of the seed's README, written out by hand."""
     return {
         "model": live.served_name,
-        "messages": [{"role": "user", "content": render_prompt(HEALTH_PROFILE)}],
+        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
         "temperature": 0.1,
         "max_tokens": 256,
         "response_format": {
@@ -99,7 +100,7 @@ def seed_body(live) -> dict:
 
 
 def test_seed_body_is_what_the_project_sends(live_server):
-    assert seed_body(live_server) == diagnostic_request(HEALTH_PROFILE, live_server.served_name)
+    assert seed_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, live_server.served_name)
 
 
 def test_seed_body_with_the_plain_openai_client(live_server):
@@ -115,14 +116,14 @@ def test_seed_body_with_raw_http(live_server):
 
 
 def test_report_returns_text(live_server):
-    text = client_for(live_server).report(HEALTH_PROFILE)
+    text = client_for(live_server).report(EXAMPLE_PROFILE)
     assert isinstance(text, str) and text.strip()
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"], ids=["missing", "wrong"])
 def test_api_key_is_required(live_server, key):
     response = post(
-        live_server, diagnostic_request(HEALTH_PROFILE, live_server.served_name), key=key
+        live_server, diagnostic_request(EXAMPLE_PROFILE, live_server.served_name), key=key
     )
     assert response.status_code == 401
 
@@ -135,7 +136,7 @@ def test_wrong_key_through_the_openai_client(live_server):
 
 def bad_request(live, case: str) -> tuple[dict | None, bytes | None]:
     """(json body, raw bytes) of one malformed request."""
-    good = diagnostic_request(HEALTH_PROFILE, live.served_name)
+    good = diagnostic_request(EXAMPLE_PROFILE, live.served_name)
     if case == "invalid_schema":
         schema = {"type": "objectx"}
         fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}
