@@ -1,0 +1,376 @@
+"""Training: recipes, typed configs, guards (pure), and the real engines on the tiny model (engine).
+
+Engine tests share the session's tiny base and one 4-step SFT run (tests/fixtures_training.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aria.files import DataError
+from training.config import (
+    LANGUAGE_MODEL_LINEAR,
+    RECIPES_DIR,
+    language_model_lora_targets,
+    parse_dpo_args,
+    parse_sft_args,
+    recipe_path,
+)
+
+RECIPES = sorted(RECIPES_DIR.glob("*/*.yaml"))
+CPU_FLAGS = ["--use_cpu", "true"]  # GPU recipes ask for bf16 mixed precision; validate them on CPU
+
+
+# --- recipes and typed configs (pure)
+
+
+def test_every_profile_has_both_recipes():
+    assert {(p.parent.name, p.stem) for p in RECIPES} == {
+        ("tiny", "sft"),
+        ("tiny", "dpo"),
+        ("medgemma", "sft"),
+        ("medgemma", "dpo"),
+    }
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}-{p.stem}")
+def test_every_recipe_loads_into_typed_configs(path: Path):
+    parse = parse_sft_args if path.stem == "sft" else parse_dpo_args
+    script_args, training_args, model_args = parse(["--config", str(path), *CPU_FLAGS])
+    assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4"
+    assert model_args.use_bnb_nested_quant and model_args.use_peft
+    assert model_args.attn_implementation == "eager"
+    assert not model_args.lora_modules_to_save
+    assert set(model_args.lora_target_modules) == set(LANGUAGE_MODEL_LINEAR)
+    assert "tensorboard" in training_args.report_to
+    assert training_args.save_steps > 0 and training_args.eval_strategy == "steps"
+    assert script_args.eval_size > 0 and script_args.parity_tolerance > 0
+    if path.stem == "sft":
+        assert training_args.completion_only_loss is True
+
+
+def test_medgemma_recipes_are_the_seed_recipe():
+    _, sft, sft_model = parse_sft_args(
+        ["--config", str(recipe_path("sft", "medgemma")), *CPU_FLAGS]
+    )
+    assert (sft_model.lora_r, sft_model.lora_alpha) == (32, 64)
+    assert sft.learning_rate == pytest.approx(2e-4) and sft.max_steps == 560
+    assert sft_model.dtype == "bfloat16"
+    _, dpo, dpo_model = parse_dpo_args(
+        ["--config", str(recipe_path("dpo", "medgemma")), *CPU_FLAGS]
+    )
+    assert (dpo_model.lora_r, dpo_model.lora_alpha) == (16, 32)
+    assert dpo.learning_rate == pytest.approx(2e-5) and dpo.max_steps == 135
+    assert dpo.beta == pytest.approx(0.2)
+
+
+def test_cli_flag_overrides_the_recipe():
+    path = str(recipe_path("sft", "tiny"))
+    _, training_args, model_args = parse_sft_args(
+        ["--config", path, "--learning_rate", "0.123", "--lora_r", "4"]
+    )
+    assert training_args.learning_rate == pytest.approx(0.123)
+    assert model_args.lora_r == 4
+
+
+def test_no_config_flag_loads_the_active_profiles_recipe(monkeypatch):
+    from aria.settings import get_settings
+
+    monkeypatch.setenv("ARIA_PROFILE", "tiny")
+    monkeypatch.setenv("ARIA_DATA_DIR", "/nowhere/data")
+    get_settings.cache_clear()
+    try:
+        script_args, training_args, model_args = parse_sft_args(["--max_steps", "3"])
+    finally:
+        get_settings.cache_clear()
+    assert training_args.max_steps == 3
+    assert training_args.learning_rate == pytest.approx(2e-3)  # from tiny/sft.yaml
+    # Paths come from the settings, not from the recipe.
+    assert model_args.model_name_or_path == "/nowhere/data/models/tiny/base"
+    assert script_args.sft_path == "/nowhere/data/training/sft.jsonl"
+    assert script_args.merged_dir == "/nowhere/data/models/tiny/aria-ft-sft"
+    assert training_args.output_dir == "/nowhere/data/checkpoints/tiny/sft"
+
+
+def test_modules_to_save_is_refused():
+    path = str(recipe_path("sft", "tiny"))
+    with pytest.raises(SystemExit, match="modules_to_save"):
+        parse_sft_args(["--config", path, "--lora_modules_to_save", "lm_head"])
+
+
+def test_lora_targets_the_language_model_only():
+    pattern = language_model_lora_targets(list(LANGUAGE_MODEL_LINEAR))
+    assert re.fullmatch(pattern, "model.layers.0.self_attn.q_proj")
+    assert re.fullmatch(pattern, "model.language_model.layers.3.mlp.down_proj")
+    assert not re.fullmatch(pattern, "model.vision_tower.encoder.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "model.multi_modal_projector.mm_input_projection")
+    assert not re.fullmatch(pattern, "lm_head")
+
+
+# --- data and guards (pure)
+
+
+def test_sft_records_keep_only_prompt_and_completion(tmp_path: Path):
+    from training.train_sft import sft_record
+
+    record = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "completion": [{"role": "assistant", "content": "a"}],
+        "profile": {},
+        "label": "x",
+        "kind": "diagnostic",
+        "slice": "clear",
+    }
+    assert set(sft_record(record)) == {"prompt", "completion"}
+
+
+def test_bad_sft_line_names_file_and_line(tmp_path: Path):
+    from training.train_sft import load_sft_splits
+
+    good = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "completion": [{"role": "assistant", "content": "a"}],
+    }
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": []}) + "\n")
+    with pytest.raises(DataError, match=r"sft.jsonl:2:"):
+        load_sft_splits(path, eval_size=0, seed=0)
+
+
+def test_missing_dataset_names_make_datasets(tmp_path: Path):
+    from training.preflight import require_dataset
+
+    with pytest.raises(SystemExit, match="make datasets"):
+        require_dataset(tmp_path / "sft.jsonl")
+
+
+def test_missing_models_name_their_make_target(tmp_path: Path):
+    from training.preflight import require_model
+
+    with pytest.raises(SystemExit, match="make tiny-model"):
+        require_model(str(tmp_path / "base"), "base")
+    with pytest.raises(SystemExit, match="make train-sft"):
+        require_model(str(tmp_path / "aria-ft-sft"), "aria-ft-sft")
+
+
+def test_hub_base_without_token_names_hf_token(monkeypatch):
+    from aria.settings import get_settings
+    from training.preflight import require_model
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="HF_TOKEN"):
+            require_model("google/medgemma-4b-it-not-cached", "base")
+    finally:
+        get_settings.cache_clear()
+
+
+def test_vllm_pid_file_is_detected(tmp_path: Path, monkeypatch):
+    import os
+
+    from aria.settings import get_settings
+    from training.preflight import running_vllm_servers
+
+    monkeypatch.setenv("ARIA_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "vllm-8001.pid").write_text(str(os.getpid()))
+        assert any("vllm-8001.pid" in s for s in running_vllm_servers())
+    finally:
+        get_settings.cache_clear()
+
+
+def test_merge_refuses_a_quantized_base(tmp_path: Path):
+    from training.merge import refuse_quantized_base
+
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gemma3_text", "quantization_config": {"quant_method": "bitsandbytes"}}
+        )
+    )
+    with pytest.raises(SystemExit, match="quantized"):
+        refuse_quantized_base(str(tmp_path))
+
+
+def test_quick_eval_scores_exact_match():
+    from training.quick_eval import score_answers
+
+    good = '{"pathologie": "Tendinite Achille", "confiance": "faible", "justification": "x"}'
+    wrong = '{"pathologie": "Fasciite plantaire", "confiance": "faible", "justification": "x"}'
+    result = score_answers([good, wrong, "not json"], [("Tendinite Achille", "faible")] * 3)
+    assert result["json_valid"] == pytest.approx(2 / 3)
+    assert result["exact_match"] == pytest.approx(1 / 3)
+    assert result["exact_match_confiance"] == pytest.approx(2 / 3)
+
+
+# --- the engines on the tiny model
+
+
+@pytest.mark.engine
+def test_tiny_base_loads_with_its_tokenizer_and_template(tiny_base_model: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model)
+    assert model.config.model_type == "gemma3_text"
+    assert model.config.hidden_size == 256 and model.config.num_hidden_layers == 4
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    assert tokenizer.tokenize("14.25") == ["1", "4", ".", "2", "5"]
+    digit_pieces = [
+        p for p in tokenizer.tokenize("valgus_genou 14.25 > 10.0") if any(c.isdigit() for c in p)
+    ]
+    assert digit_pieces == list("1425100")  # one token per digit, never a multi-digit piece
+    assert (
+        tokenizer.decode(tokenizer("é ü 漢 ∆", add_special_tokens=False)["input_ids"]) == "é ü 漢 ∆"
+    )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "bonjour"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<bos><start_of_turn>user\nbonjour<end_of_turn>\n<start_of_turn>model\n"
+    eos = GenerationConfig.from_pretrained(tiny_base_model).eos_token_id
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in eos
+    assert tokenizer.eos_token_id in eos
+
+
+@pytest.mark.engine
+def test_tiny_base_is_reproducible(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path):
+    from training.build_tiny_model import build_tiny_model
+
+    again = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", seed=0)
+    assert (again / "tokenizer.json").read_bytes() == (
+        tiny_base_model / "tokenizer.json"
+    ).read_bytes()
+    assert (again / "model.safetensors").read_bytes() == (
+        tiny_base_model / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.engine
+def test_short_sft_trains_and_publishes_a_bf16_merge(tiny_sft_run):
+    from safetensors import safe_open
+
+    losses = [r["loss"] for r in _log(tiny_sft_run.merged) if "loss" in r]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert tiny_sft_run.metrics["global_step"] == 4
+    parity = json.loads((tiny_sft_run.merged / "merge_parity.json").read_text())
+    assert parity["passed"] and parity["decisive_flips"] == 0
+    assert parity["max_abs_logit_diff"] <= parity["tolerance"]
+    with safe_open(tiny_sft_run.merged / "model.safetensors", "pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118
+    assert dtypes == {"torch.bfloat16"}
+    assert (tiny_sft_run.merged / "loss.png").stat().st_size > 0
+    assert list((tiny_sft_run.merged / "runs").rglob("events.out.tfevents.*"))
+    eos = json.loads((tiny_sft_run.merged / "generation_config.json").read_text())["eos_token_id"]
+    end_of_turn = json.loads((tiny_sft_run.merged / "tokenizer.json").read_text())
+    eot_id = next(t["id"] for t in end_of_turn["added_tokens"] if t["content"] == "<end_of_turn>")
+    assert eot_id in eos
+    assert not (tiny_sft_run.merged / "adapter_config.json").exists()
+
+
+def _log(model_dir: Path) -> list[dict]:
+    return json.loads((model_dir / "training_metrics.json").read_text())["log_history"]
+
+
+@pytest.mark.engine
+def test_interrupted_sft_resumes_from_its_checkpoint(
+    tiny_sft_run, dataset_dir: Path, tmp_path: Path
+):
+    from tests.fixtures_training import short_sft_argv
+    from training.train_sft import main
+
+    out = tmp_path / "checkpoints"
+    shutil.copytree(tiny_sft_run.checkpoints, out)  # a run stopped after step 4
+    argv = short_sft_argv(tiny_sft_run.base, dataset_dir, out, tmp_path / "merged", max_steps=6)
+    metrics = main(*parse_sft_args(argv))
+    assert metrics["resumed_from"].endswith("checkpoint-4")
+    assert metrics["global_step"] == 6
+    steps = [r["step"] for r in _log(tmp_path / "merged") if "loss" in r]
+    assert steps[0] == 1 and steps[-1] == 6  # history carried over, no restart at step 1 after 4
+    assert steps.count(1) == 1
+
+
+@pytest.mark.engine
+def test_merge_that_drifts_is_not_published(tiny_sft_run, tmp_path: Path):
+    from training.merge import MergeParityError, merge_adapter
+
+    probes = [[{"role": "user", "content": "Diagnostic en JSON."}]]
+    out = tmp_path / "aria-ft-sft"
+    with pytest.raises(MergeParityError, match="max \\|logit diff\\|"):
+        merge_adapter(str(tiny_sft_run.base), tiny_sft_run.checkpoints, out, probes, tolerance=-1.0)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".aria-ft-sft")]
+
+
+@pytest.mark.engine
+def test_merge_script_refuses_a_4bit_base(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantized = tmp_path / "base-4bit"
+    AutoModelForCausalLM.from_pretrained(
+        tiny_sft_run.base,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32
+        ),
+    ).save_pretrained(quantized)
+    shutil.copy(tiny_sft_run.base / "tokenizer.json", quantized)
+    from scripts.merge_sft import MergeConfig, main
+
+    with pytest.raises(SystemExit, match="quantized"):
+        main(
+            MergeConfig(
+                base=str(quantized),
+                adapter=tiny_sft_run.checkpoints,
+                out=tmp_path / "m",
+                probes_from=dataset_dir / "training" / "sft.jsonl",
+            )
+        )
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.engine
+def test_short_dpo_on_the_sft_merge(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
+    from tests.fixtures_training import TINY_DPO_RECIPE
+    from training.train_dpo import main
+
+    argv = [
+        "--config", str(TINY_DPO_RECIPE),
+        "--model_name_or_path", str(tiny_sft_run.merged),
+        "--dpo_path", str(dataset_dir / "training" / "dpo.jsonl"),
+        "--output_dir", str(tmp_path / "checkpoints"),
+        "--merged_dir", str(tmp_path / "aria-ft-dpo"),
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "4",
+        "--eval_size", "4",
+        "--per_device_eval_batch_size", "4",
+        "--eval_steps", "2",
+        "--save_steps", "2",
+        "--logging_steps", "1",
+        "--quick_eval_size", "0",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    metrics = main(*parse_dpo_args(argv))
+    assert metrics["global_step"] == 2
+    assert metrics["merge_parity"]["passed"]
+    assert (tmp_path / "aria-ft-dpo" / "model.safetensors").exists()
+
+
+@pytest.mark.engine
+def test_quick_eval_runs_greedy_generation(tiny_base_model: Path, dataset_dir: Path):
+    from training.quick_eval import quick_eval
+
+    result = quick_eval(
+        tiny_base_model,
+        dataset_dir / "eval" / "eval.jsonl",
+        limit=4,
+        batch_size=4,
+        max_new_tokens=8,
+    )
+    assert result["n"] == 4 and 0.0 <= result["exact_match"] <= 1.0

@@ -1,0 +1,255 @@
+"""Build the tiny Gemma 3 base model and its tokenizer, locally, with no download.
+
+    python -m training.build_tiny_model            # make tiny-model → data/models/tiny/base
+
+The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a CPU in minutes.
+Its base is a Gemma 3 with small dimensions (hidden 256, 4 layers, about 3M parameters), randomly
+initialised from a fixed seed and saved in bf16 safetensors; its tokenizer is a byte-level BPE
+(every text encodes) trained with `tokenizers` on our own dataset text, with digits split one per
+token so that numbers are read digit by digit, Gemma's special tokens and Gemma 3's chat template.
+generation_config.json stops on `<eos>` and `<end_of_turn>`, as MedGemma's does.
+
+Two init choices make a random base learnable by LoRA alone (LoRA never trains the embedding or
+the norms): a tied embedding with std 0.1 instead of 0.02 (else the output logits are capped and
+the loss cannot go below ~2.2 nats), and query_pre_attn_scalar 4 (Gemma 3 RMS-normalises q and k,
+so with 64 the attention logits are capped at 8 and the model learns to ignore the prompt).
+
+Why a text-only `Gemma3ForCausalLM` and not MedGemma's `Gemma3ForConditionalGeneration`:
+our task is text in, JSON out, so a vision tower would only add cost and risk. A multimodal tiny
+model needs a Gemma 3 processor with an image processor (its fast version needs torchvision, which
+is uninstalled here because it breaks Gemma 3 imports), makes vLLM profile a dummy 896x896 image
+through the SigLIP tower at every server start on CPU, and ties the chat template to image tokens
+we never use. The text-only class shares the language model's code, attention pattern, chat
+template and LoRA target modules (q/k/v/o/gate/up/down projections) with MedGemma, and vLLM CPU and
+TRL both support it. Training code treats both alike: it targets the language model's linear
+layers and excludes a vision tower when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from aria.files import DataError, atomic_dir, read_jsonl
+
+# Gemma's special tokens, with Gemma's ids for pad/eos/bos/unk (the Gemma 3 config defaults).
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+)
+END_OF_TURN = "<end_of_turn>"
+VOCAB_SIZE = 2048
+MAX_POSITIONS = 2048
+# Std of the (tied) embedding at init. LoRA never trains it, so it bounds the output logits:
+# at Gemma's 0.02 the largest reachable logit gap is ~5 (loss floor ~2.2 nats) and SFT stalls.
+EMBEDDING_INIT_STD = 0.1
+
+# Gemma 3's chat template, as shipped with transformers' Gemma 3 tokenizers (text parts only).
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n'
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    '        {%- set role = "model" -%}\n'
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Where the tiny base goes, what text its tokenizer learns from, and the seed of its weights."""
+
+    out_dir: Path | None = None  # default: data/models/tiny/base
+    sft_path: Path | None = None  # default: data/training/sft.jsonl
+    seed: int = 0
+
+
+def dataset_texts(sft_path: Path) -> list[str]:
+    """Every message text of the SFT dataset (prompts and completions): the tokenizer's corpus."""
+    if not Path(sft_path).exists():
+        raise SystemExit(
+            f"{sft_path} does not exist: the tokenizer is trained on our dataset text; "
+            "run `make datasets` first"
+        )
+    texts: list[str] = []
+    for record in read_jsonl(sft_path):
+        for field in ("prompt", "completion", "messages"):
+            for message in record.get(field) or []:
+                if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                    raise DataError(f"{sft_path}: '{field}' must be a list of chat messages")
+                texts.append(message["content"])
+    if not texts:
+        raise DataError(f"{sft_path}: no prompt/completion text to train the tokenizer on")
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE with one token per digit, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        # All 256 bytes are in the vocabulary, so any text (any language, any symbol) encodes.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos_id = tok.token_to_id("<bos>")
+    # Like Gemma's tokenizer: plain encoding starts with <bos>; the chat template writes its own.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", END_OF_TURN],
+        model_max_length=MAX_POSITIONS,
+        padding_side="left",
+    )
+    wrapped.chat_template = GEMMA3_CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
+    """Gemma 3 text dimensions small enough to train on 2 CPU cores in minutes."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        # Gemma 3 RMS-normalises q and k and LoRA never trains those norms, so the attention
+        # logits are capped at head_dim / sqrt(query_pre_attn_scalar): 4 lets a head attend
+        # sharply to one prompt value (64 caps them at 8 and the model ignores the prompt).
+        query_pre_attn_scalar=4,
+        max_position_embeddings=MAX_POSITIONS,
+        sliding_window=512,
+        # Gemma 3's local/global pattern, shortened: three sliding layers, then a global one.
+        layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=bos_id,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+    )
+
+
+def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0) -> Path:
+    """Build the tiny base (weights, tokenizer, generation config) into `out_dir`, atomically.
+
+    The same `sft_path` and `seed` give the same tokenizer and the same weights.
+    """
+    import torch
+    from transformers import Gemma3ForCausalLM, GenerationConfig
+
+    tokenizer = train_tokenizer(dataset_texts(Path(sft_path)))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = tiny_gemma3_config(len(tokenizer), ids["<pad>"], ids["<eos>"], ids["<bos>"])
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_INIT_STD)
+    model = model.to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<bos>"],
+        pad_token_id=ids["<pad>"],
+        # Chat answers end with <end_of_turn>; plain text ends with <eos>. Stop on both.
+        eos_token_id=[ids["<eos>"], ids[END_OF_TURN]],
+    )
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        n_params = sum(p.numel() for p in model.parameters())
+        (tmp / "aria_build.json").write_text(
+            json.dumps({"seed": seed, "sft_path": str(sft_path), "parameters": n_params}, indent=2)
+            + "\n"
+        )
+    return out_dir
+
+
+def main(cfg: TinyModelConfig) -> Path:
+    """Build the tiny base where the settings say and print a short summary."""
+    from aria.settings import get_settings
+
+    settings = get_settings()
+    out_dir = cfg.out_dir or settings.models_dir.parent / "tiny" / "base"
+    sft_path = cfg.sft_path or settings.training_dir / "sft.jsonl"
+    path = build_tiny_model(out_dir, sft_path, cfg.seed)
+    build = json.loads((path / "aria_build.json").read_text())
+    print(
+        f"tiny base model: {path}  ({build['parameters'] / 1e6:.2f}M parameters, seed {cfg.seed})"
+    )
+    print(f"tokenizer trained on {sft_path}")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
+    """Command-line flags → TinyModelConfig."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--sft-path", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return TinyModelConfig(out_dir=args.out_dir, sft_path=args.sft_path, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main(parse_args())

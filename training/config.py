@@ -1,0 +1,237 @@
+"""Typed arguments of the training stages and the loading of their recipes.
+
+    >>> from training.config import parse_sft_args
+    >>> script_args, training_args, model_args = parse_sft_args(["--max_steps", "6"])
+
+A recipe is a flat YAML file per profile and stage, `training/recipes/<profile>/<stage>.yaml`;
+with no `--config` flag the active profile's recipe (ARIA_PROFILE) is loaded, and any command-line
+flag overrides it (TRL's TrlParser: defaults < YAML < CLI). Paths (base model, data, checkpoints,
+merged model) are not in the recipes: they default from aria.settings so one YAML serves every
+machine, and flags can still set them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+STAGE_NAMES = ("sft", "dpo")
+# The linear layers LoRA adapts: every projection of Gemma 3's language model.
+LANGUAGE_MODEL_LINEAR = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+# Modules of a multimodal Gemma 3 that LoRA must leave alone (SigLIP also has q/k/v_proj).
+NOT_LANGUAGE_MODEL = ("vision_tower", "multi_modal_projector")
+
+
+@dataclass
+class SFTScriptArguments:
+    """Data, evaluation and publication settings of `python -m training.train_sft`."""
+
+    sft_path: str | None = field(
+        default=None, metadata={"help": "SFT JSONL (default: data/training/sft.jsonl)"}
+    )
+    eval_size: int = field(
+        default=100,
+        metadata={"help": "examples of sft.jsonl held out for evaluation during training"},
+    )
+    merged_dir: str | None = field(
+        default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-sft)"}
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "resume from the last checkpoint in output_dir; false starts over"},
+    )
+    quick_eval_size: int = field(
+        default=-1,
+        metadata={"help": "eval.jsonl examples scored after merging (-1: all, 0: skip)"},
+    )
+    eval_path: str | None = field(
+        default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
+    )
+    parity_tolerance: float = field(
+        default=0.5, metadata={"help": "max |logit| difference allowed between adapter and merge"}
+    )
+
+
+@dataclass
+class DPOScriptArguments:
+    """Data, evaluation and publication settings of `python -m training.train_dpo`."""
+
+    dpo_path: str | None = field(
+        default=None, metadata={"help": "DPO JSONL (default: data/training/dpo.jsonl)"}
+    )
+    eval_size: int = field(
+        default=40,
+        metadata={"help": "triplets of dpo.jsonl held out for evaluation during training"},
+    )
+    merged_dir: str | None = field(
+        default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-dpo)"}
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "resume from the last checkpoint in output_dir; false starts over"},
+    )
+    quick_eval_size: int = field(
+        default=-1,
+        metadata={"help": "eval.jsonl examples scored after merging (-1: all, 0: skip)"},
+    )
+    eval_path: str | None = field(
+        default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
+    )
+    parity_tolerance: float = field(
+        default=0.5, metadata={"help": "max |logit| difference allowed between adapter and merge"}
+    )
+
+
+def recipe_path(stage: str, profile: str | None = None) -> Path:
+    """training/recipes/<profile>/<stage>.yaml; the profile defaults to ARIA_PROFILE."""
+    if stage not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
+    if profile is None:
+        from aria.settings import get_settings
+
+        profile = get_settings().aria_profile
+    return RECIPES_DIR / profile / f"{stage}.yaml"
+
+
+def checkpoints_dir(stage: str) -> Path:
+    """data/checkpoints/<profile>/<stage>: adapters, checkpoints and TensorBoard runs of a stage."""
+    from aria.settings import get_settings
+
+    settings = get_settings()
+    return settings.aria_data_dir / "checkpoints" / settings.aria_profile / stage
+
+
+def _parse(parser: Any, args: list[str]) -> tuple[Any, ...]:
+    try:
+        return parser.parse_args_and_config(args)
+    except ValueError as error:
+        if "bf16/gpu" not in str(error):
+            raise
+        recipe = args[args.index("--config") + 1] if "--config" in args else "the recipe"
+        raise SystemExit(
+            f"{recipe} trains in bf16 mixed precision, which needs a GPU with bf16: run it on a GPU "
+            "machine, or use ARIA_PROFILE=tiny on CPU (or add --use_cpu true to try it on CPU)"
+        ) from None
+
+
+def _with_recipe(stage: str, argv: list[str] | None) -> list[str]:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in args:
+        args = ["--config", str(recipe_path(stage)), *args]
+    return args
+
+
+def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, Any, Any]:
+    """(script args, SFTConfig, ModelConfig) from the profile's sft.yaml (or --config) and flags."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from aria.settings import get_settings
+
+    settings = get_settings()
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    parser.set_defaults(
+        model_name_or_path=settings.stage_model("base"),
+        output_dir=str(checkpoints_dir("sft")),
+        sft_path=str(settings.training_dir / "sft.jsonl"),
+        merged_dir=str(settings.model_dir("aria-ft-sft")),
+        eval_path=str(settings.eval_path),
+    )
+    script_args, training_args, model_args = _parse(parser, _with_recipe("sft", argv))
+    check_lora_args(model_args)
+    return script_args, training_args, model_args
+
+
+def parse_dpo_args(argv: list[str] | None = None) -> tuple[DPOScriptArguments, Any, Any]:
+    """(script args, DPOConfig, ModelConfig) from the profile's dpo.yaml (or --config) and flags."""
+    from trl import DPOConfig, ModelConfig, TrlParser
+
+    from aria.settings import get_settings
+
+    settings = get_settings()
+    parser = TrlParser((DPOScriptArguments, DPOConfig, ModelConfig))
+    parser.set_defaults(
+        model_name_or_path=settings.stage_model("aria-ft-sft"),
+        output_dir=str(checkpoints_dir("dpo")),
+        dpo_path=str(settings.training_dir / "dpo.jsonl"),
+        merged_dir=str(settings.model_dir("aria-ft-dpo")),
+        eval_path=str(settings.eval_path),
+    )
+    script_args, training_args, model_args = _parse(parser, _with_recipe("dpo", argv))
+    check_lora_args(model_args)
+    return script_args, training_args, model_args
+
+
+def check_lora_args(model_args: Any) -> None:
+    """Refuse LoRA settings that would make the adapter unservable or the recipe not QLoRA."""
+    if model_args.lora_modules_to_save:
+        raise SystemExit(
+            f"lora_modules_to_save={model_args.lora_modules_to_save} is refused: modules_to_save "
+            "stores full copies of those layers in the adapter, which vLLM cannot serve. "
+            "Remove it from the recipe or the command line."
+        )
+    if not model_args.use_peft:
+        raise SystemExit("use_peft must be true: the ARIA recipes train LoRA adapters (QLoRA)")
+
+
+def language_model_lora_targets(modules: list[str] | None) -> str:
+    """A PEFT target regex: the given linear layers (default: all of them) of the language model
+    only, never of a vision tower or projector."""
+    names = [m for m in (modules or LANGUAGE_MODEL_LINEAR) if m != "all-linear"] or list(
+        LANGUAGE_MODEL_LINEAR
+    )
+    excluded = "|".join(NOT_LANGUAGE_MODEL)
+    wanted = "|".join(re.escape(n) for n in names)
+    return rf"^(?!.*(?:{excluded})).*\.(?:{wanted})$"
+
+
+def lora_config(model_args: Any):
+    """The PEFT LoraConfig of a recipe (no modules_to_save, language model only)."""
+    from peft import LoraConfig
+
+    check_lora_args(model_args)
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=language_model_lora_targets(model_args.lora_target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+def quantization_config(model_args: Any, compute_dtype: Any):
+    """NF4 (or the recipe's quant type) 4-bit config with the recipe's double quantization."""
+    from transformers import BitsAndBytesConfig
+
+    if not model_args.load_in_4bit:
+        raise SystemExit("load_in_4bit must be true: the ARIA recipes are QLoRA (4-bit base)")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def compute_dtype(model_args: Any):
+    """The 4-bit compute dtype: the recipe's `dtype` (bf16) unless the hardware lacks bf16."""
+    import torch
+
+    wanted = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
+    dtype = getattr(torch, wanted)
+    if dtype == torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return dtype

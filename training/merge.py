@@ -1,0 +1,219 @@
+"""Merge a LoRA adapter into its bf16 base, check parity, and publish the model atomically.
+
+    >>> from training.merge import merge_adapter
+    >>> report = merge_adapter("data/models/tiny/base", Path("data/checkpoints/tiny/sft"),
+    ...                        Path("data/models/tiny/aria-ft-sft"), probes)
+
+The base is loaded in bf16, never in 4 bits: merging into a quantized base rounds the adapter
+into NF4 and ruins it, so a quantized base is refused. Before anything is published, the adapter
+model (base + unmerged LoRA) and the merged model score the same sequences (probe prompts plus
+the adapter model's greedy answers); the merge is published only if their logits differ by at
+most the stated tolerance and no greedy token flips where the adapter model was not near a tie. The parity numbers are written next to the model (merge_parity.json).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from aria.files import atomic_dir, atomic_write_json
+
+END_OF_TURN = "<end_of_turn>"
+PARITY_FILE = "merge_parity.json"
+PARITY_NEW_TOKENS = 64
+DEFAULT_TOLERANCE = 0.5
+
+
+class MergeParityError(RuntimeError):
+    """The merged model does not answer like the adapter model; nothing was published."""
+
+
+def model_config_dict(name_or_path: str) -> dict:
+    """The raw config.json of a local folder or a Hub id."""
+    local = Path(name_or_path) / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path).to_dict()
+
+
+def refuse_quantized_base(name_or_path: str) -> None:
+    """SystemExit when the base is stored quantized: LoRA must merge into bf16 weights."""
+    quant = model_config_dict(name_or_path).get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "quantized")
+        raise SystemExit(
+            f"refusing to merge into {name_or_path}: it is a {method} (quantized) model. Merge the "
+            "adapter into the bf16 base (the model the adapter was trained on, loaded unquantized)"
+        )
+
+
+def is_multimodal(name_or_path: str) -> bool:
+    """True for Gemma3ForConditionalGeneration-style models (a vision tower next to the LM)."""
+    return "vision_config" in model_config_dict(name_or_path)
+
+
+def load_bf16(name_or_path: str, token: str | None = None):
+    """The model in bf16 with eager attention (Gemma 3's recommended attention for training)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if is_multimodal(name_or_path) else AutoModelForCausalLM
+    return auto.from_pretrained(
+        name_or_path, dtype=torch.bfloat16, attn_implementation="eager", token=token
+    )
+
+
+def eos_ids_with_end_of_turn(tokenizer, generation_config) -> list[int]:
+    """The generation config's EOS ids plus <end_of_turn>, so chat answers stop at the turn end."""
+    ids = generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    for token in (tokenizer.eos_token, END_OF_TURN):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+def probe_inputs(tokenizer, probes: list[list[dict]]):
+    """Left-padded chat prompts (generation prompt added) as one batch of tensors."""
+    texts = [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        for messages in probes
+    ]
+    tokenizer.padding_side = "left"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def greedy_continuations(model, inputs, eos_ids: list[int], pad_id: int):
+    """Prompt + greedy continuation (PARITY_NEW_TOKENS at most) and its attention mask."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=PARITY_NEW_TOKENS,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+        )
+    new = out[:, inputs["input_ids"].shape[1] :]
+    mask = torch.cat([inputs["attention_mask"], (new != pad_id).long()], dim=1)
+    return out, mask
+
+
+def teacher_forced_logits(model, input_ids, attention_mask):
+    """Float32 logits of `model` on fixed token sequences (no compounding of earlier choices)."""
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+
+
+def parity_numbers(adapter_logits, merged_logits, mask, prompt_len: int, tolerance: float) -> dict:
+    """Compare two models' logits on the adapter's greedy continuations.
+
+    A greedy flip counts against the merge only where the adapter's own top-1/top-2 margin
+    exceeds `tolerance`; flips at near-ties are reported but allowed (bf16 rounding decides them).
+    """
+    valid = mask.bool()
+    max_diff = float((adapter_logits - merged_logits).abs()[valid].max())
+    gen = valid.clone()
+    gen[:, :prompt_len] = False
+    gen[:, -1] = False  # the last position predicts past the continuation
+    a_top = adapter_logits.topk(2, dim=-1)
+    flips = (a_top.indices[..., 0] != merged_logits.argmax(-1)) & gen
+    margin = a_top.values[..., 0] - a_top.values[..., 1]
+    decisive = flips & (margin > tolerance)
+    n_gen = int(gen.sum())
+    return {
+        "max_abs_logit_diff": round(max_diff, 6),
+        "greedy_tokens_compared": n_gen,
+        "greedy_token_agreement": round(1 - int(flips.sum()) / max(n_gen, 1), 6),
+        "near_tie_flips": int((flips & ~decisive).sum()),
+        "decisive_flips": int(decisive.sum()),
+    }
+
+
+def merge_adapter(
+    base: str,
+    adapter_dir: Path,
+    out_dir: Path,
+    probes: list[list[dict]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    before_publish: Callable[[Path, dict], None] | None = None,
+    token: str | None = None,
+) -> dict:
+    """Merge `adapter_dir` into the bf16 `base` and publish it at `out_dir` if parity holds.
+
+    Returns the parity report. Raises MergeParityError (and leaves `out_dir` untouched) when a
+    probe's greedy answer changes or the max logit difference exceeds `tolerance`.
+    `before_publish(tmp_dir, report)` may add files (metrics, quick eval) before the rename.
+    """
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer, GenerationConfig
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise SystemExit(f"no LoRA adapter in {adapter_dir}: run `make train-sft` first")
+    refuse_quantized_base(base)
+    adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
+    if getattr(adapter_config, "modules_to_save", None):
+        raise SystemExit(
+            f"{adapter_dir} has modules_to_save={adapter_config.modules_to_save}: vLLM cannot serve "
+            "it; retrain without lora_modules_to_save"
+        )
+
+    tokenizer = AutoTokenizer.from_pretrained(base, token=token)
+    model = PeftModel.from_pretrained(load_bf16(base, token), str(adapter_dir))
+    model.eval()
+    try:
+        generation_config = GenerationConfig.from_pretrained(base, token=token)
+    except OSError:  # a base without generation_config.json
+        generation_config = GenerationConfig.from_model_config(model.config)
+    eos_ids = eos_ids_with_end_of_turn(tokenizer, generation_config)
+    inputs = probe_inputs(tokenizer, probes)
+
+    sequences, seq_mask = greedy_continuations(model, inputs, eos_ids, tokenizer.pad_token_id)
+    adapter_logits = teacher_forced_logits(model, sequences, seq_mask)
+    merged = model.merge_and_unload()
+    merged_logits = teacher_forced_logits(merged, sequences, seq_mask)
+    numbers = parity_numbers(
+        adapter_logits, merged_logits, seq_mask, inputs["input_ids"].shape[1], tolerance
+    )
+    report = {
+        "base": str(base),
+        "adapter": str(adapter_dir),
+        "probes": len(probes),
+        **numbers,
+        "tolerance": tolerance,
+        "new_tokens": PARITY_NEW_TOKENS,
+        "passed": numbers["max_abs_logit_diff"] <= tolerance and numbers["decisive_flips"] == 0,
+    }
+    if not report["passed"]:
+        raise MergeParityError(
+            f"merge parity failed, nothing published to {out_dir}: max |logit diff| "
+            f"{numbers['max_abs_logit_diff']:.4f} (tolerance {tolerance}), greedy token agreement "
+            f"{numbers['greedy_token_agreement']:.2%} with {numbers['decisive_flips']} flips where "
+            f"the adapter model's top-1 margin exceeds the tolerance"
+        )
+
+    generation_config.eos_token_id = eos_ids
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        generation_config.save_pretrained(tmp)
+        if is_multimodal(base):
+            from transformers import AutoProcessor
+
+            AutoProcessor.from_pretrained(base, token=token).save_pretrained(tmp)
+        for extra in ("aria_build.json",):
+            if (Path(base) / extra).exists():
+                shutil.copy(Path(base) / extra, tmp / f"base_{extra}")
+        atomic_write_json(tmp / PARITY_FILE, report)
+        if before_publish is not None:
+            before_publish(tmp, report)
+    return report

@@ -1,0 +1,107 @@
+"""Checks a training stage runs before it loads anything heavy; each failure names its fix.
+
+    >>> from training.preflight import require_dataset
+    >>> require_dataset(Path("data/training/sft.jsonl"))  # SystemExit naming `make datasets`
+
+They refuse to train while a local vLLM server holds the GPU (the seed's rule: never train and
+serve at once on one GPU), and stop early when the base model, the datasets or the SFT model
+that DPO starts from are missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, get_settings
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def require_dataset(path: Path) -> Path:
+    """The dataset file, or SystemExit telling to run `make datasets`."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run `make datasets` first")
+    return path
+
+
+def is_local_model(name_or_path: str) -> bool:
+    """True when the model is a folder on disk (tiny, merged stages), False for a Hub id."""
+    return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "data"))
+
+
+def require_model(name_or_path: str, stage: str) -> str:
+    """A loadable model folder or a Hub id with a token; otherwise SystemExit naming the fix.
+
+    `stage` is the ARIA stage the model is (`base`, `aria-ft-sft`), used to name its make target.
+    """
+    if is_local_model(name_or_path):
+        if not (Path(name_or_path) / "config.json").exists():
+            target = STAGE_TARGETS.get(stage, "make tiny-model")
+            raise SystemExit(
+                f"model folder {name_or_path} is missing or incomplete (no config.json): "
+                f"run `{target}` first"
+            )
+        return name_or_path
+    if hub_token() is None and not _in_hub_cache(name_or_path):
+        gated = " (gated: accept its terms on the Hub)" if name_or_path == MEDGEMMA_HUB_ID else ""
+        raise SystemExit(
+            f"{name_or_path}{gated} must be downloaded from the Hugging Face Hub: set HF_TOKEN "
+            "in .env or the environment (or use ARIA_PROFILE=tiny and `make tiny-model`)"
+        )
+    return name_or_path
+
+
+def hub_token() -> str | None:
+    """HF_TOKEN from the settings (.env) or the environment; never printed."""
+    token = get_settings().hf_token
+    return token.get_secret_value() if token else os.environ.get("HF_TOKEN")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an odd cache layout only means "not cached"
+        return False
+
+
+def running_vllm_servers() -> list[str]:
+    """Descriptions of local vLLM servers: pid files data/run/vllm-*.pid and api_server processes."""
+    found: list[str] = []
+    run_dir = get_settings().aria_data_dir / "run"
+    for pid_file in sorted(run_dir.glob("vllm-*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            continue
+        if Path(f"/proc/{pid}").exists():
+            found.append(f"pid {pid} ({pid_file})")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if VLLM_SERVER_MODULE.encode() in args:
+            pid = cmdline.parent.name
+            if not any(f"pid {pid} " in f for f in found):
+                found.append(f"pid {pid} ({VLLM_SERVER_MODULE})")
+    return found
+
+
+def refuse_when_vllm_holds_gpu() -> None:
+    """On a GPU, SystemExit while a local vLLM server runs; on CPU only a warning."""
+    import torch
+
+    servers = running_vllm_servers()
+    if not servers:
+        return
+    listed = ", ".join(servers)
+    if torch.cuda.is_available():
+        raise SystemExit(
+            f"a local vLLM server holds the GPU ({listed}): stop it with `make serve-stop` "
+            "before training (never train and serve at once on one GPU)"
+        )
+    print(f"warning: a local vLLM server is running ({listed}); on CPU training still starts")

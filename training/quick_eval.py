@@ -1,0 +1,163 @@
+"""Greedy in-process evaluation of a model folder on the eval set (no server, no guided decoding).
+
+    python -m training.quick_eval --model data/models/tiny/aria-ft-dpo
+
+Generates greedily with transformers (batched, left padding) for each eval.jsonl profile and
+reports the JSON-valid rate and the exact match of `pathologie` and `confiance`. Training runs it
+after each merge and writes the numbers into the model's training_metrics.json. The release
+benchmark (vLLM, guided JSON, latency) is `make benchmark`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aria.domain import label
+from aria.files import read_jsonl
+from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
+from aria.schema import parse_diagnostic
+
+
+@dataclass
+class QuickEvalConfig:
+    """Which model to score, on which set, how many examples and how many per batch."""
+
+    model: Path
+    eval_path: Path | None = None  # default: data/eval/eval.jsonl
+    limit: int = 0  # 0: the whole eval set
+    batch_size: int = 64
+    max_new_tokens: int = DIAGNOSTIC_MAX_TOKENS
+
+
+def eval_example(record: dict) -> tuple[list[dict], str, str]:
+    """(prompt messages, expected pathology, expected confidence) of one eval.jsonl record.
+
+    The record carries a `profile` (the prompt is rebuilt and the label recomputed by the rule),
+    or a conversational `prompt` with a `completion` holding the reference JSON.
+    """
+    profile = record.get("profile")
+    prompt = record.get("prompt") or record.get("messages")
+    if isinstance(prompt, list):
+        prompt = [m for m in prompt if m.get("role") != "assistant"]
+    if profile is not None:
+        pathology, confiance = label(profile)
+        return prompt or diagnostic_messages(profile), pathology, confiance
+    if prompt and record.get("completion"):
+        reference = parse_diagnostic(record["completion"][-1]["content"])
+        return prompt, reference.pathologie, reference.confiance
+    raise ValueError("an eval record needs a 'profile' or a 'prompt' with a 'completion'")
+
+
+def score_answers(answers: list[str], expected: list[tuple[str, str]]) -> dict:
+    """JSON-valid rate and exact-match rates of pathologie and confiance (0..1)."""
+    valid = pathology_ok = confidence_ok = 0
+    for text, (pathology, confiance) in zip(answers, expected, strict=True):
+        try:
+            diagnostic = parse_diagnostic(text.strip())
+        except ValueError:
+            continue
+        valid += 1
+        pathology_ok += diagnostic.pathologie == pathology
+        confidence_ok += diagnostic.confiance == confiance
+    n = max(len(answers), 1)
+    return {
+        "n": len(answers),
+        "json_valid": valid / n,
+        "exact_match": pathology_ok / n,
+        "exact_match_confiance": confidence_ok / n,
+    }
+
+
+def generate_answers(
+    model_dir: Path, prompts: list[list[dict]], batch_size: int, max_new_tokens: int
+) -> list[str]:
+    """Greedy completions of chat prompts, decoded without special tokens."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from training.merge import eos_ids_with_end_of_turn, load_bf16
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = load_bf16(str(model_dir)).eval()
+    try:
+        eos_ids = eos_ids_with_end_of_turn(tokenizer, GenerationConfig.from_pretrained(model_dir))
+    except OSError:
+        eos_ids = eos_ids_with_end_of_turn(tokenizer, model.generation_config)
+    answers: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="quick eval", unit="batch"):
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch_size]
+        ]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return answers
+
+
+def quick_eval(
+    model_dir: Path,
+    eval_path: Path,
+    limit: int = 0,
+    batch_size: int = 64,
+    max_new_tokens: int = DIAGNOSTIC_MAX_TOKENS,
+) -> dict:
+    """Score `model_dir` on the first `limit` examples (0: all) of `eval_path`, greedily."""
+    if not Path(eval_path).exists():
+        raise SystemExit(f"{eval_path} does not exist: run `make datasets` first")
+    examples = [eval_example(r) for r in read_jsonl(eval_path)][: limit or None]
+    started = time.perf_counter()
+    answers = generate_answers(
+        Path(model_dir), [e[0] for e in examples], batch_size, max_new_tokens
+    )
+    result = score_answers(answers, [(e[1], e[2]) for e in examples])
+    result.update(
+        model=str(model_dir), eval_path=str(eval_path), seconds=time.perf_counter() - started
+    )
+    result["sample_answer"] = answers[0] if answers else ""
+    return result
+
+
+def main(cfg: QuickEvalConfig) -> dict:
+    """Print the scores of one model and their JSON line."""
+    from aria.settings import get_settings
+
+    eval_path = cfg.eval_path or get_settings().eval_path
+    result = quick_eval(cfg.model, eval_path, cfg.limit, cfg.batch_size, cfg.max_new_tokens)
+    print(f"model            {result['model']}")
+    print(f"examples         {result['n']}  ({result['seconds']:.1f} s)")
+    print(f"JSON valid       {result['json_valid']:.1%}")
+    print(f"exact match      {result['exact_match']:.1%}  (pathologie)")
+    print(f"confiance match  {result['exact_match_confiance']:.1%}")
+    print(json.dumps(result, ensure_ascii=False))
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> QuickEvalConfig:
+    """Command-line flags → QuickEvalConfig."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a model folder")
+    parser.add_argument("--eval-path", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=0, help="examples to score (0: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=DIAGNOSTIC_MAX_TOKENS)
+    a = parser.parse_args(argv)
+    return QuickEvalConfig(a.model, a.eval_path, a.limit, a.batch_size, a.max_new_tokens)
+
+
+if __name__ == "__main__":
+    main(parse_args())
