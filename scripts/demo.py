@@ -74,12 +74,13 @@ def main(cfg: DemoConfig) -> int:
                     served_name=stage,
                     api_key=settings.api_key_value(),
                     max_model_len=2048,
-                    extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+                    kv_cache_gib=1,  # three tiny models side by side on one machine
                     log_path=settings.aria_data_dir / "logs" / f"demo-{stage}.log",
                 )
             )
-        for server in servers:
-            server.wait_ready(timeout=600)
+        for server, stage in zip(servers, ROLES, strict=True):
+            ready = server.wait_ready(timeout=900)
+            print(f"  {stage} ready after {ready:.0f} s at {server.base_url}", flush=True)
         timings["serve"] = time.monotonic() - started
         args = []
         for server, (stage, role) in zip(servers, ROLES.items(), strict=True):
