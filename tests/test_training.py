@@ -374,3 +374,12 @@ def test_quick_eval_runs_greedy_generation(tiny_base_model: Path, dataset_dir: P
         max_new_tokens=8,
     )
     assert result["n"] == 4 and 0.0 <= result["exact_match"] <= 1.0
+
+
+@pytest.mark.engine
+def test_tiny_model_accepts_the_default_serving_length(tiny_base_model: Path) -> None:
+    """vLLM refuses VLLM_MAX_MODEL_LEN above the model's positions: `make serve-ft` would fail."""
+    from aria.settings import Settings
+
+    config = json.loads((tiny_base_model / "config.json").read_text())
+    assert config["max_position_embeddings"] >= Settings.model_fields["vllm_max_model_len"].default

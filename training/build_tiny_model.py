@@ -45,7 +45,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 END_OF_TURN = "<end_of_turn>"
 VOCAB_SIZE = 2048
-MAX_POSITIONS = 2048
+# Serving defaults to VLLM_MAX_MODEL_LEN=4096; vLLM refuses a length above the model's positions.
+MAX_POSITIONS = 4096
 # Std of the (tied) embedding at init. LoRA never trains it, so it bounds the output logits:
 # at Gemma's 0.02 the largest reachable logit gap is ~5 (loss floor ~2.2 nats) and SFT stalls.
 EMBEDDING_INIT_STD = 0.1
