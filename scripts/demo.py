@@ -101,8 +101,10 @@ def main(cfg: DemoConfig) -> int:
         print(f"  {stage:<12} {seconds:7.1f} s")
     latest = settings.aria_reports_dir / "latest"
     print(f"  report: {latest / 'report.md'} (summary: {latest / 'summary.json'})")
-    print(f"  release gate: {'passed' if gate == 0 else 'FAILED (see the report)'}")
-    return gate
+    verdict = {0: "passed", 1: "FAILED: the DPO model misses a target (see the report)"}
+    print(f"  release gate: {verdict.get(gate, f'not evaluated (benchmark exit code {gate})')}")
+    # The demo shows the chain; `make benchmark` is the release gate and exits 1 on a miss.
+    return 0 if gate in verdict else gate
 
 
 if __name__ == "__main__":
