@@ -18,7 +18,7 @@ import pytest
 
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import EXAMPLE_PROFILE
-from aria.prompts import diagnostic_request, render_prompt
+from aria.prompts import diagnostic_request, render_prompt, report_request
 from aria.schema import Diagnostic, diagnostic_json_schema, parse_diagnostic
 from scripts.soak import soak_profiles
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
@@ -116,8 +116,14 @@ def test_seed_body_with_raw_http(live_server):
 
 
 def test_report_returns_text(live_server):
+    # The session serves an untrained model: its text may be whitespace, but it must be text.
     text = client_for(live_server).report(EXAMPLE_PROFILE)
-    assert isinstance(text, str) and text.strip()
+    assert isinstance(text, str) and len(text) > 0
+    response = post(live_server, report_request(EXAMPLE_PROFILE, live_server.served_name))
+    assert response.status_code == 200
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert response.json()["usage"]["completion_tokens"] >= 1
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"], ids=["missing", "wrong"])
