@@ -297,13 +297,27 @@ def test_interrupted_sft_resumes_from_its_checkpoint(
 
 
 @pytest.mark.engine
-def test_merge_that_drifts_is_not_published(tiny_sft_run, tmp_path: Path):
+def test_merge_that_drifts_is_not_published(tiny_sft_run, tmp_path: Path, monkeypatch):
+    """A merge whose weights drift (here: corrupted after merging) is refused, nothing published."""
+    import torch
+    from peft.tuners.lora import LoraModel
+
     from training.merge import MergeParityError, merge_adapter
 
+    real_merge = LoraModel.merge_and_unload
+
+    def drifting_merge(self, *args, **kwargs):
+        merged = real_merge(self, *args, **kwargs)
+        embedding = merged.get_input_embeddings().weight
+        with torch.no_grad():  # token i now scores like token i-1: every greedy choice moves
+            embedding.copy_(embedding.roll(1, dims=0))
+        return merged
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", drifting_merge)
     probes = [[{"role": "user", "content": "Diagnostic en JSON."}]]
     out = tmp_path / "aria-ft-sft"
     with pytest.raises(MergeParityError, match="max \\|logit diff\\|"):
-        merge_adapter(str(tiny_sft_run.base), tiny_sft_run.checkpoints, out, probes, tolerance=-1.0)
+        merge_adapter(str(tiny_sft_run.base), tiny_sft_run.checkpoints, out, probes)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".aria-ft-sft")]
 

@@ -7,8 +7,11 @@
 The base is loaded in bf16, never in 4 bits: merging into a quantized base rounds the adapter
 into NF4 and ruins it, so a quantized base is refused. Before anything is published, the adapter
 model (base + unmerged LoRA) and the merged model score the same sequences (probe prompts plus
-the adapter model's greedy answers); the merge is published only if their logits differ by at
-most the stated tolerance and no greedy token flips where the adapter model was not near a tie. The parity numbers are written next to the model (merge_parity.json).
+the adapter model's greedy answers); the merge is published only if the greedy tokens agree
+(no flip where the adapter model's top-1 margin exceeds the tolerance) AND the logits differ by
+at most the tolerance. Both are needed: on a barely trained model every position is a near-tie,
+so token agreement alone would pass any drift. The numbers are written next to the model
+(merge_parity.json).
 """
 
 from __future__ import annotations
@@ -114,16 +117,17 @@ def teacher_forced_logits(model, input_ids, attention_mask):
 
 
 def parity_numbers(adapter_logits, merged_logits, mask, prompt_len: int, tolerance: float) -> dict:
-    """Compare two models' logits on the adapter's greedy continuations.
+    """Compare two models' logits on the probes and the adapter's greedy continuations.
 
-    A greedy flip counts against the merge only where the adapter's own top-1/top-2 margin
-    exceeds `tolerance`; flips at near-ties are reported but allowed (bf16 rounding decides them).
+    The greedy next token is compared at every position (prompt included, so the check is never
+    vacuous when a continuation is empty). A flip counts against the merge only where the
+    adapter's own top-1/top-2 margin exceeds `tolerance`; flips at near-ties are reported but
+    allowed (bf16 rounding decides them). `prompt_len` splits the counts for the report.
     """
     valid = mask.bool()
     max_diff = float((adapter_logits - merged_logits).abs()[valid].max())
     gen = valid.clone()
-    gen[:, :prompt_len] = False
-    gen[:, -1] = False  # the last position predicts past the continuation
+    gen[:, -1] = False  # the last position predicts past the sequence
     a_top = adapter_logits.topk(2, dim=-1)
     flips = (a_top.indices[..., 0] != merged_logits.argmax(-1)) & gen
     margin = a_top.values[..., 0] - a_top.values[..., 1]
@@ -131,6 +135,7 @@ def parity_numbers(adapter_logits, merged_logits, mask, prompt_len: int, toleran
     n_gen = int(gen.sum())
     return {
         "max_abs_logit_diff": round(max_diff, 6),
+        "continuation_tokens": int(gen[:, prompt_len:].sum()),
         "greedy_tokens_compared": n_gen,
         "greedy_token_agreement": round(1 - int(flips.sum()) / max(n_gen, 1), 6),
         "near_tie_flips": int((flips & ~decisive).sum()),
@@ -150,7 +155,8 @@ def merge_adapter(
     """Merge `adapter_dir` into the bf16 `base` and publish it at `out_dir` if parity holds.
 
     Returns the parity report. Raises MergeParityError (and leaves `out_dir` untouched) when a
-    probe's greedy answer changes or the max logit difference exceeds `tolerance`.
+    probe's greedy answer changes where the adapter model was decisive, or the max logit
+    difference exceeds `tolerance`.
     `before_publish(tmp_dir, report)` may add files (metrics, quick eval) before the rename.
     """
     from peft import PeftConfig, PeftModel
