@@ -800,7 +800,7 @@ def compare(models: list[dict], records_by_slug: dict[str, list[dict]]) -> dict:
         gain = 100 * ((by_role[tuned]["exact_match"] or 0) - by_role["base"]["exact_match"])
         band = metrics.recommendation_band(gain)
         verdict = {
-            "effective": "fine-tuning is effective (gain above 10 points): ship it",
+            "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
             "moderate": "fine-tuning is moderate (5 to 10 points): look at the weakest category",
             "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
         }[band]
