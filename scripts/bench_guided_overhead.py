@@ -38,6 +38,7 @@ class BenchConfig:
     warmup: int = 3
     ready_timeout_s: float = 900.0
     seed: int = 1
+    stage: str = "aria-ft-dpo"  # the production model; VLLM_MODEL overrides, as for make serve
 
 
 def timed_post(client: httpx.Client, body: dict) -> tuple[float, int]:
@@ -63,9 +64,16 @@ def summarise(rows: list[tuple[float, int]]) -> dict:
 def main(cfg: BenchConfig) -> int:
     """Run the benchmark on a fresh server; prints a table then a JSON line."""
     settings = get_settings()
-    model = resolve_model(settings, "base")
+    model = resolve_model(settings, cfg.stage)
     port = free_port()
-    handle = start_server(model, port, "aria-bench", "bench-key", kv_cache_gib=1)
+    handle = start_server(
+        model,
+        port,
+        "aria-bench",
+        "bench-key",
+        max_model_len=settings.vllm_max_model_len,
+        kv_cache_gib=1,
+    )
     try:
         start_s = handle.wait_ready(cfg.ready_timeout_s)
         headers = {"Authorization": "Bearer bench-key"}
