@@ -50,6 +50,7 @@ API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 MASK = "***"
 DEFAULT_READY_TIMEOUT_S = 600.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
+HTTP_KEEP_ALIVE_S = 75  # seconds an idle HTTP connection stays open on the server
 # A Hub id is `owner/name`; a local folder has more parts or exists on disk.
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Backends that accept `disable_any_whitespace` (vllm/config/structured_outputs.py).
@@ -165,7 +166,13 @@ def build_command(settings: Settings, stage: str, engine: Engine) -> ServeComman
         "--structured-outputs-config",
         json.dumps(structured, separators=(",", ":")),
     ]
-    env: dict[str, str] = {}
+    # Outlive the clients' pool expiry (httpx: 5 s) so a client never reuses a connection the
+    # server is closing: at vLLM's default of 5 s a soak at concurrency 32 lost 3 of 2000 requests.
+    env: dict[str, str] = {
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": os.environ.get(
+            "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(HTTP_KEEP_ALIVE_S)
+        )
+    }
     if engine == "gpu":
         argv += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
     else:

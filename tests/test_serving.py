@@ -102,7 +102,16 @@ def test_cpu_command_has_every_flag_and_kv_cache_env(tmp_path):
         "disable_any_whitespace": True,
     }
     assert "--gpu-memory-utilization" not in argv
-    assert command.env == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+    assert command.env == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75"}
+
+
+def test_server_keep_alive_outlives_client_pools_and_env_overrides_it(tmp_path, monkeypatch):
+    """At vLLM's 5 s default, clients reused connections the server was closing (soak errors)."""
+    settings = make_settings(tmp_path)
+    make_model(settings, "aria-ft-dpo")
+    assert build_command(settings, "aria-ft-dpo", "gpu").env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "75"
+    monkeypatch.setenv("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "20")
+    assert build_command(settings, "aria-ft-dpo", "cpu").env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "20"
 
 
 def test_gpu_command_sets_memory_utilization_and_no_cpu_env(tmp_path):
