@@ -130,7 +130,7 @@ def test_sft_records_keep_only_prompt_and_completion(tmp_path: Path):
 
 
 def test_bad_sft_line_names_file_and_line(tmp_path: Path):
-    from training.train_sft import load_sft_splits
+    from training.train_sft import load_splits, sft_record
 
     good = {
         "prompt": [{"role": "user", "content": "q"}],
@@ -139,7 +139,7 @@ def test_bad_sft_line_names_file_and_line(tmp_path: Path):
     path = tmp_path / "sft.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": []}) + "\n")
     with pytest.raises(DataError, match=r"sft.jsonl:2:"):
-        load_sft_splits(path, eval_size=0, seed=0)
+        load_splits(path, sft_record, eval_size=0, seed=0)
 
 
 def test_missing_dataset_names_make_datasets(tmp_path: Path):

@@ -18,9 +18,15 @@ import shutil
 import time
 from pathlib import Path
 
-from aria.files import DataError, atomic_write_json, read_jsonl
+from aria.files import atomic_write_json
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
-from training.train_sft import last_checkpoint, load_quantized, print_summary, run_fingerprint
+from training.train_sft import (
+    last_checkpoint,
+    load_quantized,
+    load_splits,
+    print_summary,
+    run_fingerprint,
+)
 
 DPO_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -34,20 +40,6 @@ def dpo_record(record: dict) -> dict:
     if record["chosen"] == record["rejected"]:
         raise ValueError("'chosen' and 'rejected' are identical")
     return {key: record[key] for key in DPO_FIELDS}
-
-
-def load_dpo_splits(path: Path, eval_size: int, seed: int):
-    """(train, eval) datasets: a seeded held-out slice of `eval_size` triplets for evaluation."""
-    from datasets import Dataset
-
-    records = read_jsonl(path, dpo_record)
-    if len(records) <= eval_size:
-        raise DataError(f"{path}: {len(records)} triplets, fewer than eval_size={eval_size} + 1")
-    dataset = Dataset.from_list(records)
-    if eval_size <= 0:
-        return dataset, None
-    split = dataset.train_test_split(test_size=eval_size, seed=seed)
-    return split["train"], split["test"]
 
 
 def plot_title(model_args) -> str:
@@ -72,7 +64,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     merged_dir = Path(script_args.merged_dir)
 
     started = time.perf_counter()
-    train_set, eval_set = load_dpo_splits(dpo_path, script_args.eval_size, training_args.seed)
+    train_set, eval_set = load_splits(
+        dpo_path, dpo_record, script_args.eval_size, training_args.seed
+    )
     if eval_set is None:
         training_args.eval_strategy = "no"
     fingerprint = run_fingerprint(dpo_path, sft_model, training_args, model_args)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aria.files import DataError, atomic_write_json, read_jsonl
@@ -44,13 +45,14 @@ def sft_record(record: dict) -> dict:
     return {key: record[key] for key in SFT_FIELDS}
 
 
-def load_sft_splits(path: Path, eval_size: int, seed: int):
-    """(train, eval) datasets: a seeded held-out slice of `eval_size` examples for evaluation."""
+def load_splits(path: Path, parse: Callable[[dict], dict], eval_size: int, seed: int):
+    """(train, eval) datasets of a JSONL file whose lines `parse` validates and trims, with a
+    seeded held-out slice of `eval_size` records for evaluation (None when eval_size <= 0)."""
     from datasets import Dataset
 
-    records = read_jsonl(path, sft_record)
+    records = read_jsonl(path, parse)
     if len(records) <= eval_size:
-        raise DataError(f"{path}: {len(records)} examples, fewer than eval_size={eval_size} + 1")
+        raise DataError(f"{path}: {len(records)} records, fewer than eval_size={eval_size} + 1")
     dataset = Dataset.from_list(records)
     if eval_size <= 0:
         return dataset, None
@@ -147,7 +149,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     merged_dir = Path(script_args.merged_dir)
 
     started = time.perf_counter()
-    train_set, eval_set = load_sft_splits(sft_path, script_args.eval_size, training_args.seed)
+    train_set, eval_set = load_splits(
+        sft_path, sft_record, script_args.eval_size, training_args.seed
+    )
     if eval_set is None:
         training_args.eval_strategy = "no"
     fingerprint = run_fingerprint(sft_path, base, training_args, model_args)
