@@ -42,6 +42,9 @@ from aria.domain import (
     label,
 )
 
+# The Achilles rule's two thresholds, from the rule table (heel_strike_index, dorsiflexion_max).
+(_, HSI_T), (_, DORSI_T) = RULE_BY_PATHOLOGY["Tendinite Achille"].thresholds
+
 SLICES: tuple[str, ...] = ("clear", "near_threshold", "two_rules", "none_fire")
 # Share of each slice in every label's records; near-threshold and two-rule cases are the hard ones.
 SLICE_WEIGHTS: dict[str, float] = {
@@ -244,24 +247,24 @@ def _draw(rng: random.Random, target: str, plan: dict[str, _Constraint]) -> dict
     if achille.exact:
         e = achille.high
         if rng.random() < 0.5:  # the heel-strike index decides, dorsiflexion is at least as high
-            hsi = _value(0.7, e)
-            dorsi_low = _value(15.0, e)
+            hsi = _value(HSI_T, e)
+            dorsi_low = _value(DORSI_T, e)
             dorsi = _truncated_normal(
-                rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, dorsi_low, _value(15.0, 0.6)
+                rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, dorsi_low, _value(DORSI_T, 0.6)
             )
         else:
-            dorsi = _value(15.0, e)
-            hsi = _truncated_normal(rng, hsi_mean, 0.09, _value(0.7, e), 1.0)
+            dorsi = _value(DORSI_T, e)
+            hsi = _truncated_normal(rng, hsi_mean, 0.09, _value(HSI_T, e), 1.0)
     else:
         hsi = _truncated_normal(rng, hsi_mean, 0.09, 0.02, 1.0)
         dorsi = _truncated_normal(rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, 0.0, 30.0)
-        ach_e = min(hsi / 0.7 - 1.0, dorsi / 15.0 - 1.0)
+        ach_e = min(hsi / HSI_T - 1.0, dorsi / DORSI_T - 1.0)
         if ach_e > achille.high:  # too much of both: bring one of them down below the cap
             if rng.random() < 0.5:
-                hsi = _truncated_normal(rng, hsi_mean, 0.09, 0.02, _value(0.7, achille.high))
+                hsi = _truncated_normal(rng, hsi_mean, 0.09, 0.02, _value(HSI_T, achille.high))
             else:
                 dorsi = _truncated_normal(
-                    rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, 0.0, _value(15.0, achille.high)
+                    rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, 0.0, _value(DORSI_T, achille.high)
                 )
 
     trunk_mean = 4.5 + 0.2 * (speed - 11.0) + 0.03 * (age - 38)
