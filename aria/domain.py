@@ -67,6 +67,8 @@ RULES: tuple[Rule, ...] = (
 )
 PATHOLOGIES: tuple[str, ...] = tuple(r.pathology for r in RULES)
 RULE_BY_PATHOLOGY: dict[str, Rule] = {r.pathology: r for r in RULES}
+# Every measurement has exactly one threshold (the Achilles rule uses two measurements).
+THRESHOLD_BY_KEY: dict[str, float] = {key: t for rule in RULES for key, t in rule.thresholds}
 
 CONFIDENCES: tuple[str, ...] = ("élevée", "modérée", "faible")
 HIGH_CONFIDENCE_MIN_EXCEEDANCE = 0.25
@@ -132,6 +134,15 @@ def validate_profile(profile: Mapping[str, Any]) -> dict[str, float]:
 def relative_exceedance(value: float, threshold: float) -> float:
     """(value - threshold) / threshold: positive when the value is above the threshold."""
     return (value - threshold) / threshold
+
+
+def percent_of_threshold(key: str, value: float) -> str:
+    """`value / threshold` in percent, one decimal: above 100.0 the measurement's signal fires.
+
+    The prompts show it beside each value; the rule's ranking is the ranking of these ratios
+    (relative exceedance = ratio - 1), so a reader compares like with like across units.
+    """
+    return f"{value / THRESHOLD_BY_KEY[key] * 100:.1f}"
 
 
 def exceedances(profile: Mapping[str, Any]) -> dict[str, float]:

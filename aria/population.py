@@ -36,6 +36,7 @@ from aria.domain import (
     MEASUREMENT_KEYS,
     PATHOLOGIES,
     RULE_BY_PATHOLOGY,
+    THRESHOLD_BY_KEY,
     exceedances,
     fired_rules,
     format_value,
@@ -165,21 +166,13 @@ def _measure(
     constraint: _Constraint | None,
 ) -> float:
     """One measurement: uniform in an exact band, else the population's law truncated below a cap."""
-    threshold = _threshold(key)
+    threshold = THRESHOLD_BY_KEY[key]
     if constraint is not None and constraint.exact:
         assert constraint.low is not None
         return _value(threshold, rng.uniform(constraint.low, constraint.high))
     if constraint is not None:
         high = min(high, _value(threshold, constraint.high))
     return _truncated_normal(rng, mean, sd, low, high)
-
-
-def _threshold(key: str) -> float:
-    for rule in RULE_BY_PATHOLOGY.values():
-        for k, t in rule.thresholds:
-            if k == key:
-                return t
-    raise KeyError(key)
 
 
 def _cap(pathology: str) -> float:

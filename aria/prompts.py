@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aria.domain import MEASUREMENTS, format_value, validate_profile
+from aria.domain import MEASUREMENTS, format_value, percent_of_threshold, validate_profile
 from aria.schema import diagnostic_response_format
 
 DIAGNOSTIC_TEMPERATURE = 0.1
@@ -34,12 +34,18 @@ _SEXE_FR = {"F": "femme", "M": "homme"}
 
 
 def render_measurements(profile: Mapping[str, Any]) -> str:
-    """One line per measurement, `key : value unit`, in the table's order."""
+    """One line per measurement in the table's order: `key : value unit (ratio % du seuil)`.
+
+    The ratio to the measurement's threshold is what the rule ranks, in one scale for every unit
+    (above 100.0 % the signal fires), the way a gait-lab report shows a value against its norm.
+    """
     values = validate_profile(profile)
     lines = []
     for m in MEASUREMENTS:
         unit = f" {m.unit}" if m.unit else ""
-        lines.append(f"- {m.key} : {format_value(m.key, values[m.key])}{unit}")
+        value = format_value(m.key, values[m.key])
+        ratio = percent_of_threshold(m.key, values[m.key])
+        lines.append(f"- {m.key} : {value}{unit} ({ratio} % du seuil)")
     return "\n".join(lines)
 
 

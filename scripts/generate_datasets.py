@@ -5,6 +5,7 @@
 
 Writes, atomically, under --out-dir (default: ARIA_DATA_DIR, i.e. data/):
 - training/sft.jsonl: TRL conversational prompt-completion records, ~88% diagnostic JSON, ~12% report;
+- training/sft_extended.jsonl: sft.jsonl plus fresh diagnostic records (the tiny profile's set);
 - training/dpo.jsonl: prompt / chosen (the reference JSON) / rejected (one of four kinds of error);
 - eval/eval.jsonl: held-out profiles with the rule's label, none of them seen in training;
 - training/stats.json: the counts printed at the end.
@@ -60,6 +61,10 @@ class GenerateConfig:
     n_sft: int = 1500
     n_dpo: int = 420
     n_eval: int = 360
+    # sft_extended.jsonl: sft.jsonl plus fresh diagnostic draws up to this size. The tiny profile trains on
+    # it: a randomly initialised model knows no language and learns the rule from more distinct
+    # runners, not from more passes over the same 1,500 (MedGemma's recipe uses sft.jsonl).
+    n_sft_extended: int = 12000
     out_dir: Path | None = None  # default: settings.aria_data_dir
 
 
@@ -144,23 +149,14 @@ def _rejected(rng: random.Random, profile: dict[str, Any], kind: str, reference:
     )
 
 
-def build_datasets(cfg: GenerateConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(sft, dpo, eval) records for `cfg`; same config, same records. Validated, leak-free."""
-    rng = random.Random(f"aria-datasets-{cfg.seed}")
-    seen: set[tuple[float, ...]] = set()
-
-    # Eval first, so that its profiles are reserved before any training profile is drawn.
-    evaluation = [
-        _labelled(_fresh_profile(rng, target, slice_name, seen), slice_name)
-        for target, slice_name in balanced_plan(cfg.n_eval)
-    ]
-    rng.shuffle(evaluation)
-    evaluation = [{"id": f"eval-{i:04d}", **r} for i, r in enumerate(evaluation, start=1)]
-
-    n_report = round(cfg.n_sft * REPORT_SHARE)
+def _sft_records(
+    rng: random.Random, n: int, seen: set[tuple[float, ...]], report_share: float = REPORT_SHARE
+) -> list[dict]:
+    """`n` SFT records on fresh profiles, `report_share` of them reports, balanced, shuffled."""
+    n_report = round(n * report_share)
     sft: list[dict] = []
-    for kind, n in (("diagnostic", cfg.n_sft - n_report), ("report", n_report)):
-        for target, slice_name in balanced_plan(n):
+    for kind, n_kind in (("diagnostic", n - n_report), ("report", n_report)):
+        for target, slice_name in balanced_plan(n_kind):
             profile = _fresh_profile(rng, target, slice_name, seen)
             if kind == "diagnostic":
                 prompt = diagnostic_messages(profile)
@@ -177,6 +173,29 @@ def build_datasets(cfg: GenerateConfig) -> tuple[list[dict], list[dict], list[di
                 }
             )
     rng.shuffle(sft)
+    return sft
+
+
+def build_datasets(
+    cfg: GenerateConfig,
+) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(sft, sft_extra, dpo, eval) records for `cfg`; same config, same records. Validated.
+
+    `sft_extra` holds the records that sft_extended.jsonl adds to sft.jsonl; no eval profile is
+    in any training split.
+    """
+    rng = random.Random(f"aria-datasets-{cfg.seed}")
+    seen: set[tuple[float, ...]] = set()
+
+    # Eval first, so that its profiles are reserved before any training profile is drawn.
+    evaluation = [
+        _labelled(_fresh_profile(rng, target, slice_name, seen), slice_name)
+        for target, slice_name in balanced_plan(cfg.n_eval)
+    ]
+    rng.shuffle(evaluation)
+    evaluation = [{"id": f"eval-{i:04d}", **r} for i, r in enumerate(evaluation, start=1)]
+
+    sft = _sft_records(rng, cfg.n_sft, seen)
 
     dpo: list[dict] = []
     # The plan is grouped by label: cycling the kinds in plan order balances kinds within labels.
@@ -197,15 +216,19 @@ def build_datasets(cfg: GenerateConfig) -> tuple[list[dict], list[dict], list[di
         )
     rng.shuffle(dpo)
 
-    for r in sft:
+    # Drawn last, so that sft.jsonl, dpo.jsonl and eval.jsonl do not depend on its size. Only
+    # diagnostics: sft.jsonl's reports teach the report, and a ~500-token report in a batch pads
+    # every other row to its length (random batches of the 12% mix trained 2x slower per step).
+    extra = _sft_records(rng, max(cfg.n_sft_extended - len(sft), 0), seen, report_share=0.0)
+    for r in sft + extra:
         validate_sft_record(r)
     for r in dpo:
         validate_dpo_record(r)
     for r in evaluation:
         validate_eval_record(r)
     check_unique_ids(evaluation)
-    check_no_leakage(sft + dpo, evaluation)
-    return sft, dpo, evaluation
+    check_no_leakage(sft + extra + dpo, evaluation)
+    return sft, extra, dpo, evaluation
 
 
 def format_summary(stats: dict[str, Any]) -> str:
@@ -234,21 +257,25 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
     """Generate, validate and write the three datasets and stats.json; returns the stats."""
     start = time.perf_counter()
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else get_settings().aria_data_dir
-    sft, dpo, evaluation = build_datasets(cfg)
+    sft, extra, dpo, evaluation = build_datasets(cfg)
     stats = dataset_stats(sft, dpo, evaluation)
     stats["generation"] = {
         **{k: v for k, v in asdict(cfg).items() if k != "out_dir"},
         "report_share": REPORT_SHARE,
         "command": "python -m scripts.generate_datasets"
-        + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}",
+        + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}"
+        + f" --n-sft-extended {cfg.n_sft_extended}",
+        "sft_extended_records": len(sft) + len(extra),
     }
     atomic_write_jsonl(out_dir / "eval" / "eval.jsonl", evaluation)
     atomic_write_jsonl(out_dir / "training" / "sft.jsonl", sft)
+    atomic_write_jsonl(out_dir / "training" / "sft_extended.jsonl", sft + extra)
     atomic_write_jsonl(out_dir / "training" / "dpo.jsonl", dpo)
     atomic_write_json(out_dir / "training" / "stats.json", stats)
     print(format_summary(stats))
     print(
-        f"\nwrote {len(sft)} SFT, {len(dpo)} DPO, {len(evaluation)} eval records under {out_dir} "
+        f"\nwrote {len(sft)} SFT ({len(sft) + len(extra)} in sft_extended.jsonl), {len(dpo)} DPO, "
+        f"{len(evaluation)} eval records under {out_dir} "
         f"in {time.perf_counter() - start:.1f} s (no eval profile in training)"
     )
     print(json.dumps({"records": stats["records"], "out_dir": str(out_dir)}))
@@ -263,6 +290,12 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     parser.add_argument("--n-sft", type=int, default=defaults.n_sft)
     parser.add_argument("--n-dpo", type=int, default=defaults.n_dpo)
     parser.add_argument("--n-eval", type=int, default=defaults.n_eval)
+    parser.add_argument(
+        "--n-sft-extended",
+        type=int,
+        default=defaults.n_sft_extended,
+        help="size of sft_extended.jsonl (sft.jsonl plus fresh draws; the tiny profile's SFT set)",
+    )
     parser.add_argument("--out-dir", type=Path, default=None, help="default: ARIA_DATA_DIR")
     args = parser.parse_args(argv)
     for name in ("n_sft", "n_dpo", "n_eval"):

@@ -50,7 +50,7 @@ from scripts.generate_dataset_card import render_dataset_card, size_category
 from scripts.generate_datasets import GenerateConfig, build_datasets
 from scripts.generate_datasets import main as generate
 
-SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48}
+SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48, "n_sft_extended": 120}
 
 
 def _load(data_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
@@ -76,7 +76,13 @@ def population() -> list[dict]:
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
-    files = ("training/sft.jsonl", "training/dpo.jsonl", "eval/eval.jsonl", "training/stats.json")
+    files = (
+        "training/sft.jsonl",
+        "training/sft_extended.jsonl",
+        "training/dpo.jsonl",
+        "eval/eval.jsonl",
+        "training/stats.json",
+    )
     generate(GenerateConfig(seed=5, out_dir=tmp_path / "a", **SMALL))
     generate(GenerateConfig(seed=5, out_dir=tmp_path / "b", **SMALL))
     generate(GenerateConfig(seed=6, out_dir=tmp_path / "c", **SMALL))
@@ -90,6 +96,21 @@ def test_default_sizes(datasets) -> None:
     assert len(sft) == 1500 and len(dpo) == 420 and len(evaluation) >= 300
     reports = sum(r["kind"] == "report" for r in sft)
     assert 0.10 <= reports / len(sft) <= 0.14
+
+
+def test_extended_sft_is_sft_plus_fresh_diagnostics(tmp_path: Path) -> None:
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "small", **SMALL))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "none", **{**SMALL, "n_sft_extended": 0}))
+    read = lambda d, f: read_jsonl(tmp_path / d / "training" / f, validate_sft_record)  # noqa: E731
+    sft, extended = read("small", "sft.jsonl"), read("small", "sft_extended.jsonl")
+    assert len(extended) == SMALL["n_sft_extended"] and extended[: len(sft)] == sft
+    assert all(r["kind"] == "diagnostic" for r in extended[len(sft) :])
+    # Its size changes nothing else, and every extra runner is new.
+    for f in ("training/sft.jsonl", "training/dpo.jsonl", "eval/eval.jsonl"):
+        assert (tmp_path / "small" / f).read_bytes() == (tmp_path / "none" / f).read_bytes(), f
+    assert read("none", "sft_extended.jsonl") == sft
+    keys = [canonical_measurements(r["profile"]) for r in extended]
+    assert len(set(keys)) == len(keys)
 
 
 # --- balance and slices --------------------------------------------------------------------
@@ -359,7 +380,7 @@ def test_generate_and_copy_share_the_validators() -> None:
 
 
 def test_card_renders_metadata_and_counts() -> None:
-    sft, dpo, evaluation = build_datasets(GenerateConfig(seed=2, **SMALL))
+    sft, _, dpo, evaluation = build_datasets(GenerateConfig(seed=2, **SMALL))
     stats = dataset_stats(sft, dpo, evaluation)
     card = render_dataset_card(stats, generation={"seed": 2, "command": "make datasets"})
     front = card.split("---")[1]

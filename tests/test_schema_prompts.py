@@ -5,7 +5,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from aria.domain import PATHOLOGIES
+from aria.domain import PATHOLOGIES, RULES, exceedances, percent_of_threshold
 from aria.prompts import (
     DIAGNOSTIC_MAX_TOKENS,
     diagnostic_messages,
@@ -96,13 +96,27 @@ def test_diagnostic_prompt_lists_every_measurement_and_the_context():
     assert message["role"] == "user"
     content = message["content"]
     for fragment in [
-        "valgus_genou : 13.4 °",
-        "longueur_foulee : 1.18 m",
-        "heel_strike_index : 0.52",
+        "valgus_genou : 13.4 ° (134.0 % du seuil)",
+        "longueur_foulee : 1.18 m (87.4 % du seuil)",
+        "heel_strike_index : 0.52 (74.3 % du seuil)",
     ]:
         assert fragment in content
     assert "34 ans, femme, cadence 172 pas/min" in content
     assert "JSON" in content
+
+
+def test_percent_of_threshold_ranks_like_the_rule():
+    # The prompt's ratios order the single-signal rules exactly as their exceedances do.
+    profile = {**PROFILE, "inclinaison_tronc": 7.7, "pronation_pied": 6.5}
+    single = [rule for rule in RULES if len(rule.thresholds) == 1]
+    by_ratio = sorted(
+        single,
+        key=lambda r: -float(percent_of_threshold(r.thresholds[0][0], profile[r.thresholds[0][0]])),
+    )
+    by_rule = sorted(single, key=lambda r: -exceedances(profile)[r.pathology])
+    assert [r.pathology for r in by_ratio] == [r.pathology for r in by_rule]
+    assert percent_of_threshold("inclinaison_tronc", 7.0) == "100.0"  # at the threshold: no fire
+    assert percent_of_threshold("longueur_foulee", 1.36) == "100.7"
 
 
 def test_prompt_refuses_a_bad_profile():

@@ -92,7 +92,8 @@ def test_no_config_flag_loads_the_active_profiles_recipe(monkeypatch):
     assert training_args.learning_rate == pytest.approx(2e-3)  # from tiny/sft.yaml
     # Paths come from the settings, not from the recipe.
     assert model_args.model_name_or_path == "/nowhere/data/models/tiny/base"
-    assert script_args.sft_path == "/nowhere/data/training/sft.jsonl"
+    # The tiny recipe trains on the extended set (sft.jsonl plus fresh draws).
+    assert script_args.sft_path == "/nowhere/data/training/sft_extended.jsonl"
     assert script_args.merged_dir == "/nowhere/data/models/tiny/aria-ft-sft"
     assert training_args.output_dir == "/nowhere/data/checkpoints/tiny/sft"
 

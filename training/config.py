@@ -38,7 +38,14 @@ class SFTScriptArguments:
     """Data, evaluation and publication settings of `python -m training.train_sft`."""
 
     sft_path: str | None = field(
-        default=None, metadata={"help": "SFT JSONL (default: data/training/sft.jsonl)"}
+        default=None, metadata={"help": "SFT JSONL (default: data/training/<sft_file>)"}
+    )
+    sft_file: str = field(
+        default="sft.jsonl",
+        metadata={
+            "help": "file of data/training/ to train on when --sft_path is not given "
+            "(the tiny recipe takes sft_extended.jsonl)"
+        },
     )
     eval_size: int = field(
         default=100,
@@ -145,11 +152,12 @@ def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, A
     parser.set_defaults(
         model_name_or_path=settings.stage_model("base"),
         output_dir=str(checkpoints_dir("sft")),
-        sft_path=str(settings.training_dir / "sft.jsonl"),
         merged_dir=str(settings.model_dir("aria-ft-sft")),
         eval_path=str(settings.eval_path),
     )
     script_args, training_args, model_args = _parse(parser, _with_recipe("sft", argv))
+    if script_args.sft_path is None:
+        script_args.sft_path = str(settings.training_dir / script_args.sft_file)
     check_lora_args(model_args)
     return script_args, training_args, model_args
 
