@@ -54,6 +54,14 @@ SLICE_WEIGHTS: dict[str, float] = {
     "two_rules": 0.20,
     "none_fire": 0.15,
 }
+# The tiny profile's extra SFT runners (sft_extended.jsonl): more of the cases that need a fine
+# comparison, since a tiny model gets every clear case right early (measured: 144/144).
+HARD_SLICE_WEIGHTS: dict[str, float] = {
+    "clear": 0.20,
+    "near_threshold": 0.25,
+    "two_rules": 0.30,
+    "none_fire": 0.25,
+}
 # `near_threshold` means |exceedance| <= this after rounding (sampled within 0.05).
 NEAR_THRESHOLD_MAX_EXCEEDANCE = 0.06
 # A non-deciding rule stays at least this far below zero (or below the target) in exceedance.
@@ -120,9 +128,14 @@ def canonical_measurements(profile: Mapping[str, Any]) -> tuple[float, ...]:
     return tuple(float(format_value(k, float(profile[k]))) for k in MEASUREMENT_KEYS)
 
 
-def slice_counts(n: int) -> dict[str, int]:
-    """Split `n` records over the slices by SLICE_WEIGHTS (largest remainder, deterministic)."""
-    raw = {s: n * w for s, w in SLICE_WEIGHTS.items()}
+def slice_counts(n: int, weights: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Split `n` records over the slices by `weights` (default SLICE_WEIGHTS; largest remainder)."""
+    weights = SLICE_WEIGHTS if weights is None else weights
+    if set(weights) != set(SLICES) or abs(sum(weights.values()) - 1.0) > 1e-9:
+        raise ValueError(
+            f"slice weights must give each of {', '.join(SLICES)} a share, summing to 1"
+        )
+    raw = {s: n * weights[s] for s in SLICES}
     counts = {s: math.floor(v) for s, v in raw.items()}
     leftovers = sorted(SLICES, key=lambda s: (-(raw[s] - counts[s]), SLICES.index(s)))
     for s in leftovers[: n - sum(counts.values())]:
@@ -130,12 +143,12 @@ def slice_counts(n: int) -> dict[str, int]:
     return counts
 
 
-def balanced_plan(n: int) -> list[tuple[str, str]]:
+def balanced_plan(n: int, weights: Mapping[str, float] | None = None) -> list[tuple[str, str]]:
     """(target label, slice) for `n` records: labels as even as possible, slices by weight."""
     plan: list[tuple[str, str]] = []
     for i, pathology in enumerate(PATHOLOGIES):
         n_label = n // len(PATHOLOGIES) + (1 if i < n % len(PATHOLOGIES) else 0)
-        for slice_name, count in slice_counts(n_label).items():
+        for slice_name, count in slice_counts(n_label, weights).items():
             plan.extend([(pathology, slice_name)] * count)
     return plan
 

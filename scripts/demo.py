@@ -50,7 +50,10 @@ def main(cfg: DemoConfig) -> int:
     settings = get_settings()
     timings: dict[str, float] = {}
 
-    data_ready = (settings.training_dir / "sft.jsonl").exists() and settings.eval_path.exists()
+    data_files = ("sft.jsonl", "sft_extended.jsonl", "dpo.jsonl")
+    data_ready = settings.eval_path.exists() and all(
+        (settings.training_dir / name).exists() for name in data_files
+    )
     if cfg.fresh or not data_ready:
         timings["datasets"] = run_stage("datasets", "scripts.generate_datasets")
     if cfg.fresh or not (settings.model_dir("base") / "config.json").exists():

@@ -34,6 +34,7 @@ from aria.settings import get_settings
 # Paths of the files inside the Hub dataset repository (configs' data_files).
 HUB_FILES: dict[str, tuple[str, str]] = {
     "sft": ("train", "training/sft.jsonl"),
+    "sft_extended": ("train", "training/sft_extended.jsonl"),
     "dpo": ("train", "training/dpo.jsonl"),
     "eval": ("test", "eval/eval.jsonl"),
 }
@@ -126,6 +127,7 @@ course à pied à partir de sept mesures biomécaniques, et à rédiger un rappo
 | config | fichier | format |
 |---|---|---|
 | `sft` | `sft.jsonl` | TRL *prompt-completion* conversationnel (`prompt`, `completion`, `kind` diagnostic ou report) |
+| `sft_extended` | `sft_extended.jsonl` | `sft.jsonl` suivi de diagnostics supplémentaires, surtout des cas difficiles (le profil `tiny` s'entraîne dessus) |
 | `dpo` | `dpo.jsonl` | TRL préférences (`prompt`, `chosen`, `rejected`, `rejection_kind`) |
 | `eval` | `eval.jsonl` | `id`, `profile`, `label`, `confidence`, `slice` (jamais vus à l'entraînement) |
 

@@ -34,7 +34,13 @@ from aria.domain import (
     runner_up,
 )
 from aria.files import atomic_write_json, atomic_write_jsonl
-from aria.population import SLICES, balanced_plan, canonical_measurements, sample_profile
+from aria.population import (
+    HARD_SLICE_WEIGHTS,
+    SLICES,
+    balanced_plan,
+    canonical_measurements,
+    sample_profile,
+)
 from aria.prompts import diagnostic_messages, report_messages
 from aria.records import (
     REJECTION_KINDS,
@@ -150,13 +156,17 @@ def _rejected(rng: random.Random, profile: dict[str, Any], kind: str, reference:
 
 
 def _sft_records(
-    rng: random.Random, n: int, seen: set[tuple[float, ...]], report_share: float = REPORT_SHARE
+    rng: random.Random,
+    n: int,
+    seen: set[tuple[float, ...]],
+    report_share: float = REPORT_SHARE,
+    slice_weights: dict[str, float] | None = None,
 ) -> list[dict]:
     """`n` SFT records on fresh profiles, `report_share` of them reports, balanced, shuffled."""
     n_report = round(n * report_share)
     sft: list[dict] = []
     for kind, n_kind in (("diagnostic", n - n_report), ("report", n_report)):
-        for target, slice_name in balanced_plan(n_kind):
+        for target, slice_name in balanced_plan(n_kind, slice_weights):
             profile = _fresh_profile(rng, target, slice_name, seen)
             if kind == "diagnostic":
                 prompt = diagnostic_messages(profile)
@@ -219,7 +229,9 @@ def build_datasets(
     # Drawn last, so that sft.jsonl, dpo.jsonl and eval.jsonl do not depend on its size. Only
     # diagnostics: sft.jsonl's reports teach the report, and a ~500-token report in a batch pads
     # every other row to its length (random batches of the 12% mix trained 2x slower per step).
-    extra = _sft_records(rng, max(cfg.n_sft_extended - len(sft), 0), seen, report_share=0.0)
+    # More of the hard slices: the tiny model gets the clear ones right early.
+    n_extra = max(cfg.n_sft_extended - len(sft), 0)
+    extra = _sft_records(rng, n_extra, seen, report_share=0.0, slice_weights=HARD_SLICE_WEIGHTS)
     for r in sft + extra:
         validate_sft_record(r)
     for r in dpo:

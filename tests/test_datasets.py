@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from aria.domain import (
 )
 from aria.files import read_jsonl
 from aria.population import (
+    HARD_SLICE_WEIGHTS,
     NEAR_THRESHOLD_MAX_EXCEEDANCE,
     PAIN_LOCATIONS,
     SLICES,
@@ -99,12 +101,15 @@ def test_default_sizes(datasets) -> None:
 
 
 def test_extended_sft_is_sft_plus_fresh_diagnostics(tmp_path: Path) -> None:
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "small", **SMALL))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "small", **{**SMALL, "n_sft_extended": 216}))
     generate(GenerateConfig(seed=5, out_dir=tmp_path / "none", **{**SMALL, "n_sft_extended": 0}))
     read = lambda d, f: read_jsonl(tmp_path / d / "training" / f, validate_sft_record)  # noqa: E731
     sft, extended = read("small", "sft.jsonl"), read("small", "sft_extended.jsonl")
-    assert len(extended) == SMALL["n_sft_extended"] and extended[: len(sft)] == sft
-    assert all(r["kind"] == "diagnostic" for r in extended[len(sft) :])
+    assert len(extended) == 216 and extended[: len(sft)] == sft
+    extra = extended[len(sft) :]
+    assert all(r["kind"] == "diagnostic" for r in extra)
+    hard = Counter(r["slice"] for r in extra)
+    assert hard["two_rules"] > hard["clear"]  # HARD_SLICE_WEIGHTS
     # Its size changes nothing else, and every extra runner is new.
     for f in ("training/sft.jsonl", "training/dpo.jsonl", "eval/eval.jsonl"):
         assert (tmp_path / "small" / f).read_bytes() == (tmp_path / "none" / f).read_bytes(), f
@@ -132,6 +137,17 @@ def test_every_slice_and_confidence_is_present(datasets) -> None:
     for pathology in PATHOLOGIES:  # every label in every slice of the eval set
         slices = {r["slice"] for r in evaluation if r["label"] == pathology}
         assert slices == set(SLICES), pathology
+
+
+def test_slice_counts_take_other_weights_and_refuse_bad_ones() -> None:
+    assert slice_counts(100, HARD_SLICE_WEIGHTS) == {
+        "clear": 20,
+        "near_threshold": 25,
+        "two_rules": 30,
+        "none_fire": 25,
+    }
+    with pytest.raises(ValueError, match="summing to 1"):
+        slice_counts(10, {**HARD_SLICE_WEIGHTS, "clear": 0.5})
 
 
 def test_slice_counts_follow_the_weights() -> None:

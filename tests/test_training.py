@@ -210,6 +210,11 @@ def test_quick_eval_scores_exact_match():
     assert result["json_valid"] == pytest.approx(2 / 3)
     assert result["exact_match"] == pytest.approx(1 / 3)
     assert result["exact_match_confiance"] == pytest.approx(2 / 3)
+    assert "exact_match_by_slice" not in result
+    by_slice = score_answers(
+        [good, wrong, good], [("Tendinite Achille", "faible")] * 3, ["clear", "clear", "two_rules"]
+    )["exact_match_by_slice"]
+    assert by_slice == {"clear": pytest.approx(0.5), "two_rules": pytest.approx(1.0)}
 
 
 # --- the engines on the tiny model

@@ -3,7 +3,8 @@
     python -m training.quick_eval --model data/models/tiny/aria-ft-dpo
 
 Generates greedily with transformers (batched, left padding) for each eval.jsonl profile and
-reports the JSON-valid rate and the exact match of `pathologie` and `confiance`. Training runs it
+reports the JSON-valid rate and the exact match of `pathologie` and `confiance` (and of
+`pathologie` per eval slice). Training runs it
 after each merge and writes the numbers into the model's training_metrics.json. The release
 benchmark (vLLM, guided JSON, latency) is `make benchmark`.
 """
@@ -52,24 +53,37 @@ def eval_example(record: dict) -> tuple[list[dict], str, str]:
     raise ValueError("an eval record needs a 'profile' or a 'prompt' with a 'completion'")
 
 
-def score_answers(answers: list[str], expected: list[tuple[str, str]]) -> dict:
-    """JSON-valid rate and exact-match rates of pathologie and confiance (0..1)."""
+def score_answers(
+    answers: list[str], expected: list[tuple[str, str]], slices: list[str | None] | None = None
+) -> dict:
+    """JSON-valid rate and exact-match rates of pathologie and confiance (0..1).
+
+    With the eval records' `slices`, also the pathology exact match of each slice.
+    """
     valid = pathology_ok = confidence_ok = 0
-    for text, (pathology, confiance) in zip(answers, expected, strict=True):
+    per_slice: dict[str, list[int]] = {}
+    slices = slices or [None] * len(answers)
+    for text, (pathology, confiance), slice_name in zip(answers, expected, slices, strict=True):
+        hits = per_slice.setdefault(slice_name, [0, 0]) if slice_name else [0, 0]
+        hits[1] += 1
         try:
             diagnostic = parse_diagnostic(text.strip())
         except ValueError:
             continue
         valid += 1
         pathology_ok += diagnostic.pathologie == pathology
+        hits[0] += diagnostic.pathologie == pathology
         confidence_ok += diagnostic.confiance == confiance
     n = max(len(answers), 1)
-    return {
+    result = {
         "n": len(answers),
         "json_valid": valid / n,
         "exact_match": pathology_ok / n,
         "exact_match_confiance": confidence_ok / n,
     }
+    if per_slice:
+        result["exact_match_by_slice"] = {k: ok / total for k, (ok, total) in per_slice.items()}
+    return result
 
 
 def generate_answers(
@@ -119,12 +133,14 @@ def quick_eval(
     """Score `model_dir` on the first `limit` examples (0: all) of `eval_path`, greedily."""
     if not Path(eval_path).exists():
         raise SystemExit(f"{eval_path} does not exist: run `make datasets` first")
-    examples = [eval_example(r) for r in read_jsonl(eval_path)][: limit or None]
+    records = read_jsonl(eval_path)[: limit or None]
+    examples = [eval_example(r) for r in records]
     started = time.perf_counter()
     answers = generate_answers(
         Path(model_dir), [e[0] for e in examples], batch_size, max_new_tokens
     )
-    result = score_answers(answers, [(e[1], e[2]) for e in examples])
+    slices = [r.get("slice") for r in records]
+    result = score_answers(answers, [(e[1], e[2]) for e in examples], slices)
     result.update(
         model=str(model_dir), eval_path=str(eval_path), seconds=time.perf_counter() - started
     )
@@ -143,6 +159,8 @@ def main(cfg: QuickEvalConfig) -> dict:
     print(f"JSON valid       {result['json_valid']:.1%}")
     print(f"exact match      {result['exact_match']:.1%}  (pathologie)")
     print(f"confiance match  {result['exact_match_confiance']:.1%}")
+    for slice_name, rate in result.get("exact_match_by_slice", {}).items():
+        print(f"  {slice_name:<14} {rate:.1%}")
     print(json.dumps(result, ensure_ascii=False))
     return result
 

@@ -222,6 +222,11 @@ def print_summary(metrics: dict, metrics_path: Path) -> None:
             f"  quick eval ({quick['n']} greedy): exact match {quick['exact_match']:.1%}, "
             f"JSON valid {quick['json_valid']:.1%}, confiance {quick['exact_match_confiance']:.1%}"
         )
+        by_slice = quick.get("exact_match_by_slice", {})
+        if by_slice:
+            print(
+                "  exact match by slice: " + ", ".join(f"{k} {v:.1%}" for k, v in by_slice.items())
+            )
     print(f"  metrics: {metrics_path}")
     summary = {k: v for k, v in metrics.items() if k not in ("quick_eval", "merge_parity")}
     print(json.dumps(summary, ensure_ascii=False, default=str))
