@@ -23,7 +23,7 @@ install: $(STAMP) ## Create .venv with the CPU or GPU engine profile (ENGINE=cpu
 check-gpu: $(STAMP) ## Report GPU, VRAM, CUDA, bf16 and a ✓/✗ checklist of the engines
 	$(PY) -m scripts.check_gpu
 
-datasets: $(STAMP) ## Generate data/training/{sft,dpo}.jsonl and data/eval/eval.jsonl (seeded)
+datasets: $(STAMP) ## Generate data/training/{sft,sft_extended,dpo}.jsonl and data/eval/eval.jsonl (seeded)
 	$(PY) -m scripts.generate_datasets $(ARGS)
 
 copy-datasets: $(STAMP) ## Import JSONL datasets from SRC=folder through the same validation

@@ -150,6 +150,24 @@ def test_missing_dataset_names_make_datasets(tmp_path: Path):
         require_dataset(tmp_path / "sft.jsonl")
 
 
+def test_missing_extended_set_names_both_fixes(tmp_path: Path, monkeypatch):
+    # The tiny recipe trains on sft_extended.jsonl, which imported datasets do not have.
+    from aria.settings import get_settings
+    from training.train_sft import main
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    monkeypatch.setenv("ARIA_PROFILE", "tiny")
+    monkeypatch.setenv("ARIA_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        args = parse_sft_args(["--model_name_or_path", str(tmp_path / "base")])
+        with pytest.raises(SystemExit, match=r"make datasets.*--sft_file sft\.jsonl"):
+            main(*args)
+    finally:
+        get_settings.cache_clear()
+
+
 def test_missing_models_name_their_make_target(tmp_path: Path):
     from training.preflight import require_model
 

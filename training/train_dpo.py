@@ -14,13 +14,13 @@ match of a greedy quick eval.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from aria.files import atomic_write_json
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
 from training.train_sft import (
+    complete_merged_folder,
     last_checkpoint,
     load_quantized,
     load_splits,
@@ -52,10 +52,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     from transformers import AutoTokenizer
     from trl import DPOTrainer
 
-    from training.curves import METRICS_FILE, write_training_report
+    from training.curves import METRICS_FILE
     from training.merge import merge_adapter
     from training.preflight import refuse_when_vllm_holds_gpu, require_dataset, require_model
-    from training.quick_eval import quick_eval
 
     sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft")
     dpo_path = require_dataset(Path(script_args.dpo_path))
@@ -107,16 +106,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     }
 
     def finish(tmp: Path, parity: dict) -> None:
-        metrics["merge_parity"] = parity
-        if script_args.quick_eval_size != 0:  # -1: the whole eval set
-            metrics["quick_eval"] = quick_eval(
-                tmp, Path(script_args.eval_path), limit=max(script_args.quick_eval_size, 0)
-            )
-            metrics["exact_match"] = metrics["quick_eval"]["exact_match"]
-        runs = output_dir / "runs"
-        if runs.exists():
-            shutil.copytree(runs, tmp / "runs")
-        write_training_report(log_history, tmp, metrics, plot_title(model_args))
+        complete_merged_folder(
+            tmp, parity, metrics, log_history, output_dir, script_args, plot_title(model_args)
+        )
 
     merge_adapter(sft_model, output_dir, merged_dir, probes, script_args.parity_tolerance, finish)
     print_summary(metrics, merged_dir / METRICS_FILE)

@@ -1,11 +1,12 @@
-"""SFT (QLoRA NF4) of the profile's base model on sft.jsonl, then a bf16 merge as aria-ft-sft.
+"""SFT (QLoRA NF4) of the profile's base on its SFT set, then a bf16 merge as aria-ft-sft.
 
     python -m training.train_sft                     # make train-sft (recipe of ARIA_PROFILE)
     python -m training.train_sft --config training/recipes/tiny/sft.yaml --max_steps 6
 
 The base is loaded in 4-bit NF4 (double quantization), prepared for k-bit training, and a LoRA
 adapter is trained on every linear layer of the language model with the loss on the completion
-only. A held-out slice of sft.jsonl is evaluated during training; checkpoints go to
+only. The set is data/training/<sft_file> (sft.jsonl; the tiny recipe takes sft_extended.jsonl)
+and a held-out slice of it is evaluated during training; checkpoints go to
 data/checkpoints/<profile>/sft and a re-run resumes from the last one. The adapter is then merged
 into the bf16 base (parity checked) and published atomically to data/models/<profile>/aria-ft-sft
 with training_metrics.json, loss.png and the TensorBoard runs; a greedy quick eval on eval.jsonl
@@ -131,7 +132,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from training.curves import METRICS_FILE, write_training_report
+    from training.curves import METRICS_FILE
     from training.merge import merge_adapter
     from training.preflight import (
         hub_token,
@@ -139,10 +140,16 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         require_dataset,
         require_model,
     )
-    from training.quick_eval import quick_eval
 
     base = require_model(model_args.model_name_or_path, "base")
-    sft_path = require_dataset(Path(script_args.sft_path))
+    sft_path = Path(script_args.sft_path)
+    if not sft_path.exists() and sft_path.name == "sft_extended.jsonl":
+        # Imported datasets (make copy-datasets) have no extended set: say how to train without it.
+        raise SystemExit(
+            f"{sft_path} does not exist: run `make datasets` to generate it, or train on your "
+            'sft.jsonl with make train-sft ARGS="--sft_file sft.jsonl"'
+        )
+    sft_path = require_dataset(sft_path)
     refuse_when_vllm_holds_gpu()
     token = hub_token()
     output_dir = Path(training_args.output_dir)
@@ -189,20 +196,42 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     }
 
     def finish(tmp: Path, parity: dict) -> None:
-        metrics["merge_parity"] = parity
-        if script_args.quick_eval_size != 0:  # -1: the whole eval set
-            metrics["quick_eval"] = quick_eval(
-                tmp, Path(script_args.eval_path), limit=max(script_args.quick_eval_size, 0)
-            )
-            metrics["exact_match"] = metrics["quick_eval"]["exact_match"]
-        runs = output_dir / "runs"
-        if runs.exists():
-            shutil.copytree(runs, tmp / "runs")
-        write_training_report(log_history, tmp, metrics, "ARIA SFT (QLoRA NF4)")
+        complete_merged_folder(
+            tmp, parity, metrics, log_history, output_dir, script_args, "ARIA SFT (QLoRA NF4)"
+        )
 
     merge_adapter(base, output_dir, merged_dir, probes, script_args.parity_tolerance, finish, token)
     print_summary(metrics, merged_dir / METRICS_FILE)
     return metrics
+
+
+def complete_merged_folder(
+    tmp: Path,
+    parity: dict,
+    metrics: dict,
+    log_history: list[dict],
+    output_dir: Path,
+    script_args,
+    title: str,
+) -> None:
+    """Fill a merged model's folder before it is published (SFT and DPO alike).
+
+    Adds the parity result and, unless `quick_eval_size` is 0, the greedy quick eval to `metrics`;
+    copies the TensorBoard runs; writes training_metrics.json and loss.png.
+    """
+    from training.curves import write_training_report
+    from training.quick_eval import quick_eval
+
+    metrics["merge_parity"] = parity
+    if script_args.quick_eval_size != 0:  # -1: the whole eval set
+        metrics["quick_eval"] = quick_eval(
+            tmp, Path(script_args.eval_path), limit=max(script_args.quick_eval_size, 0)
+        )
+        metrics["exact_match"] = metrics["quick_eval"]["exact_match"]
+    runs = output_dir / "runs"
+    if runs.exists():
+        shutil.copytree(runs, tmp / "runs")
+    write_training_report(log_history, tmp, metrics, title)
 
 
 def print_summary(metrics: dict, metrics_path: Path) -> None:
