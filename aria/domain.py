@@ -137,12 +137,14 @@ def relative_exceedance(value: float, threshold: float) -> float:
 
 
 def percent_of_threshold(key: str, value: float) -> str:
-    """`value / threshold` in percent, one decimal: above 100.0 the measurement's signal fires.
+    """`value / threshold` in whole percent: above 100 the measurement's signal fires.
 
     The prompts show it beside each value; the rule's ranking is the ranking of these ratios
-    (relative exceedance = ratio - 1), so a reader compares like with like across units.
+    (relative exceedance = ratio - 1), so a reader compares like with like across units. Whole
+    percent suffices: one step of any value's displayed precision moves its ratio by at least
+    0.67 %, so a value just above its threshold shows 101, never 100.
     """
-    return f"{value / THRESHOLD_BY_KEY[key] * 100:.1f}"
+    return f"{value / THRESHOLD_BY_KEY[key] * 100:.0f}"
 
 
 def exceedances(profile: Mapping[str, Any]) -> dict[str, float]:

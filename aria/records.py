@@ -24,7 +24,7 @@ from aria.domain import (
     validate_profile,
 )
 from aria.population import SLICES, canonical_measurements
-from aria.prompts import render_measurements, render_prompt
+from aria.prompts import REPORT_TEMPLATE, render_measurements, render_prompt
 from aria.schema import parse_diagnostic
 
 SFT_KINDS: tuple[str, ...] = ("diagnostic", "report")
@@ -43,8 +43,11 @@ def cited_numbers(text: str) -> list[str]:
 
 
 def grounded_numbers(profile: Mapping[str, Any]) -> set[float]:
-    """The numbers a text about `profile` may cite: the prompt's values and the rule's thresholds."""
-    allowed = {float(n) for n in cited_numbers(render_prompt(profile))}
+    """The numbers a text about `profile` may cite: the prompts' values and the rule's thresholds.
+
+    The report's prompt is the larger of the two inputs: it adds the context to the measurements.
+    """
+    allowed = {float(n) for n in cited_numbers(render_prompt(profile, REPORT_TEMPLATE))}
     allowed |= {float(format_value(key, t)) for rule in RULES for key, t in rule.thresholds}
     return allowed
 

@@ -5,7 +5,15 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from aria.domain import PATHOLOGIES, RULES, exceedances, percent_of_threshold
+from aria.domain import (
+    MEASUREMENTS,
+    PATHOLOGIES,
+    RULES,
+    THRESHOLD_BY_KEY,
+    exceedances,
+    percent_of_threshold,
+    relative_exceedance,
+)
 from aria.prompts import (
     DIAGNOSTIC_MAX_TOKENS,
     diagnostic_messages,
@@ -91,18 +99,25 @@ def test_reference_justification_marks_other_signals_and_no_signal():
     Diagnostic(pathologie=PATHOLOGIES[1], confiance="faible", justification=text)
 
 
-def test_diagnostic_prompt_lists_every_measurement_and_the_context():
+def test_diagnostic_prompt_lists_every_measurement_and_no_context():
     (message,) = diagnostic_messages(PROFILE)
     assert message["role"] == "user"
     content = message["content"]
     for fragment in [
-        "valgus_genou : 13.4 ° (134.0 % du seuil)",
-        "longueur_foulee : 1.18 m (87.4 % du seuil)",
-        "heel_strike_index : 0.52 (74.3 % du seuil)",
+        "valgus_genou : 13.4 ° (134 % du seuil)",
+        "longueur_foulee : 1.18 m (87 % du seuil)",
+        "heel_strike_index : 0.52 (74 % du seuil)",
     ]:
         assert fragment in content
-    assert "34 ans, femme, cadence 172 pas/min" in content
+    assert content.count("% du seuil") == len(MEASUREMENTS)
+    assert "ans" not in content and "Contexte" not in content  # the rule never reads it
     assert "JSON" in content
+
+
+def test_report_prompt_keeps_the_context():
+    (message,) = report_messages(PROFILE)
+    assert "34 ans, femme, cadence 172 pas/min" in message["content"]
+    assert "valgus_genou : 13.4 ° (134 % du seuil)" in message["content"]
 
 
 def test_percent_of_threshold_ranks_like_the_rule():
@@ -115,8 +130,19 @@ def test_percent_of_threshold_ranks_like_the_rule():
     )
     by_rule = sorted(single, key=lambda r: -exceedances(profile)[r.pathology])
     assert [r.pathology for r in by_ratio] == [r.pathology for r in by_rule]
-    assert percent_of_threshold("inclinaison_tronc", 7.0) == "100.0"  # at the threshold: no fire
-    assert percent_of_threshold("longueur_foulee", 1.36) == "100.7"
+    assert percent_of_threshold("inclinaison_tronc", 7.0) == "100"  # at the threshold: no fire
+    assert percent_of_threshold("longueur_foulee", 1.36) == "101"
+
+
+@pytest.mark.parametrize("m", MEASUREMENTS, ids=lambda m: m.key)
+def test_one_display_step_above_a_threshold_shows_more_than_100(m):
+    # Whole percent never hides a firing signal: the smallest value shown above the threshold
+    # (threshold + one step of the displayed precision) reads 101 or more.
+    threshold = THRESHOLD_BY_KEY[m.key]
+    just_above = round(threshold + 10**-m.decimals, m.decimals)
+    assert relative_exceedance(just_above, threshold) > 0
+    assert int(percent_of_threshold(m.key, just_above)) >= 101
+    assert percent_of_threshold(m.key, threshold) == "100"
 
 
 def test_prompt_refuses_a_bad_profile():
