@@ -130,6 +130,23 @@ def test_sft_records_keep_only_prompt_and_completion(tmp_path: Path):
     assert set(sft_record(record)) == {"prompt", "completion"}
 
 
+def test_batches_by_kind_keeps_reports_apart_in_a_seeded_order():
+    from training.train_sft import batches_by_kind, is_report
+
+    diagnostic = {"completion": [{"role": "assistant", "content": '{"pathologie":"x"}'}]}
+    report = {"completion": [{"role": "assistant", "content": "Rapport : ..."}]}
+    assert (is_report(diagnostic), is_report(report)) == (False, True)
+    kinds = [i % 3 == 0 for i in range(100)]  # 34 reports, 66 diagnostics
+    order = batches_by_kind(kinds, 8, seed=1)
+    assert sorted(order) == list(range(100))  # every row once
+    batches = [order[i : i + 8] for i in range(0, 100, 8)]
+    full = batches[: 34 // 8 + 66 // 8]  # the full batches come first, the two partial ones last
+    assert all(len({kinds[i] for i in b}) == 1 for b in full)
+    assert [kinds[b[0]] for b in full] != sorted(kinds[b[0]] for b in full)  # batches shuffled
+    assert order == batches_by_kind(kinds, 8, seed=1)
+    assert order != batches_by_kind(kinds, 8, seed=2)
+
+
 def test_bad_sft_line_names_file_and_line(tmp_path: Path):
     from training.train_sft import load_splits, sft_record
 

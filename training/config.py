@@ -51,6 +51,14 @@ class SFTScriptArguments:
         default=100,
         metadata={"help": "examples of sft.jsonl held out for evaluation during training"},
     )
+    batch_by_kind: bool = field(
+        default=False,
+        metadata={
+            "help": "each batch holds one kind of answer (JSON diagnostics or free-text reports), "
+            "batches in a seeded random order: one long report pads a whole batch of short "
+            "diagnostics to its length (sets train_sampling_strategy to sequential)"
+        },
+    )
     merged_dir: str | None = field(
         default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-sft)"}
     )

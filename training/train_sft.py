@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -61,9 +62,39 @@ def load_splits(path: Path, parse: Callable[[dict], dict], eval_size: int, seed:
     return split["train"], split["test"]
 
 
+def is_report(row: dict) -> bool:
+    """A free-text answer: the completion is not a JSON object (a diagnostic is)."""
+    return not row["completion"][-1]["content"].lstrip().startswith("{")
+
+
+def batches_by_kind(kinds: list[bool], batch_size: int, seed: int) -> list[int]:
+    """Row indices in an order whose consecutive `batch_size` rows share one kind.
+
+    Each kind is shuffled and cut into batches, and the full batches are shuffled together
+    (seeded); the one partial batch of each kind goes last. Read sequentially, the order gives
+    random batches without padding short answers to the length of a long one.
+    """
+    rng = random.Random(seed)
+    full, partial = [], []
+    for kind in sorted(set(kinds)):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        rng.shuffle(rows)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            (full if len(batch) == batch_size else partial).append(batch)
+    rng.shuffle(full)
+    return [i for batch in full + partial for i in batch]
+
+
 def run_fingerprint(data_path: Path, base: str, training_args, model_args) -> dict:
     """What a checkpoint must match to be resumed: the data, the base and the recipe's knobs."""
-    knobs = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+    knobs = (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "seed",
+        "train_sampling_strategy",
+    )
     return {
         "data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest()[:16],
         "base": str(base),
@@ -161,6 +192,11 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     )
     if eval_set is None:
         training_args.eval_strategy = "no"
+    if script_args.batch_by_kind:
+        kinds = [is_report(row) for row in train_set]
+        order = batches_by_kind(kinds, training_args.per_device_train_batch_size, training_args.seed)
+        train_set = train_set.select(order)
+        training_args.train_sampling_strategy = "sequential"
     fingerprint = run_fingerprint(sft_path, base, training_args, model_args)
     resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(base, token=token)
