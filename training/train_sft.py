@@ -194,7 +194,9 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         training_args.eval_strategy = "no"
     if script_args.batch_by_kind:
         kinds = [is_report(row) for row in train_set]
-        order = batches_by_kind(kinds, training_args.per_device_train_batch_size, training_args.seed)
+        order = batches_by_kind(
+            kinds, training_args.per_device_train_batch_size, training_args.seed
+        )
         train_set = train_set.select(order)
         training_args.train_sampling_strategy = "sequential"
     fingerprint = run_fingerprint(sft_path, base, training_args, model_args)
