@@ -45,7 +45,6 @@ def short_sft_argv(
         "--save_steps", "2",
         "--logging_steps", "1",
         "--quick_eval_size", "0",
-        "--train_sampling_strategy", "random",
         "--disable_tqdm", "true",
     ]  # fmt: skip
 

@@ -158,6 +158,10 @@ def test_bad_sft_line_names_file_and_line(tmp_path: Path):
     path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": []}) + "\n")
     with pytest.raises(DataError, match=r"sft.jsonl:2:"):
         load_splits(path, sft_record, eval_size=0, seed=0)
+    no_content = {**good, "completion": [{"role": "assistant"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(no_content) + "\n")
+    with pytest.raises(DataError, match=r"sft.jsonl:2: .*'content' string"):
+        load_splits(path, sft_record, eval_size=0, seed=0)
 
 
 def test_missing_dataset_names_make_datasets(tmp_path: Path):

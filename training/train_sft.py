@@ -42,6 +42,9 @@ def sft_record(record: dict) -> dict:
         messages = record.get(key)
         if not isinstance(messages, list) or not messages:
             raise ValueError(f"'{key}' must be a non-empty list of chat messages")
+    for message in record["prompt"] + record["completion"]:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError("every chat message needs a 'content' string")
     if record["completion"][-1].get("role") != "assistant":
         raise ValueError("the completion must end with an assistant message")
     return {key: record[key] for key in SFT_FIELDS}
