@@ -131,7 +131,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     from aria.settings import get_settings
     from training.config import lora_config, parse_sft_args, recipe_path
     from training.preflight import require_model
-    from training.train_sft import load_quantized
+    from training.train_sft import adapter_in_compute_dtype, load_quantized
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -176,6 +176,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         peft_config=lora_config(model_args),
         callbacks=[StepTimer()],
     )
+    adapter_in_compute_dtype(trainer.model, model_args)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

@@ -20,6 +20,7 @@ from pathlib import Path
 from aria.files import atomic_write_json
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
 from training.train_sft import (
+    adapter_in_compute_dtype,
     complete_merged_folder,
     last_checkpoint,
     load_quantized,
@@ -81,6 +82,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
         processing_class=tokenizer,
         peft_config=lora_config(model_args),
     )
+    adapter_in_compute_dtype(trainer.model, model_args)
     if resume_from:
         print(f"resuming from {resume_from}")
     train_result = trainer.train(resume_from_checkpoint=resume_from)
