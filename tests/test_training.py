@@ -113,6 +113,25 @@ def test_lora_targets_the_language_model_only():
     assert not re.fullmatch(pattern, "lm_head")
 
 
+@pytest.mark.parametrize(
+    ("recipe_dtype", "kept"), [("float32", "float32"), ("bfloat16", "bfloat16")]
+)
+def test_adapter_follows_an_fp32_compute_dtype_only(recipe_dtype: str, kept: str):
+    from types import SimpleNamespace
+
+    import torch
+
+    from training.train_sft import adapter_in_compute_dtype
+
+    model = torch.nn.Linear(4, 4)
+    model.weight.data = model.weight.data.to(torch.bfloat16)  # what TRL does to a QLoRA adapter
+    model.bias.requires_grad_(False)
+    model.bias.data = model.bias.data.to(torch.bfloat16)
+    adapter_in_compute_dtype(model, SimpleNamespace(dtype=recipe_dtype))
+    assert str(model.weight.dtype) == f"torch.{kept}"
+    assert model.bias.dtype == torch.bfloat16  # frozen weights are left alone
+
+
 # --- data and guards (pure)
 
 
@@ -317,6 +336,10 @@ def test_short_sft_trains_and_publishes_a_bf16_merge(tiny_sft_run):
     eot_id = next(t["id"] for t in end_of_turn["added_tokens"] if t["content"] == "<end_of_turn>")
     assert eot_id in eos
     assert not (tiny_sft_run.merged / "adapter_config.json").exists()
+    # The tiny recipe computes in fp32: its adapter is trained and saved in fp32, not TRL's bf16.
+    with safe_open(tiny_sft_run.checkpoints / "adapter_model.safetensors", "pt") as f:
+        adapter_dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118
+    assert adapter_dtypes == {"torch.float32"}
 
 
 def _log(model_dir: Path) -> list[dict]:
