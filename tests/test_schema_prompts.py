@@ -114,6 +114,17 @@ def test_diagnostic_prompt_lists_every_measurement_and_no_context():
     assert "JSON" in content
 
 
+def test_benchmark_default_prompt_is_the_trained_prompt():
+    # The release gate is read on data/prompts/default.txt: a stale copy (one with the context
+    # line the diagnostic prompt dropped) scored the trained tiny DPO model 23 % instead of ~80 %.
+    from pathlib import Path
+
+    from aria.prompts import DIAGNOSTIC_TEMPLATE
+
+    default = Path(__file__).parents[1] / "data" / "prompts" / "default.txt"
+    assert default.read_text(encoding="utf-8").rstrip("\n") == DIAGNOSTIC_TEMPLATE
+
+
 def test_report_prompt_keeps_the_context():
     (message,) = report_messages(PROFILE)
     assert "34 ans, femme, cadence 172 pas/min" in message["content"]
