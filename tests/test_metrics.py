@@ -259,3 +259,23 @@ def test_release_gate_config_holds_the_seed_targets():
     thresholds = metrics.validate_gate(yaml.safe_load(path.read_text())["thresholds"])
     got = {(t["metric"], t["op"], float(t["target"])) for t in thresholds}
     assert got == {(t["metric"], t["op"], float(t["target"])) for t in SEED_GATE}
+
+
+def test_gate_reads_the_trained_prompt_and_refuses_a_default_file(tmp_path: Path):
+    # The release gate is read on the `default` prompt: a stale data/prompts/default.txt (with the
+    # context line the diagnostic prompt dropped) once scored the tiny DPO model 23 % instead of 81 %.
+    from aria.domain import MEASUREMENTS, THRESHOLD_BY_KEY
+    from aria.prompts import DIAGNOSTIC_TEMPLATE
+    from scripts.benchmark import BenchmarkConfig, SetupError, load_prompts
+
+    profile = {m.key: THRESHOLD_BY_KEY[m.key] for m in MEASUREMENTS}
+    shipped = Path(__file__).resolve().parents[1] / "data" / "prompts"
+    cfg = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=shipped, prompts=["all"])
+    templates = load_prompts(cfg, profile)
+    assert templates["default"] == DIAGNOSTIC_TEMPLATE
+    assert len(templates) > 1  # the variants of data/prompts are offered beside it
+
+    (tmp_path / "default.txt").write_text("{measurements}\n{context}Diagnostic.", encoding="utf-8")
+    stale = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=tmp_path)
+    with pytest.raises(SetupError, match=r"default\.txt would replace the trained prompt"):
+        load_prompts(stale, profile)

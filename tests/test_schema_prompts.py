@@ -114,27 +114,6 @@ def test_diagnostic_prompt_lists_every_measurement_and_no_context():
     assert "JSON" in content
 
 
-def test_benchmark_default_prompt_is_the_trained_prompt(tmp_path):
-    # The release gate is read on the `default` prompt: a stale data/prompts/default.txt (with the
-    # context line the diagnostic prompt dropped) once scored the tiny DPO model 23 % instead of 81 %.
-    from pathlib import Path
-
-    from aria.prompts import DIAGNOSTIC_TEMPLATE
-    from scripts.benchmark import BenchmarkConfig, SetupError, load_prompts
-
-    profile = {m.key: THRESHOLD_BY_KEY[m.key] for m in MEASUREMENTS}
-    shipped = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts=["all"])
-    shipped.prompts_dir = Path(__file__).parents[1] / "data" / "prompts"
-    templates = load_prompts(shipped, profile)
-    assert templates["default"] == DIAGNOSTIC_TEMPLATE
-    assert len(templates) > 1  # the variants of data/prompts are offered beside it
-
-    (tmp_path / "default.txt").write_text("{measurements}\n{context}Diagnostic.", encoding="utf-8")
-    stale = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=tmp_path)
-    with pytest.raises(SetupError, match=r"default\.txt would replace the trained prompt"):
-        load_prompts(stale, profile)
-
-
 def test_report_prompt_keeps_the_context():
     (message,) = report_messages(PROFILE)
     assert "34 ans, femme, cadence 172 pas/min" in message["content"]
