@@ -53,18 +53,17 @@ class Rule:
 
     pathology: str
     thresholds: tuple[tuple[str, float], ...]
-    tag: str  # one letter naming the rule in the justification's ranking trace
     abbreviation: str | None = None
 
 
 # Table order matters: it breaks ties.
 RULES: tuple[Rule, ...] = (
-    Rule("Lombalgie mécanique", (("inclinaison_tronc", 7.0),), "T"),
-    Rule("Syndrome fémoro-patellaire", (("valgus_genou", 10.0),), "G", "SFP"),
-    Rule("Syndrome bandelette ilio-tibiale", (("adduction_hanche", 10.0),), "H", "SBIT"),
-    Rule("Périostite tibiale", (("longueur_foulee", 1.35),), "F"),
-    Rule("Fasciite plantaire", (("pronation_pied", 6.0),), "P"),
-    Rule("Tendinite Achille", (("heel_strike_index", 0.7), ("dorsiflexion_max", 15.0)), "A"),
+    Rule("Lombalgie mécanique", (("inclinaison_tronc", 7.0),)),
+    Rule("Syndrome fémoro-patellaire", (("valgus_genou", 10.0),), "SFP"),
+    Rule("Syndrome bandelette ilio-tibiale", (("adduction_hanche", 10.0),), "SBIT"),
+    Rule("Périostite tibiale", (("longueur_foulee", 1.35),)),
+    Rule("Fasciite plantaire", (("pronation_pied", 6.0),)),
+    Rule("Tendinite Achille", (("heel_strike_index", 0.7), ("dorsiflexion_max", 15.0))),
 )
 PATHOLOGIES: tuple[str, ...] = tuple(r.pathology for r in RULES)
 RULE_BY_PATHOLOGY: dict[str, Rule] = {r.pathology: r for r in RULES}
@@ -193,13 +192,6 @@ def runner_up(profile: Mapping[str, Any]) -> str:
 def format_value(key: str, value: float) -> str:
     """A measurement's value with the decimals the prompts and datasets use."""
     return f"{value:.{MEASUREMENT_BY_KEY[key].decimals}f}"
-
-
-def binding_signal(profile: Mapping[str, Any], pathology: str) -> str:
-    """The key whose exceedance is the rule's: the smaller one of a two-signal rule."""
-    values = validate_profile(profile)
-    thresholds = RULE_BY_PATHOLOGY[pathology].thresholds
-    return min(thresholds, key=lambda kt: relative_exceedance(values[kt[0]], kt[1]))[0]
 
 
 def deciding_evidence(profile: Mapping[str, Any], pathology: str) -> list[tuple[str, str, str]]:

@@ -34,12 +34,11 @@ REJECTION_KINDS: tuple[str, ...] = (
     "ungrounded_value",
     "invalid_json",
 )
-# A number may follow a letter: the ranking trace glues each percent to its rule's tag (`G-3`).
-_NUMBER = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 
 
 def cited_numbers(text: str) -> list[str]:
-    """Every number written in `text`, as written (e.g. '9.1', '-0.5', '170', '-3' in 'G-3')."""
+    """Every number written in `text`, as written (e.g. '9.1', '-0.5', '170')."""
     return _NUMBER.findall(text)
 
 

@@ -1,8 +1,7 @@
 """Reference answers derived from the rule: what a perfect model says for a profile.
 
-Datasets teach these texts and the benchmark scores against them. The justification ranks the rules
-(`ranking_trace`), then cites the deciding measured value(s) and their threshold(s), in the ASCII
-alphabet the schema allows.
+Datasets teach these texts and the benchmark scores against them. The justification cites only the
+deciding measured value(s) and their threshold(s), in the ASCII alphabet the schema allows.
 """
 
 from __future__ import annotations
@@ -12,69 +11,28 @@ from typing import Any
 
 from aria.domain import (
     MEASUREMENT_BY_KEY,
-    RULES,
-    binding_signal,
     deciding_evidence,
-    exceedances,
     fired_rules,
     label,
-    percent_of_threshold,
     validate_profile,
 )
-from aria.schema import JUSTIFICATION_MAX_CHARS, Diagnostic
-
-
-def ranking_trace(profile: Mapping[str, Any]) -> str:
-    """The rule's ranking written out as a running maximum, rule by rule in table order.
-
-    Each rule is its tag and its percent of threshold (a two-signal rule: its smaller one), then,
-    from the second rule on, `>` or `<` and the best percent so far: `T69 G63<69 H65<69 F96>69
-    P108>96 A94<108` reads "Fasciite plantaire (P) leads, at 108 %". Comparisons follow the exact
-    exceedances, so ties keep the table's order as the rule does. Every number is in the prompt.
-
-    The diagnostic writes this before its label (the schema puts `justification` first), so the
-    model compares two numbers at a time instead of ranking six in one token: on the tiny model,
-    exact match rose from 76.7 % to 85.3 % at 500 SFT steps (docs/training.md).
-    """
-    ranked = exceedances(profile)
-    values = validate_profile(profile)
-    parts: list[str] = []
-    best: tuple[float, str] | None = None
-    for rule in RULES:
-        key = binding_signal(profile, rule.pathology)
-        exceedance, percent = ranked[rule.pathology], percent_of_threshold(key, values[key])
-        if best is None:
-            parts.append(f"{rule.tag}{percent}")
-        elif exceedance > best[0]:
-            parts.append(f"{rule.tag}{percent}>{best[1]}")
-        else:
-            parts.append(f"{rule.tag}{percent}<{best[1]}")
-        if best is None or exceedance > best[0]:
-            best = (exceedance, percent)
-    return " ".join(parts)
+from aria.schema import Diagnostic
 
 
 def reference_justification(profile: Mapping[str, Any], pathology: str | None = None) -> str:
-    """The ranking trace, then each signal of `pathology` (default: the label) against its threshold.
-
-    A two-signal rule whose two clauses would overflow the schema's bound (only for values far
-    outside any runner's range) cites its binding signal alone.
-    """
+    """Cite each signal of `pathology` (default: the labelled one) against its threshold."""
     pathology = pathology or label(dict(profile))[0]
-    evidence = deciding_evidence(profile, pathology)
-    text = f"{ranking_trace(profile)} ; {_clauses(evidence)}"
-    if len(text) > JUSTIFICATION_MAX_CHARS:
-        binding = binding_signal(profile, pathology)
-        text = f"{ranking_trace(profile)} ; {_clauses([e for e in evidence if e[0] == binding])}"
-    return text
-
-
-def _clauses(evidence: list[tuple[str, str, str]]) -> str:
-    """`key value > threshold` (or `<=`) per cited signal, joined by `et`."""
-    return " et ".join(
+    clauses = [
         f"{key} {value} {'>' if float(value) > float(threshold) else '<='} {threshold}"
-        for key, value, threshold in evidence
-    )
+        for key, value, threshold in deciding_evidence(profile, pathology)
+    ]
+    text = " et ".join(clauses)
+    fired = fired_rules(profile)
+    if not fired:
+        text += " ; aucun seuil franchi"
+    elif len(fired) > 1:
+        text += " ; autres signaux presents"
+    return text
 
 
 def reference_diagnostic(profile: Mapping[str, Any]) -> Diagnostic:
