@@ -1,7 +1,8 @@
 """Reference answers derived from the rule: what a perfect model says for a profile.
 
-Datasets teach these texts and the benchmark scores against them. The justification cites only the
-deciding measured value(s) and their threshold(s), in the ASCII alphabet the schema allows.
+Datasets teach these texts and the benchmark scores against them. The justification ranks the rules
+(`ranking_trace`), then cites the deciding measured value(s) and their threshold(s), in the ASCII
+alphabet the schema allows.
 """
 
 from __future__ import annotations
@@ -11,28 +12,69 @@ from typing import Any
 
 from aria.domain import (
     MEASUREMENT_BY_KEY,
+    RULE_BY_PATHOLOGY,
+    RULES,
+    SIGNAL_TAGS,
     deciding_evidence,
+    exceedances,
     fired_rules,
     label,
+    relative_exceedance,
     validate_profile,
 )
 from aria.schema import Diagnostic
 
 
+def ranking_trace(profile: Mapping[str, Any], winner: str | None = None) -> str:
+    """The rule's ranking written out as a running maximum, one comparison per signal.
+
+    The rules are taken in table order. Each step is `<signal><sign><leader>` in one-letter tags:
+    `G<T` reads "the knee's signal is below the trunk's, the trunk still leads", `F>T` "the stride
+    now leads". A two-signal rule is two steps, one per signal (`I` heel strike index, `D`
+    dorsiflexion), and takes the lead only when both beat the leader, since its exceedance is the
+    smaller of the two. Comparisons follow the exact exceedances, so ties keep the table's order
+    as the rule does. The trace names no number: the model compares the prompt's percents, two at
+    a time, and never copies one (copies were where a tiny model went wrong; docs/training.md).
+
+    With `winner` (a pathology that is not the label), the trace as if that rule's signals beat
+    the label by a hair: the ranking of a model that got one comparison wrong.
+    """
+    values = validate_profile(profile)
+    signal = {k: relative_exceedance(values[k], t) for r in RULES for k, t in r.thresholds}
+    if winner is not None and winner != label(dict(profile))[0]:
+        top = max(exceedances(profile).values())
+        for key, _ in RULE_BY_PATHOLOGY[winner].thresholds:
+            signal[key] = max(signal[key], top + 1e-9)
+    leader, best = RULES[0].tag, signal[RULES[0].thresholds[0][0]]
+    steps: list[str] = []
+    for rule in RULES[1:]:
+        beats = [signal[key] > best for key, _ in rule.thresholds]
+        for (key, _), wins in zip(rule.thresholds, beats, strict=True):
+            steps.append(f"{SIGNAL_TAGS[key]}{'>' if wins else '<'}{leader}")
+        if all(beats):
+            leader, best = rule.tag, min(signal[key] for key, _ in rule.thresholds)
+    return " ".join(steps)
+
+
 def reference_justification(profile: Mapping[str, Any], pathology: str | None = None) -> str:
-    """Cite each signal of `pathology` (default: the labelled one) against its threshold."""
+    """The ranking trace, then each signal of `pathology` (default: the label) against its threshold.
+
+    For another pathology than the label, the trace leads to it (`ranking_trace`'s `winner`): the
+    wrong answers of the DPO pairs then differ from the right ones at the comparison that decides.
+    At most 89 characters for any valid profile (tests/test_schema_prompts.py), within the schema's
+    bound of JUSTIFICATION_MAX_CHARS.
+    """
     pathology = pathology or label(dict(profile))[0]
-    clauses = [
+    trace = ranking_trace(profile, winner=pathology)
+    return f"{trace} ; {_clauses(deciding_evidence(profile, pathology))}"
+
+
+def _clauses(evidence: list[tuple[str, str, str]]) -> str:
+    """`key value > threshold` (or `<=`) per cited signal, joined by `et`."""
+    return " et ".join(
         f"{key} {value} {'>' if float(value) > float(threshold) else '<='} {threshold}"
-        for key, value, threshold in deciding_evidence(profile, pathology)
-    ]
-    text = " et ".join(clauses)
-    fired = fired_rules(profile)
-    if not fired:
-        text += " ; aucun seuil franchi"
-    elif len(fired) > 1:
-        text += " ; autres signaux presents"
-    return text
+        for key, value, threshold in evidence
+    )
 
 
 def reference_diagnostic(profile: Mapping[str, Any]) -> Diagnostic:

@@ -36,12 +36,15 @@ class Diagnostic(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pathologie: Literal[PATHOLOGIES] = Field(description="one of the six canonical pathologies")  # type: ignore[valid-type]
-    confiance: Literal[CONFIDENCES] = Field(description="élevée, modérée or faible")  # type: ignore[valid-type]
+    # The justification comes first: the model writes its ranking of the rules
+    # (aria.references.ranking_trace) before it names the pathology. Guided decoding emits the
+    # properties in this order.
     justification: str = Field(
         pattern=JUSTIFICATION_PATTERN,
-        description="the measured value(s) that decided, with their thresholds",
+        description="the rules ranked, then the measured value(s) that decided, with thresholds",
     )
+    pathologie: Literal[PATHOLOGIES] = Field(description="one of the six canonical pathologies")  # type: ignore[valid-type]
+    confiance: Literal[CONFIDENCES] = Field(description="élevée, modérée or faible")  # type: ignore[valid-type]
 
     def to_json(self) -> str:
         """The exact text the model is taught: keys in schema order, accents kept, and the

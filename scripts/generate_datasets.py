@@ -52,7 +52,12 @@ from aria.records import (
     validate_eval_record,
     validate_sft_record,
 )
-from aria.references import reference_diagnostic, reference_justification, reference_report
+from aria.references import (
+    ranking_trace,
+    reference_diagnostic,
+    reference_justification,
+    reference_report,
+)
 from aria.schema import GUIDED_SEPARATORS, Diagnostic
 from aria.settings import get_settings
 
@@ -93,7 +98,8 @@ def _labelled(profile: dict[str, Any], slice_name: str) -> dict[str, Any]:
 
 
 def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> str:
-    """The reference justification with the deciding value replaced by one the input lacks."""
+    """The reference justification with the deciding value replaced by one the input lacks
+    (the ranking trace is kept: the pair differs in the cited value alone)."""
     pathology = label(profile)[0]
     allowed = grounded_numbers(profile)
     key, value, threshold = deciding_evidence(profile, pathology)[0]
@@ -108,7 +114,7 @@ def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> st
     else:
         raise RuntimeError(f"could not invent an ungrounded value for {key}")
     comparison = ">" if float(text) > float(threshold) else "<="
-    return f"{key} {text} {comparison} {threshold}"
+    return f"{ranking_trace(profile)} ; {key} {text} {comparison} {threshold}"
 
 
 def _invalid_json(rng: random.Random, reference: str) -> str:

@@ -1,16 +1,19 @@
 """The diagnostic schema, the reference answers and the prompts of the two calls."""
 
+import itertools
 import json
 
 import pytest
 from pydantic import ValidationError
 
 from aria.domain import (
+    MEASUREMENT_KEYS,
     MEASUREMENTS,
     PATHOLOGIES,
     RULES,
     THRESHOLD_BY_KEY,
     exceedances,
+    label,
     percent_of_threshold,
     relative_exceedance,
 )
@@ -21,7 +24,8 @@ from aria.prompts import (
     report_messages,
     report_request,
 )
-from aria.references import reference_diagnostic, reference_justification
+from aria.records import cited_numbers, ungrounded_numbers
+from aria.references import ranking_trace, reference_diagnostic, reference_justification
 from aria.schema import (
     GUIDED_SEPARATORS,
     JUSTIFICATION_MAX_CHARS,
@@ -48,7 +52,9 @@ PROFILE = {
 
 def test_schema_has_enums_bound_and_no_extra_properties():
     schema = diagnostic_json_schema()
-    assert schema["required"] == ["pathologie", "confiance", "justification"]
+    # The justification comes first: guided decoding writes the ranking before the label.
+    assert list(schema["properties"]) == ["justification", "pathologie", "confiance"]
+    assert set(schema["required"]) == {"pathologie", "confiance", "justification"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["pathologie"]["enum"] == list(PATHOLOGIES)
     assert schema["properties"]["confiance"]["enum"] == ["élevée", "modérée", "faible"]
@@ -84,19 +90,54 @@ def test_reference_diagnostic_round_trips_and_cites_only_input_values():
     diag = reference_diagnostic(PROFILE)
     assert diag.pathologie == "Syndrome fémoro-patellaire"
     assert diag.confiance == "élevée"
-    assert diag.justification == "valgus_genou 13.4 > 10.0"
+    assert diag.justification.endswith(" ; valgus_genou 13.4 > 10.0")
     text = diag.to_json()
-    assert text.startswith('{"pathologie":"Syndrome fémoro-patellaire","confiance":')
+    assert text.startswith('{"justification":"G>T H<G ')
+    assert text.endswith(',"pathologie":"Syndrome fémoro-patellaire","confiance":"élevée"}')
     assert parse_diagnostic(text) == diag
+    assert not ungrounded_numbers(diag.justification, PROFILE)
 
 
-def test_reference_justification_marks_other_signals_and_no_signal():
-    two = {**PROFILE, "pronation_pied": 7.0}
-    assert reference_justification(two).endswith("; autres signaux presents")
-    calm = {**PROFILE, "valgus_genou": 9.0}
-    text = reference_justification(calm)
-    assert text == "valgus_genou 9.0 <= 10.0 ; aucun seuil franchi"
-    Diagnostic(pathologie=PATHOLOGIES[1], confiance="faible", justification=text)
+def test_ranking_trace_is_a_running_maximum_of_comparisons():
+    # percents of threshold: tronc 60, genou 134, hanche 61, foulee 87, pied 65, heel 74, dorsi 73
+    assert ranking_trace(PROFILE) == "G>T H<G F<G P<G I<G D<G"
+    two = {**PROFILE, "pronation_pied": 9.0}  # 150 % beats the knee's 134 %
+    assert ranking_trace(two) == "G>T H<G F<G P>G I<P D<P"
+    assert reference_justification(two).endswith(" ; pronation_pied 9.0 > 6.0")
+    # A justification for the runner-up ranks as if it had won the comparison that decides.
+    runner_up = "Syndrome fémoro-patellaire"
+    assert ranking_trace(two, winner=runner_up) == "G>T H<G F<G P<G I<G D<G"
+    assert reference_justification(two, runner_up).startswith("G>T H<G F<G P<G I<G D<G ; valgus")
+    assert ranking_trace(two, winner=label(two)[0]) == ranking_trace(two)
+    # Equal exceedances keep the table's order, as the rule does.
+    tie = {**PROFILE, "valgus_genou": 7.0, "adduction_hanche": 7.0}
+    assert ranking_trace(tie).startswith("G>T H<G F>G")
+    # Achille leads only when both of its signals beat the leader (its exceedance is the min).
+    heel_only = {**PROFILE, "heel_strike_index": 1.0}  # 143 % > 134 %, dorsiflexion 73 %
+    assert ranking_trace(heel_only).endswith("I>G D<G")
+    assert label(heel_only)[0] == "Syndrome fémoro-patellaire"
+    both = {**heel_only, "dorsiflexion_max": 21.0}  # 140 % > 134 %
+    assert ranking_trace(both).endswith("I>G D>G")
+    assert label(both)[0] == "Tendinite Achille"
+    # The trace cites no number: the justification's numbers are the cited values alone.
+    assert not cited_numbers(ranking_trace(PROFILE))
+    assert not ungrounded_numbers(reference_justification(both), both)
+
+
+def test_reference_justification_fits_the_schema_at_every_extreme():
+    # Each measurement at its lower bound, its threshold or its upper bound: the longest values
+    # (negative, three digits) and both Achilles clauses.
+    choices = []
+    for m in MEASUREMENTS:
+        low = m.low + 0.01 if m.low_exclusive else m.low
+        choices.append((low, THRESHOLD_BY_KEY[m.key], m.high))
+    longest = 0
+    for values in itertools.product(*choices):
+        profile = dict(zip(MEASUREMENT_KEYS, values, strict=True))
+        text = reference_justification(profile)
+        longest = max(longest, len(text))
+        Diagnostic(pathologie=label(profile)[0], confiance="faible", justification=text)
+    assert 80 < longest <= JUSTIFICATION_MAX_CHARS  # the extremes really are long
 
 
 def test_diagnostic_prompt_lists_every_measurement_and_no_context():
