@@ -39,6 +39,10 @@ def ranking_trace(profile: Mapping[str, Any], winner: str | None = None) -> str:
     With `winner` (a pathology that is not the label), the trace as if that rule's signals beat
     the label by a hair: the ranking of a model that got one comparison wrong.
     """
+    if winner is not None and winner not in RULE_BY_PATHOLOGY:
+        raise ValueError(
+            f"unknown pathology {winner!r}: expected one of {', '.join(RULE_BY_PATHOLOGY)}"
+        )
     values = validate_profile(profile)
     signal = {k: relative_exceedance(values[k], t) for r in RULES for k, t in r.thresholds}
     if winner is not None and winner != label(dict(profile))[0]:

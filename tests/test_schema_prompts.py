@@ -109,6 +109,8 @@ def test_ranking_trace_is_a_running_maximum_of_comparisons():
     assert ranking_trace(two, winner=runner_up) == "G>T H<G F<G P<G I<G D<G"
     assert reference_justification(two, runner_up).startswith("G>T H<G F<G P<G I<G D<G ; valgus")
     assert ranking_trace(two, winner=label(two)[0]) == ranking_trace(two)
+    with pytest.raises(ValueError, match="unknown pathology 'SFP'"):
+        ranking_trace(two, winner="SFP")
     # Equal exceedances keep the table's order, as the rule does.
     tie = {**PROFILE, "valgus_genou": 7.0, "adduction_hanche": 7.0}
     assert ranking_trace(tie).startswith("G>T H<G F>G")
