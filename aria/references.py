@@ -69,13 +69,14 @@ def reference_justification(profile: Mapping[str, Any], pathology: str | None = 
     bound of JUSTIFICATION_MAX_CHARS.
     """
     pathology = pathology or label(dict(profile))[0]
-    trace = ranking_trace(profile, winner=pathology)
-    return f"{trace} ; {_clauses(deciding_evidence(profile, pathology))}"
+    return justification(
+        ranking_trace(profile, winner=pathology), deciding_evidence(profile, pathology)
+    )
 
 
-def _clauses(evidence: list[tuple[str, str, str]]) -> str:
-    """`key value > threshold` (or `<=`) per cited signal, joined by `et`."""
-    return " et ".join(
+def justification(trace: str, evidence: list[tuple[str, str, str]]) -> str:
+    """`trace ; key value > threshold` (or `<=`), one clause per cited signal, joined by `et`."""
+    return f"{trace} ; " + " et ".join(
         f"{key} {value} {'>' if float(value) > float(threshold) else '<='} {threshold}"
         for key, value, threshold in evidence
     )

@@ -53,6 +53,7 @@ from aria.records import (
     validate_sft_record,
 )
 from aria.references import (
+    justification,
     ranking_trace,
     reference_diagnostic,
     reference_justification,
@@ -113,8 +114,7 @@ def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> st
             break
     else:
         raise RuntimeError(f"could not invent an ungrounded value for {key}")
-    comparison = ">" if float(text) > float(threshold) else "<="
-    return f"{ranking_trace(profile)} ; {key} {text} {comparison} {threshold}"
+    return justification(ranking_trace(profile), [(key, text, threshold)])
 
 
 def _invalid_json(rng: random.Random, reference: str) -> str:
