@@ -65,8 +65,8 @@ def reference_justification(profile: Mapping[str, Any], pathology: str | None = 
 
     For another pathology than the label, the trace leads to it (`ranking_trace`'s `winner`): the
     wrong answers of the DPO pairs then differ from the right ones at the comparison that decides.
-    At most 89 characters for any valid profile (tests/test_schema_prompts.py), within the schema's
-    bound of JUSTIFICATION_MAX_CHARS.
+    Within the schema's bound of JUSTIFICATION_MAX_CHARS for any valid profile: the test checks
+    every extreme profile (tests/test_schema_prompts.py; the longest were 89 characters).
     """
     pathology = pathology or label(dict(profile))[0]
     return justification(
