@@ -12,7 +12,7 @@ generation_config.json stops on `<eos>` and `<end_of_turn>`, as MedGemma's does.
 Two init choices make a random base learnable by LoRA alone (LoRA never trains the embedding or
 the norms): a tied embedding with std 0.1 instead of 0.02 (else the output logits are capped and
 the loss cannot go below ~2.2 nats), and query_pre_attn_scalar 4 (Gemma 3 RMS-normalises q and k,
-so with 64 the attention logits are capped at 8 and the model learns to ignore the prompt).
+so with Gemma's default the attention logits stay small and the model learns to ignore the prompt).
 
 Why a text-only `Gemma3ForCausalLM` and not MedGemma's `Gemma3ForConditionalGeneration`:
 our task is text in, JSON out, so a vision tower would only add cost and risk. A multimodal tiny
@@ -173,12 +173,16 @@ def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
+        # Eight narrow heads rather than four of 64 (the same parameters and FLOPs): more heads
+        # can read more digits of the prompt at once. Measured: 84.7 / 87.5 / 87.8 % exact match
+        # after SFT for seeds 42 / 1 / 2, where 4 heads of 64 scored 86.1 / 81.4 / 75.6 %.
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
         # Gemma 3 RMS-normalises q and k and LoRA never trains those norms, so the attention
         # logits are capped at head_dim / sqrt(query_pre_attn_scalar): 4 lets a head attend
-        # sharply to one prompt value (64 caps them at 8 and the model ignores the prompt).
+        # sharply to one prompt value (Gemma's default, head_dim, caps them at sqrt(head_dim) and the
+        # model ignores the prompt; 1 scored 83.1 % against 84.7 % for 4, seed 42).
         query_pre_attn_scalar=4,
         max_position_embeddings=MAX_POSITIONS,
         sliding_window=512,
