@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aria.domain import MEASUREMENT_KEYS
 from aria.files import DataError
 from training.config import (
     LANGUAGE_MODEL_LINEAR,
@@ -291,6 +292,8 @@ def test_tiny_base_loads_with_its_tokenizer_and_template(tiny_base_model: Path):
         p for p in tokenizer.tokenize("valgus_genou 14.25 > 10.0") if any(c.isdigit() for c in p)
     ]
     assert digit_pieces == list("1425100")  # one token per digit, never a multi-digit piece
+    for key in MEASUREMENT_KEYS:  # one token per measurement key
+        assert len(tokenizer.tokenize(f"- {key} :")) == 3, key
     assert (
         tokenizer.decode(tokenizer("é ü 漢 ∆", add_special_tokens=False)["input_ids"]) == "é ü 漢 ∆"
     )
