@@ -6,7 +6,8 @@ The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a
 Its base is a Gemma 3 with small dimensions (hidden 256, 4 layers, about 3M parameters), randomly
 initialised from a fixed seed and saved in bf16 safetensors; its tokenizer is a byte-level BPE
 (every text encodes) trained with `tokenizers` on our own dataset text, with digits split one per
-token so that numbers are read digit by digit, Gemma's special tokens and Gemma 3's chat template.
+token so that numbers are read digit by digit, each measurement key one token, Gemma's special
+tokens and Gemma 3's chat template.
 generation_config.json stops on `<eos>` and `<end_of_turn>`, as MedGemma's does.
 
 Two init choices make a random base learnable by LoRA alone (LoRA never trains the embedding or
