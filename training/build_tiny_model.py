@@ -128,7 +128,7 @@ def dataset_texts(sft_path: Path) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE with one token per digit, wrapped as a transformers fast tokenizer."""
+    """A byte-level BPE with one token per digit and per key, as a transformers fast tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
