@@ -125,6 +125,20 @@ def peak_memory_gib() -> tuple[str, float]:
 def run_bench(cfg: BenchConfig) -> dict:
     """Time the SFT step of the profile's recipe; returns the measured figures."""
     import torch
+
+    from aria.settings import get_settings
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    profile = cfg.profile or get_settings().aria_profile
+    with tempfile.TemporaryDirectory(prefix="aria-bench-") as tmp:
+        # --config-only writes a 4B model (~8 GB) there: gone when the bench ends, even on error.
+        return _bench_in(cfg, profile, Path(tmp))
+
+
+def _bench_in(cfg: BenchConfig, profile: str, tmp: Path) -> dict:
+    """run_bench's body, with its scratch folder `tmp` (checkpoint dir, config-only model)."""
+    import torch
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTTrainer
 
@@ -133,10 +147,6 @@ def run_bench(cfg: BenchConfig) -> dict:
     from training.preflight import require_model
     from training.train_sft import adapter_in_compute_dtype, load_quantized
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    profile = cfg.profile or get_settings().aria_profile
-    tmp = Path(tempfile.mkdtemp(prefix="aria-bench-"))
     argv = ["--config", str(recipe_path("sft", profile)), "--output_dir", str(tmp / "out")]
     argv += ["--max_steps", str(cfg.warmup + cfg.steps), "--eval_strategy", "no"]
     argv += ["--save_strategy", "no", "--report_to", "none", "--logging_steps", "1000"]

@@ -468,3 +468,48 @@ def test_tiny_model_accepts_the_default_serving_length(tiny_base_model: Path) ->
 
     config = json.loads((tiny_base_model / "config.json").read_text())
     assert config["max_position_embeddings"] >= Settings.model_fields["vllm_max_model_len"].default
+
+
+# --- the training benchmark (scripts/bench_training.py)
+
+
+def test_config_only_bench_model_has_medgemma_4b_text_dimensions():
+    """`--config-only` builds Gemma 3 4B's language model: ~3.88B parameters, one global layer in six."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    from scripts.bench_training import gemma3_4b_text_config
+
+    config = gemma3_4b_text_config()
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(config)
+    assert 3.85e9 < sum(p.numel() for p in model.parameters()) < 3.90e9
+    assert [i + 1 for i, t in enumerate(config.layer_types) if t == "full_attention"] == [
+        6, 12, 18, 24, 30
+    ]  # fmt: skip
+
+
+@pytest.mark.engine
+def test_training_bench_times_real_qlora_steps(monkeypatch, capsys, tmp_path: Path):
+    """A shrunk config-only model trains a few real NF4 + LoRA steps; the JSON line comes last."""
+    import scripts.bench_training as bench
+
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    small |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
+    small |= {"query_pre_attn_scalar": 32, "vocab_size": 512}
+    for key, value in small.items():
+        monkeypatch.setitem(bench.GEMMA3_4B_TEXT, key, value)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    cfg = bench.BenchConfig(
+        profile="tiny", steps=2, warmup=1, batch_size=2, seq_len=32, completion_len=8,
+        config_only=True,
+    )  # fmt: skip
+
+    result = bench.main(cfg)
+
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert (result["steps_timed"], result["batch_size"], result["seq_len"]) == (2, 2, 32)
+    assert result["tokens_per_s"] == pytest.approx(2 * 32 / result["s_per_step"])
+    assert result["trainable_params"] > 0 and result["peak_memory_gib"] > 0
+    assert result["quantization"].startswith("nf4 4-bit")
+    assert not list(tmp_path.glob("aria-bench-*"))  # its scratch folder is gone
