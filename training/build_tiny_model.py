@@ -138,7 +138,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
             pre_tokenizers.Digits(individual_digits=True),
             # GPT-2's word split, with `_` inside words: each measurement key (`valgus_genou`)
             # becomes one token, where the stock split made three to five. Prompts are 10 %
-            # shorter, and a trace letter maps to one prompt token.
+            # shorter.
             pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
