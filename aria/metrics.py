@@ -1,4 +1,5 @@
-"""Benchmark maths: latency percentiles, exact match, calibration, grounding, the release gate.
+"""Benchmark maths: latency percentiles, exact match, calibration, grounding, the verdicts on a
+justification and a report, the release gate over both diagnostic bodies.
 
     >>> from aria.metrics import percentile, latency_summary
     >>> percentile([10, 20, 30, 40], 50)
@@ -29,6 +30,7 @@ from aria.domain import (
     exceedances,
     validate_profile,
 )
+from aria.prompts import DIAGNOSTIC_BODIES
 
 INVALID = "(invalide)"  # confusion-matrix column of answers that name no canonical label
 NEAR_THRESHOLD_MARGIN = 0.05  # |top exceedance| or top-two gap below this: a borderline profile
@@ -256,13 +258,16 @@ def allowed_numbers(profile: Mapping[str, Any]) -> set[float]:
     return allowed
 
 
-def grounding(text: str, profile: Mapping[str, Any]) -> dict[str, Any]:
-    """Which numbers of `text` come from the profile or the rule thresholds, and which do not.
+def grounding(text: str, profile: Mapping[str, Any], prompt: str | None = None) -> dict[str, Any]:
+    """Which numbers of `text` come from the input (the profile, the rule thresholds, and every
+    number the `prompt` shows, such as its percent of threshold) and which do not.
 
     `grounded_rate` is the share of cited numbers that are allowed (1.0 when nothing is cited);
     `ungrounded` lists the others: a number the model made up.
     """
     allowed = allowed_numbers(profile)
+    if prompt:
+        allowed |= {abs(round(n, 6)) for n in cited_numbers(prompt)}
     cited = cited_numbers(text)
     ungrounded = [c for c in cited if round(c, 6) not in allowed]
     return {
@@ -390,6 +395,242 @@ def keyword_coverage(text: str, pathology: str) -> float:
     return named / len(keys)
 
 
+# ---------------------------------------------------------------- the justification a clinician reads
+
+# A ranking code such as `G<T H<T F>T`: one capital letter compared with another (`G<T`, `P >= F`).
+_CODE_TRACE = re.compile(r"(?<![\w.])[A-Z]\s?[<>=]=?\s?[A-Z](?![\w])")
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+MIN_JUSTIFICATION_WORDS = 3  # "Seul seuil franchi" is three words; a code is none
+
+
+def looks_like_code_trace(text: str) -> bool:
+    """True when `text` holds a ranking code such as `G<T H<T F>T` (single-capital comparisons)."""
+    return bool(_CODE_TRACE.search(text))
+
+
+def words(text: str) -> list[str]:
+    """The words of a text (letters, with inner apostrophes or hyphens), in order, as written."""
+    return _WORD.findall(text)
+
+
+def clinician_readable(text: str) -> bool:
+    """A justification a clinician reads: no ranking code, and at least MIN_JUSTIFICATION_WORDS
+    words of two letters or more."""
+    if looks_like_code_trace(text):
+        return False
+    return sum(1 for w in words(text) if len(w) >= 2) >= MIN_JUSTIFICATION_WORDS
+
+
+def justification_verdict(
+    text: str, profile: Mapping[str, Any], prompt: str | None = None
+) -> dict[str, Any]:
+    """Is the justification grounded (every number from the input), free of a code trace, and
+    readable by a clinician? `ungrounded` lists the numbers that are not from the input."""
+    ground = grounding(text, profile, prompt)
+    return {
+        "grounded": not ground["ungrounded"],
+        "ungrounded": ground["ungrounded"],
+        "code_trace": looks_like_code_trace(text),
+        "readable": clinician_readable(text),
+    }
+
+
+# ---------------------------------------------------------------- the report a runner reads
+
+MIN_REPORT_WORDS = 20  # the reference reports hold 50 to 90 words
+MIN_ALPHABETIC_SHARE = 0.6  # of the tokens that hold a letter or digit: words, not numbers or codes
+MAX_REPEAT_RUN = 3  # the same word or phrase (up to 4 words) this many times in a row: a loop
+MIN_DISTINCT_SHARE = 0.3  # distinct words over words, for texts of DISTINCT_CHECK_WORDS or more
+DISTINCT_CHECK_WORDS = 40
+# A JSON fragment: a brace, or a quoted key followed by a colon (`"pathologie":`).
+_JSON_FRAGMENT = re.compile(r'[{}]|"\s*[^"\s]{1,40}\s*"\s*:')
+
+
+def _repeat_run(tokens: Sequence[str], max_n: int = 4) -> int:
+    """The longest run of one n-gram (n <= max_n) repeated back to back, in repetitions."""
+    best = 1 if tokens else 0
+    for n in range(1, max_n + 1):
+        for start in range(len(tokens) - 2 * n + 1):
+            gram = tokens[start : start + n]
+            run = 1
+            while tokens[start + run * n : start + (run + 1) * n] == gram:
+                run += 1
+            best = max(best, run)
+    return best
+
+
+def prose_problems(text: str) -> list[str]:
+    """Why `text` is not prose, or [] when it is.
+
+    `empty`; `json` (a brace or a quoted key with a colon: JSON or its fragments); `too_short`
+    (fewer than MIN_REPORT_WORDS words); `not_words` (under MIN_ALPHABETIC_SHARE of its
+    letter-or-digit tokens are words); `repetition` (one word or phrase MAX_REPEAT_RUN times in a
+    row, or under MIN_DISTINCT_SHARE distinct words in a long text).
+    """
+    if not text or not text.strip():
+        return ["empty"]
+    problems = []
+    if _JSON_FRAGMENT.search(text):
+        problems.append("json")
+    found = [w.lower() for w in words(text)]
+    if len(found) < MIN_REPORT_WORDS:
+        problems.append("too_short")
+    tokens = [t for t in text.split() if any(c.isalnum() for c in t)]
+    alphabetic = sum(1 for t in tokens if _WORD.fullmatch(t.strip(".,;:!?()«»\"'[]")))
+    if tokens and alphabetic / len(tokens) < MIN_ALPHABETIC_SHARE:
+        problems.append("not_words")
+    distinct_low = (
+        len(found) >= DISTINCT_CHECK_WORDS and len(set(found)) / len(found) < MIN_DISTINCT_SHARE
+    )
+    if _repeat_run([_fold(w) for w in found]) >= MAX_REPEAT_RUN or distinct_low:
+        problems.append("repetition")
+    return problems
+
+
+def named_pathologies(text: str) -> list[str]:
+    """The canonical labels a text names, in order of first mention.
+
+    A label counts under case, accent, hyphen and whitespace variants, or as the seed's
+    abbreviation (SFP, SBIT) written as a word.
+    """
+    folded = f" {_fold(text)} "
+    found = []
+    for variant, label in _LENIENT_LABELS.items():
+        match = re.search(rf"(?<![\w]){re.escape(variant)}(?![\w])", folded)
+        if match:
+            found.append((match.start(), label))
+    ordered: list[str] = []
+    for _, label in sorted(found):
+        if label not in ordered:
+            ordered.append(label)
+    return ordered
+
+
+def names_pathology(text: str, pathology: str) -> bool:
+    """True when the first pathology the text names is `pathology` (the likely one is stated
+    before any other is mentioned)."""
+    named = named_pathologies(text)
+    return bool(named) and named[0] == pathology
+
+
+def report_verdict(
+    text: str | None, profile: Mapping[str, Any], pathology: str, prompt: str | None = None
+) -> dict[str, Any]:
+    """The three checks of a report: prose, names the rule's `pathology`, cites only numbers of the
+    input; `passed` when all three hold. `problems` and `ungrounded` say why one does not."""
+    text = text or ""
+    problems = prose_problems(text)
+    ground = grounding(text, profile, prompt)
+    verdict = {
+        "prose": not problems,
+        "problems": problems,
+        "names_pathology": names_pathology(text, pathology),
+        "grounded": not ground["ungrounded"],
+        "ungrounded": ground["ungrounded"],
+    }
+    verdict["passed"] = verdict["prose"] and verdict["names_pathology"] and verdict["grounded"]
+    return verdict
+
+
+# ---------------------------------------------------------------- guided JSON
+
+
+def conforms_to_schema(obj: Any, schema: Mapping[str, Any]) -> bool:
+    """Whether `obj` satisfies a flat object schema such as the seed's diagnostic schema.
+
+    Supports what the diagnostic schemas use: `type` object/string, `properties`, `required`,
+    `additionalProperties: false`, `enum` and `pattern` (searched as Python regex).
+    """
+    if not isinstance(obj, dict):
+        return False
+    properties = schema.get("properties", {})
+    if any(key not in obj for key in schema.get("required", ())):
+        return False
+    if schema.get("additionalProperties") is False and set(obj) - set(properties):
+        return False
+    for key, rule in properties.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        if rule.get("type") == "string" and not isinstance(value, str):
+            return False
+        if "enum" in rule and value not in rule["enum"]:
+            return False
+        if "pattern" in rule and not (isinstance(value, str) and re.search(rule["pattern"], value)):
+            return False
+    return True
+
+
+def _read_string(text: str, i: int) -> tuple[str | None, int, bool]:
+    """(raw content, index after it, closed) of the JSON string starting at text[i]; content None
+    when text[i] does not open a string."""
+    if i >= len(text) or text[i] != '"':
+        return None, i, False
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\":
+            j += 2
+            continue
+        if text[j] == '"':
+            return text[i + 1 : j], j + 1, True
+        j += 1
+    return text[i + 1 :], len(text), False
+
+
+def is_json_prefix(text: str, order: Sequence[str]) -> bool:
+    """Whether `text` is a JSON object of string values whose keys come exactly in `order`, or a
+    beginning of one (what guided decoding returns when max_tokens cuts it).
+
+    A complete text must close the object after the last key of `order`; a cut text may stop
+    anywhere, even inside a key or a value.
+    """
+    n = len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= n or text[i] != "{":
+        return False
+    i, k = i + 1, 0  # k: how many keys are complete
+    while True:
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] == "}" and k == 0:
+            return not order and skip(i + 1) == n
+        if k >= len(order):
+            return False
+        key, i, closed = _read_string(text, i)
+        if key is None or (closed and key != order[k]):
+            return False
+        if not closed:
+            return order[k].startswith(key)
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] != ":":
+            return False
+        value, i, closed = _read_string(text, skip(i + 1))
+        if i >= n and value is None:
+            return True  # cut right after the colon
+        if value is None:
+            return False
+        if not closed:
+            return True
+        k += 1
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] == "}":
+            return k == len(order) and skip(i + 1) == n
+        if text[i] != "," or k >= len(order):
+            return False
+        i += 1
+
+
 # ---------------------------------------------------------------- comparison
 
 
@@ -487,3 +728,73 @@ def evaluate_gate(
         if not ok:
             failures.append(row | {"by": by, "message": message})
     return {"passed": not failures, "checked": checked, "failures": failures}
+
+
+def resolve_gate(doc: Any, profile: str) -> dict[str, Any]:
+    """The gate a run applies: {bodies, thresholds, overridden} from a gate config document.
+
+    The document holds `thresholds` (applied to every body of `bodies`, default all of
+    DIAGNOSTIC_BODIES) and optional `profiles: {profile: {thresholds: [...]}}`: for `profile`, an
+    entry replaces the threshold on the same metric, or adds one. `overridden` lists the metrics a
+    profile changed. Raises ValueError naming the entry at fault.
+    """
+    if not isinstance(doc, Mapping):
+        raise ValueError("the gate config must be a mapping with `thresholds`")
+    thresholds = validate_gate(doc.get("thresholds"))
+    bodies = doc.get("bodies", list(DIAGNOSTIC_BODIES))
+    if (
+        not isinstance(bodies, list)
+        or not bodies
+        or any(b not in DIAGNOSTIC_BODIES for b in bodies)
+    ):
+        raise ValueError(
+            f"`bodies` must be a non-empty list of {', '.join(DIAGNOSTIC_BODIES)}, got {bodies!r}"
+        )
+    profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise ValueError("`profiles` must map a profile name to {thresholds: [...]}")
+    overridden: list[str] = []
+    override = profiles.get(profile)
+    if override is not None:
+        if not isinstance(override, Mapping):
+            raise ValueError(f"profiles.{profile} must be a mapping with `thresholds`")
+        for t in validate_gate(override.get("thresholds")):
+            kept = [x for x in thresholds if x["metric"] != t["metric"]]
+            thresholds = [*kept, t]
+            overridden.append(t["metric"])
+    return {"bodies": list(bodies), "thresholds": thresholds, "overridden": overridden}
+
+
+def evaluate_gate_bodies(
+    measured_by_body: Mapping[str, Mapping[str, float | None]],
+    thresholds: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+) -> dict[str, Any]:
+    """The gate over several diagnostic bodies: every threshold must hold on every body of
+    `bodies`, and a body that was not measured fails.
+
+    Returns {passed, by_body {body: passed}, checked, failures}; each row is evaluate_gate's with a
+    `body` key and its message prefixed by `[body]`.
+    """
+    checked: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    by_body: dict[str, bool] = {}
+    for body in bodies:
+        measured = measured_by_body.get(body)
+        if measured is None:
+            message = f"[{body}] the {body} body was not measured (benchmark it: --bodies {body})"
+            row = {"body": body, "metric": "body", "op": "measured", "target": None}
+            row |= {"measured": None, "passed": False}
+            checked.append(row | {"message": message})
+            failures.append(row | {"by": None, "message": message})
+            by_body[body] = False
+            continue
+        result = evaluate_gate(measured, thresholds)
+        by_body[body] = result["passed"]
+        checked += [
+            {"body": body, **c, "message": f"[{body}] {c['message']}"} for c in result["checked"]
+        ]
+        failures += [
+            {"body": body, **f, "message": f"[{body}] {f['message']}"} for f in result["failures"]
+        ]
+    return {"passed": not failures, "by_body": by_body, "checked": checked, "failures": failures}

@@ -1,42 +1,67 @@
-"""Latency and quality of the served models, their comparison and the release gate.
+"""Latency and quality of the served models on both diagnostic bodies, their comparison, the gate.
 
     python -m scripts.benchmark --limit 50 --warmup 2
-    python -m scripts.benchmark --target base=http://127.0.0.1:8001/v1,aria-base \\
+    python -m scripts.benchmark --target base=http://127.0.0.1:8001/v1,aria-base,bodies=seed,sets=eval \\
         --target sft=http://127.0.0.1:8002/v1,aria-ft-sft \\
-        --target dpo=http://127.0.0.1:8003/v1,aria-ft-dpo --sweep 1,4,16 --report-sample 5
+        --target dpo=http://127.0.0.1:8003/v1,aria-ft-dpo,reports=40 --sweep 1,4,16
     python -m scripts.benchmark --resume 20250101-120000      # finish an interrupted run
 
-Targets are OpenAI-compatible endpoints `ROLE=BASE_URL,SERVED_NAME[,vision]` with ROLE in
-base|sft|dpo (default: one target, role dpo, on VLLM_HOST:VLLM_PORT serving VLLM_SERVED_NAME; the
-API key is VLLM_API_KEY). Every finished request is appended at once to
-reports/<run-id>/records/<role>-<served name>__<prompt>.jsonl (`__cold`/`__warmup`, `__report`
-and `__sweep-c<N>` for the other passes), so `--resume RUN_ID` (or `--run-id RUN_ID` again)
-skips what is done and loses nothing. The first request to each target is the cold one, the next
-`--warmup N` warm the server up: both are recorded and reported apart, never in the percentiles.
+Targets are OpenAI-compatible endpoints `ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...]` with
+ROLE in base|sft|dpo (default: one target, role dpo, on VLLM_HOST:VLLM_PORT serving
+VLLM_SERVED_NAME; the API key is VLLM_API_KEY). The optional KEY=VALUE fields narrow what one
+target gets: `bodies=seed+project`, `sets=eval+outside`, `limit=N` (items per set, a seeded subset
+of the run's items, the same for every target so that comparisons pair them), `reports=N`.
+
+Every diagnostic is sent with each body of `--bodies` (default both, DOMAIN.md): `seed`, the seed
+README's body verbatim (free-string `pathologie`, properties pathologie, confiance,
+justification), and `project`, the project's strict schema S. The eval sets are
+data/eval/eval.jsonl and, when it exists, data/eval/outside.jsonl (profiles drawn apart from the
+training data), scored together and reported apart. Every finished request is appended at once to
+reports/<run-id>/records/<role>-<served name>__<prompt>__<body>.jsonl (`__cold`/`__warmup`,
+`__report` and `__sweep-c<N>` for the other passes), so `--resume RUN_ID` (or `--run-id RUN_ID`
+again) skips what is done, per body, and loses nothing. The first request to each target is the
+cold one, the next `--warmup N` warm the server up: both are recorded and reported apart, never in
+the percentiles.
 
 Outputs in reports/<run-id>/ (and reports/latest -> the newest run): summary.json, report.md and
-PNG plots. summary.json (schema_version 1):
+PNG plots. summary.json (schema_version 2; version 1 had one body and one eval set):
 
-    run_id, started_at, finished_at, profile, eval {path, n_items, limit, seed}, prompts [names],
-    slo_ms, notes [str],
-    models [ {name, role, base_url, prompt, vision, n, json_valid_rate, schema_valid_rate,
-              exact_match, exact_match_ci95 [low, high], confidence_accuracy,
-              latency_ms {count, p50, p95, p99, mean, min, max}, ttft_ms {...}, cold_ms,
-              warmup_ms [..], output_tokens_mean, tokens_per_s_mean, goodput, errors {status: n},
-              failed_ids {status: [ids]}, per_pathology {label: {n, correct, accuracy}},
-              per_slice {...}, confusion {rows, columns, matrix}, calibration {bands, monotonic},
-              justification {n, grounded_rate_mean, with_ungrounded_rate, anchoring_mean,
+    run_id, started_at, finished_at, profile, eval {path, sets {name: path}, n_items,
+      n_per_set {name: n}, limit, seed}, bodies [..], prompts [names], slo_ms, notes [str],
+    models [ {name, role, slug, base_url, prompt, vision, bodies_measured [..], sets [..],
+              primary_body,                 # the body the top-level figures below describe
+              ...<diagnostic summary of primary_body>,
+              bodies {body: <diagnostic summary>},
+              cold_ms, warmup_ms [..], images {sent, skipped},
+              report {n, answered, prose_rate, names_pathology_rate, grounded_rate, passed_rate,
+                      cut_by_length_rate, problems {why: n}, ...grounding means,
+                      similarity_mean, errors} | null,
+              sweep [ {concurrency, n, wall_s, throughput_rps, output_tokens_per_s,
+                       latency_ms {...}, goodput} ] } ],   # one per target
+    <diagnostic summary> = {body, n, json_valid_rate, schema_valid_rate, cut_by_length_rate,
+              key_order_rate, canonical_label_rate, exact_match, exact_match_ci95 [low, high],
+              exact_match_lenient, confidence_accuracy, latency_ms {count, p50, p95, p99, mean,
+              min, max}, ttft_ms {...}, output_tokens_mean, tokens_per_s_mean, goodput,
+              error_rate, errors {status: n}, failed_ids {status: [ids]},
+              per_pathology {label: {n, correct, accuracy}}, per_slice {...},
+              confusion {rows, columns, matrix}, calibration {bands, monotonic},
+              justification {n, grounded_rate, code_trace_rate, readable_rate,
+                             grounded_rate_mean, with_ungrounded_rate, anchoring_mean,
                              insertion_rate_mean, length_ratio_mean, hallucinated_rate,
                              keyword_coverage_mean},
-              images {sent, skipped}, report {n, ...same grounding means, similarity_mean} | null,
-              sweep [ {concurrency, n, wall_s, throughput_rps, output_tokens_per_s,
-                       latency_ms {...}, goodput} ] } ],   # one per target, on the first prompt
-    experiments [ {name, role, prompt, n, exact_match, json_valid_rate, latency_ms {p50, p99}} ],
-    comparison {winner (a role), deltas [ {from, to, exact_match {delta, ci95_low, ci95_high},
-                per_pathology {label: delta}, per_slice {slice: delta}} ],
-                recommendation {band, gain_points, from, to, text} | null},
-    gate {model, role, config, passed, checked [..], failures [ {metric, op, target, measured,
+              per_set {set: {n, exact_match, exact_match_ci95, json_valid_rate,
+                             cut_by_length_rate, justification_grounded_rate, per_slice}}}
+    experiments [ {name, role, prompt, body, n, exact_match, json_valid_rate, latency_ms {p50, p99}} ],
+    comparison {winner (a role), deltas [ {from, to, body, n_paired, exact_match {delta, ci95_low,
+                ci95_high}, per_pathology {label: delta}, per_slice {slice: delta}} ],
+                recommendation {band, gain_points, from, to, body, text} | null},
+    gate {model, role, config, profile, bodies [..], overridden [metrics], passed,
+          by_body {body: passed}, checked [..], failures [ {body, metric, op, target, measured,
           by, message} ]}   # passed is null when no production target could be chosen
+
+exact_match compares the canonical string (a free-string answer must be exactly one of the six
+labels); exact_match_lenient also accepts case, accent and SFP/SBIT variants (DOMAIN.md). A
+diagnostic cut by max_tokens (finish_reason `length`) is invalid JSON and counts as wrong.
 
 The last line printed is a one-line JSON summary. Exit codes: 0 gate passed (or no gate),
 1 gate failed, 2 nothing measured (endpoint down, unknown served name, bad input or config).
@@ -65,9 +90,10 @@ import httpx
 import yaml
 
 from aria import metrics
-from aria.domain import CONFIDENCES, RULES, format_value, label, validate_profile
+from aria.domain import CONFIDENCES, PATHOLOGIES, RULES, format_value, label, validate_profile
 from aria.files import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from aria.prompts import (
+    DIAGNOSTIC_BODIES,
     DIAGNOSTIC_TEMPLATE,
     REPORT_TEMPLATE,
     diagnostic_request,
@@ -75,13 +101,22 @@ from aria.prompts import (
     report_request,
 )
 from aria.references import reference_justification
-from aria.schema import parse_diagnostic
+from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
 from aria.settings import get_settings
-from scripts.benchmark_report import first_per_id, models_table, render_report, write_plots
+from scripts.benchmark_report import (
+    first_per_id,
+    models_table,
+    render_report,
+    reports_table,
+    write_plots,
+)
 
 ROLES = ("base", "sft", "dpo")
 DEFAULT_PROMPT = "default"
 REPORT_PROMPT = "report"
+EVAL_SET = "eval"  # data/eval/eval.jsonl: held out from the training data's own draws
+OUTSIDE_SET = "outside"  # data/eval/outside.jsonl: profiles drawn by a different process
+TARGET_OPTIONS = ("bodies", "sets", "limit", "reports")
 
 
 class SetupError(RuntimeError):
@@ -93,12 +128,20 @@ class SetupError(RuntimeError):
 
 @dataclass
 class Target:
-    """One OpenAI-compatible endpoint serving one model under a role."""
+    """One OpenAI-compatible endpoint serving one model under a role, and what it is asked.
+
+    bodies / sets / limit / reports left None take the run's --bodies, every eval set, every
+    item and --report-sample.
+    """
 
     role: str
     base_url: str
     served_name: str
     vision: bool | None = None  # None: decide from /v1/models and the model's config.json
+    bodies: list[str] | None = None
+    sets: list[str] | None = None
+    limit: int | None = None
+    reports: int | None = None
 
     @property
     def slug(self) -> str:
@@ -113,6 +156,8 @@ class BenchmarkConfig:
     targets: list[Target]
     eval_path: Path
     reports_dir: Path
+    outside_path: Path | None = None  # a second eval set, reported apart (see eval_sets)
+    bodies: list[str] = field(default_factory=lambda: list(DIAGNOSTIC_BODIES))
     gate_config: Path = Path("configs/release_gate.yaml")
     prompts_dir: Path = Path("data/prompts")
     prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
@@ -131,17 +176,50 @@ class BenchmarkConfig:
 
 
 def parse_target(spec: str) -> Target:
-    """`ROLE=BASE_URL,SERVED_NAME[,vision]` -> Target; raises ValueError naming the expected form."""
+    """`ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...]` -> Target, KEY in bodies (seed+project),
+    sets (eval+outside), limit and reports (integers); raises ValueError naming the expected form."""
     role, sep, rest = spec.partition("=")
     parts = [p.strip() for p in rest.split(",")]
-    if not sep or role not in ROLES or len(parts) not in (2, 3) or not all(parts[:2]):
+    if not sep or role not in ROLES or len(parts) < 2 or not all(parts[:2]):
         raise ValueError(
-            f"--target {spec!r}: expected ROLE=BASE_URL,SERVED_NAME[,vision] with ROLE in "
-            f"{'|'.join(ROLES)}, e.g. dpo=http://127.0.0.1:8003/v1,aria-ft-dpo"
+            f"--target {spec!r}: expected ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...] with "
+            f"ROLE in {'|'.join(ROLES)}, e.g. dpo=http://127.0.0.1:8003/v1,aria-ft-dpo,bodies=seed"
         )
-    if len(parts) == 3 and parts[2] != "vision":
-        raise ValueError(f"--target {spec!r}: the optional third field must be 'vision'")
-    return Target(role, parts[0].rstrip("/"), parts[1], True if len(parts) == 3 else None)
+    target = Target(role, parts[0].rstrip("/"), parts[1])
+    for extra in parts[2:]:
+        key, eq, value = extra.partition("=")
+        if extra == "vision":
+            target.vision = True
+        elif not eq or key not in TARGET_OPTIONS or not value:
+            raise ValueError(
+                f"--target {spec!r}: {extra!r} is neither 'vision' nor KEY=VALUE with KEY in "
+                f"{', '.join(TARGET_OPTIONS)}"
+            )
+        elif key == "bodies":
+            target.bodies = value.split("+")
+            unknown = [b for b in target.bodies if b not in DIAGNOSTIC_BODIES]
+            if unknown:
+                raise ValueError(
+                    f"--target {spec!r}: unknown body {unknown[0]!r}; bodies are "
+                    f"{'+'.join(DIAGNOSTIC_BODIES)}"
+                )
+        elif key == "sets":
+            target.sets = value.split("+")
+        else:
+            if not value.isdigit() or (key == "limit" and int(value) < 1):
+                raise ValueError(f"--target {spec!r}: {key} must be a whole number (limit >= 1)")
+            setattr(target, key, int(value))
+    return target
+
+
+def _body_list(text: str) -> list[str]:
+    bodies = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in bodies if b not in DIAGNOSTIC_BODIES]
+    if not bodies or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of {', '.join(DIAGNOSTIC_BODIES)}, got {text!r}"
+        )
+    return bodies
 
 
 def _int_list(text: str) -> list[int]:
@@ -162,7 +240,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval", type=Path, default=None, help="eval JSONL (default data/eval/eval.jsonl)"
     )
-    p.add_argument("--limit", type=int, default=None, help="benchmark a seeded sample of N items")
+    p.add_argument(
+        "--outside",
+        type=Path,
+        default=None,
+        help="second eval set, reported apart (default: outside.jsonl next to --eval, if present)",
+    )
+    p.add_argument("--no-outside", action="store_true", help="score the --eval set only")
+    p.add_argument(
+        "--bodies",
+        type=_body_list,
+        default=list(DIAGNOSTIC_BODIES),
+        help="diagnostic bodies to send: seed (the seed's verbatim body), project (schema S)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="benchmark a seeded sample of N items per set"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--prompts", default=DEFAULT_PROMPT, help="comma list of data/prompts names, or all"
@@ -197,10 +290,19 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         raise ValueError("--limit must be >= 1")
     if args.resume and args.run_id and args.resume != args.run_id:
         raise ValueError("--resume and --run-id name different runs; give one of them")
+    eval_path = args.eval or settings.eval_path
+    outside = args.outside
+    if args.no_outside and outside:
+        raise ValueError("--outside and --no-outside contradict each other; give one of them")
+    if outside is None and not args.no_outside:
+        sibling = eval_path.parent / f"{OUTSIDE_SET}.jsonl"
+        outside = sibling if sibling.exists() and sibling != eval_path else None
     return BenchmarkConfig(
         targets=targets,
-        eval_path=args.eval or settings.eval_path,
+        eval_path=eval_path,
         reports_dir=args.reports_dir or settings.aria_reports_dir,
+        outside_path=outside,
+        bodies=args.bodies,
         gate_config=args.gate_config,
         prompts_dir=args.prompts_dir,
         prompts=[s.strip() for s in args.prompts.split(",") if s.strip()],
@@ -219,13 +321,14 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     )
 
 
-def load_gate(path: Path) -> list[dict]:
-    """The gate's thresholds from YAML; raises SetupError naming the file and the problem."""
+def load_gate(path: Path, profile: str) -> dict:
+    """The gate for `profile` from YAML ({bodies, thresholds, overridden}, see
+    metrics.resolve_gate); raises SetupError naming the file and the problem."""
     if not path.exists():
         raise SetupError(f"{path} does not exist: pass --gate-config FILE")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return metrics.validate_gate(doc.get("thresholds"))
+        return metrics.resolve_gate(doc, profile)
     except (yaml.YAMLError, ValueError, AttributeError) as e:
         raise SetupError(f"{path}: {e}") from None
 
@@ -243,6 +346,8 @@ class EvalItem:
     confidence: str
     slices: list[str]
     image: str | None = None
+    set: str = EVAL_SET  # the eval set it comes from
+    rank: int = 0  # position in its set's seeded shuffle: --limit and limit=N keep the lowest
 
 
 def parse_eval_record(record: dict) -> EvalItem:
@@ -268,24 +373,54 @@ def parse_eval_record(record: dict) -> EvalItem:
     return EvalItem(str(record["id"]), profile, pathology, confidence, slices, record.get("image"))
 
 
-def load_eval(cfg: BenchmarkConfig) -> list[EvalItem]:
-    """The eval set, or its seeded sample of --limit items in file order."""
+def eval_sets(cfg: BenchmarkConfig) -> dict[str, Path]:
+    """{set name: path} of the run: `eval`, then `outside` when there is one."""
+    sets = {EVAL_SET: cfg.eval_path}
+    if cfg.outside_path is not None:
+        sets[OUTSIDE_SET] = cfg.outside_path
+    return sets
+
+
+def load_eval(cfg: BenchmarkConfig, limit: int | None = None) -> list[EvalItem]:
+    """Every eval set's items, or for each set its seeded sample of `limit` items, in file order.
+
+    Each item's `rank` is its place in a shuffle of its set seeded by --seed, so the items of
+    rank < N are a seeded sample of N, and a smaller sample is part of a larger one.
+    """
     from aria.files import DataError, read_jsonl
 
-    if not cfg.eval_path.exists():
-        raise SetupError(f"{cfg.eval_path} does not exist: run `make datasets` first")
-    try:
-        items = read_jsonl(cfg.eval_path, parse_eval_record)
-    except DataError as e:
-        raise SetupError(str(e)) from None
-    if not items:
-        raise SetupError(f"{cfg.eval_path} is empty: run `make datasets` again")
-    if len({i.id for i in items}) != len(items):
-        raise SetupError(f"{cfg.eval_path}: ids are not unique")
-    if cfg.limit and cfg.limit < len(items):
-        keep = set(random.Random(cfg.seed).sample(range(len(items)), cfg.limit))
-        items = [it for i, it in enumerate(items) if i in keep]
+    items: list[EvalItem] = []
+    for name, path in eval_sets(cfg).items():
+        if not path.exists():
+            fix = "run `make datasets` first" if name == EVAL_SET else "or pass --no-outside"
+            raise SetupError(f"{path} does not exist: {fix}")
+        try:
+            loaded = read_jsonl(path, parse_eval_record)
+        except DataError as e:
+            raise SetupError(str(e)) from None
+        if not loaded:
+            raise SetupError(f"{path} is empty: run `make datasets` again")
+        order = list(range(len(loaded)))
+        random.Random(f"{cfg.seed}-{name}").shuffle(order)
+        for rank, index in enumerate(order):
+            loaded[index].set, loaded[index].rank = name, rank
+        items += [it for it in loaded if limit is None or it.rank < limit]
+    ids = Counter(it.id for it in items)
+    if len(ids) != len(items):
+        twice = next(i for i, n in ids.items() if n > 1)
+        raise SetupError(
+            f"eval id {twice!r} appears twice in {', '.join(map(str, eval_sets(cfg).values()))}"
+        )
     return items
+
+
+def target_items(t: Target, items: list[EvalItem]) -> list[EvalItem]:
+    """The run's items this target is asked: its sets, and per set its `limit` lowest ranks."""
+    return [
+        it
+        for it in items
+        if (t.sets is None or it.set in t.sets) and (t.limit is None or it.rank < t.limit)
+    ]
 
 
 def thresholds_text() -> str:
@@ -387,11 +522,12 @@ def _has_vision_tower(model_card: dict) -> bool:
 async def send_chat(client: httpx.AsyncClient, url: str, body: dict, timeout_s: float) -> dict:
     """One streamed chat completion; never raises: the outcome says what happened.
 
-    status: ok | timeout | connection_error | http_4xx | http_5xx | stream_error.
+    status: ok | timeout | connection_error | http_4xx | http_5xx | stream_error; finish_reason
+    is the stream's (`stop`, or `length` when max_tokens cut the answer), None if none came.
     """
     start = time.perf_counter()
     out: dict[str, Any] = {"status": "ok", "http_status": None, "content": None, "error": None}
-    out |= {"e2e_ms": None, "ttft_ms": None, "output_tokens": None}
+    out |= {"e2e_ms": None, "ttft_ms": None, "output_tokens": None, "finish_reason": None}
     body = body | {"stream": True, "stream_options": {"include_usage": True}}
     parts: list[str] = []
 
@@ -422,6 +558,8 @@ async def send_chat(client: httpx.AsyncClient, url: str, body: dict, timeout_s: 
                 if chunk.get("usage"):
                     out["output_tokens"] = chunk["usage"].get("completion_tokens")
                 for choice in chunk.get("choices", []):
+                    if choice.get("finish_reason"):
+                        out["finish_reason"] = choice["finish_reason"]
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
                         if out["ttft_ms"] is None:
@@ -452,10 +590,23 @@ def _confidence_of(value: Any) -> str | None:
     return next((c for c in CONFIDENCES if metrics._fold(c) == folded), None)
 
 
-def score_diagnostic(item: EvalItem, content: str | None, prompt_text: str) -> dict:
-    """json/schema validity, label and confidence hits, and the justification's grounding."""
-    scores: dict[str, Any] = {"json_valid": False, "schema_valid": False}
+def score_diagnostic(
+    item: EvalItem,
+    content: str | None,
+    prompt_text: str,
+    body: str = "project",
+    order: tuple[str, ...] = FIELD_ORDER,
+) -> dict:
+    """JSON and schema validity (against the schema the `body` sent), keys in the schema's
+    `order`, label and
+    confidence hits, and the justification's verdict (grounded, code trace, readable).
+
+    `correct` needs the canonical label string; `correct_lenient` also takes the variants
+    DOMAIN.md allows in a free string. An answer that is not JSON is wrong on both.
+    """
+    scores: dict[str, Any] = {"json_valid": False, "schema_valid": False, "key_order": False}
     scores |= {"pathologie": None, "confiance": None, "correct": False, "confidence_correct": False}
+    scores |= {"correct_lenient": False, "canonical_label": False}
     if content is None:
         return scores
     try:
@@ -465,31 +616,37 @@ def score_diagnostic(item: EvalItem, content: str | None, prompt_text: str) -> d
         return scores
     if not scores["json_valid"]:
         return scores
-    try:
-        parsed = parse_diagnostic(content)
-        scores["schema_valid"] = True
-        pathology, conf, justification = parsed.pathologie, parsed.confiance, parsed.justification
-    except ValueError:
-        # Unconstrained output: accept label variants, as DOMAIN.md allows.
-        pathology = metrics.normalise_pathology(obj.get("pathologie"))
-        conf = _confidence_of(obj.get("confiance"))
-        justification = (
-            obj.get("justification") if isinstance(obj.get("justification"), str) else None
-        )
-    scores |= {"pathologie": pathology, "confiance": conf}
-    scores["correct"] = pathology == item.pathology
+    if body == "seed":
+        scores["schema_valid"] = metrics.conforms_to_schema(obj, SEED_DIAGNOSTIC_SCHEMA)
+    else:
+        try:
+            parse_diagnostic(content)
+            scores["schema_valid"] = True
+        except ValueError:
+            scores["schema_valid"] = False
+    scores["key_order"] = list(obj) == list(order)
+    raw_label = obj.get("pathologie")
+    conf = _confidence_of(obj.get("confiance"))
+    justification = obj.get("justification") if isinstance(obj.get("justification"), str) else None
+    scores["pathologie"] = raw_label if raw_label in PATHOLOGIES else None
+    scores["canonical_label"] = raw_label in PATHOLOGIES
+    scores["confiance"] = conf
+    scores["correct"] = raw_label == item.pathology
+    scores["correct_lenient"] = metrics.normalise_pathology(raw_label) == item.pathology
     scores["confidence_correct"] = conf == item.confidence
-    if justification:
+    if justification is not None:
         reference = reference_justification(item.profile, item.pathology)
         scores["justification"] = text_scores(
-            justification, item, source=f"{prompt_text}\n{reference}", reference=reference
-        )
+            justification, item, prompt_text, reference
+        ) | metrics.justification_verdict(justification, item.profile, prompt_text)
     return scores
 
 
-def text_scores(text: str, item: EvalItem, source: str, reference: str) -> dict:
-    """Grounding of numbers, hallucination against source/reference, deciding-keyword coverage."""
-    ground = metrics.grounding(text, item.profile)
+def text_scores(text: str, item: EvalItem, prompt_text: str, reference: str) -> dict:
+    """Grounding of numbers in the input, hallucination against the prompt and the reference,
+    deciding-keyword coverage."""
+    ground = metrics.grounding(text, item.profile, prompt_text)
+    source = f"{prompt_text}\n{reference}"
     return {
         "grounded_rate": ground["grounded_rate"],
         "ungrounded": ground["ungrounded"],
@@ -573,6 +730,7 @@ class Pass:
     items: list[EvalItem]
     path: Path
     concurrency: int
+    body: str = "seed"  # the diagnostic body (DIAGNOSTIC_BODIES); unused by the report pass
 
 
 def build_body(p: Pass, item: EvalItem) -> tuple[dict, str, str | None]:
@@ -580,7 +738,7 @@ def build_body(p: Pass, item: EvalItem) -> tuple[dict, str, str | None]:
     if p.kind == "report":
         body = report_request(item.profile, p.target.served_name, p.template)
     else:
-        body = diagnostic_request(item.profile, p.target.served_name, p.template)
+        body = diagnostic_request(item.profile, p.target.served_name, p.template, body=p.body)
     text = body["messages"][0]["content"]
     image_status = None
     if item.image:
@@ -618,6 +776,8 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
             "model": p.target.served_name,
             "role": p.target.role,
             "prompt": p.prompt,
+            "body": None if p.kind == "report" else p.body,
+            "set": item.set,
             "concurrency": p.concurrency,
             "input": item.profile,
             "prompt_text": text,
@@ -628,6 +788,7 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
             "http_status": outcome["http_status"],
             "error": outcome["error"],
             "raw": outcome["content"],
+            "finish_reason": outcome["finish_reason"],
             "latency": {
                 "e2e_ms": outcome["e2e_ms"],
                 "ttft_ms": outcome["ttft_ms"],
@@ -640,7 +801,8 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
         if p.kind == "report":
             record["scores"] = score_report(item, outcome["content"], text, embedder)
         else:
-            scores = score_diagnostic(item, outcome["content"], text)
+            order = tuple(body["response_format"]["json_schema"]["schema"]["properties"])
+            scores = score_diagnostic(item, outcome["content"], text, p.body, order)
             record["parsed"] = {k: scores[k] for k in ("pathologie", "confiance")}
             record["scores"] = scores
             if outcome["status"] == "ok" and not scores["json_valid"]:
@@ -658,12 +820,14 @@ def _rate(tokens: int | None, ms: float | None) -> float | None:
 
 
 def score_report(item: EvalItem, content: str | None, prompt_text: str, embedder: Embedder) -> dict:
-    """Grounding, hallucination and keyword coverage of a report, and similarity to the reference."""
+    """The report's verdict (prose, names the rule's pathology, grounded: metrics.report_verdict),
+    hallucination and keyword coverage, and similarity to the reference."""
     if not content:
         return {"answered": False}
     reference, note = reference_report_text(item.profile)
     scores = {"answered": True, "reference_note": note}
-    scores |= text_scores(content, item, source=f"{prompt_text}\n{reference}", reference=reference)
+    scores |= text_scores(content, item, prompt_text, reference)
+    scores["verdict"] = metrics.report_verdict(content, item.profile, item.pathology, prompt_text)
     scores["similarity"] = embedder.similarity(content, reference)
     return scores
 
@@ -674,6 +838,22 @@ def score_report(item: EvalItem, content: str | None, prompt_text: str, embedder
 def _mean(values: list[float | None]) -> float | None:
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(xs) / len(xs) if xs else None
+
+
+def _share(flags: list[bool]) -> float | None:
+    """Share of True in `flags`, None when empty."""
+    return sum(map(bool, flags)) / len(flags) if flags else None
+
+
+def _justification_summary(rows: list[dict]) -> dict:
+    """The justification's verdict rates (grounded, code trace, readable) and the text means."""
+    return {
+        "n": len(rows),
+        "grounded_rate": _share([r["grounded"] for r in rows]),
+        "code_trace_rate": _share([r["code_trace"] for r in rows]),
+        "readable_rate": _share([r["readable"] for r in rows]),
+        **_text_summary(rows),
+    }
 
 
 def _text_summary(rows: list[dict]) -> dict:
@@ -689,8 +869,9 @@ def _text_summary(rows: list[dict]) -> dict:
     }
 
 
-def summarize_diagnostics(records: list[dict], slo_ms: float) -> dict:
-    """Quality and latency of one target on one prompt, from its records."""
+def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = True) -> dict:
+    """Quality and latency of one target on one prompt and one body, from its records; with
+    `per_set`, the same headline figures for each eval set apart."""
     records = first_per_id(records)
     scores = [r["scores"] for r in records]
     expected = [r["expected"]["pathologie"] for r in records]
@@ -707,12 +888,20 @@ def summarize_diagnostics(records: list[dict], slo_ms: float) -> dict:
     em = metrics.exact_match(expected, predicted)
     ci = metrics.bootstrap_ci([float(c) for c in correct]) if records else None
     good = [r["latency"]["e2e_ms"] if r["scores"]["json_valid"] else None for r in records]
-    return {
+    justification = _justification_summary(
+        [s["justification"] for s in scores if "justification" in s]
+    )
+    out = {
+        "body": records[0].get("body") if records else None,
         "n": len(records),
         "json_valid_rate": _mean([float(s["json_valid"]) for s in scores]),
         "schema_valid_rate": _mean([float(s["schema_valid"]) for s in scores]),
+        "cut_by_length_rate": _share([r.get("finish_reason") == "length" for r in records]),
+        "key_order_rate": _share([s["key_order"] for s in scores]),
+        "canonical_label_rate": _share([s["canonical_label"] for s in scores]),
         "exact_match": em,
         "exact_match_ci95": list(ci) if ci else None,
+        "exact_match_lenient": _share([s["correct_lenient"] for s in scores]),
         "confidence_accuracy": metrics.confidence_accuracy(
             [r["expected"]["confiance"] for r in records], [s["confiance"] for s in scores]
         ),
@@ -728,23 +917,51 @@ def summarize_diagnostics(records: list[dict], slo_ms: float) -> dict:
         "per_slice": metrics.per_slice_accuracy([r["slices"] for r in records], correct),
         "confusion": metrics.confusion_matrix(expected, predicted),
         "calibration": metrics.calibration([s["confiance"] for s in scores], correct),
-        "justification": _text_summary(
-            [s["justification"] for s in scores if "justification" in s]
-        ),
+        "justification": justification,
         "images": {
             "sent": sum(1 for r in records if r.get("image") == "sent"),
             "skipped": sum(1 for r in records if r.get("image") == "skipped"),
         },
     }
+    if per_set:
+        out["per_set"] = {}
+        for name in dict.fromkeys(r.get("set", EVAL_SET) for r in records):
+            part = summarize_diagnostics(
+                [r for r in records if r.get("set", EVAL_SET) == name], slo_ms, per_set=False
+            )
+            out["per_set"][name] = {
+                "n": part["n"],
+                "exact_match": part["exact_match"],
+                "exact_match_ci95": part["exact_match_ci95"],
+                "json_valid_rate": part["json_valid_rate"],
+                "cut_by_length_rate": part["cut_by_length_rate"],
+                "justification_grounded_rate": part["justification"]["grounded_rate"],
+                "per_slice": part["per_slice"],
+            }
+    return out
 
 
 def summarize_reports(records: list[dict]) -> dict | None:
-    """Grounding and similarity means of the report calls of one target."""
+    """The report verdict's rates (prose, names the pathology, grounded, all three), why texts
+    are not prose, grounding and similarity means; rates are over the reports asked (an
+    unanswered report passes nothing)."""
     records = first_per_id(records)
     if not records:
         return None
     rows = [r["scores"] for r in records if r["scores"].get("answered")]
-    out = {"n": len(records), "answered": len(rows), **_text_summary(rows)}
+    verdicts = [r["scores"].get("verdict") or {} for r in records]
+    problems = Counter(p for v in verdicts for p in v.get("problems", []))
+    out = {
+        "n": len(records),
+        "answered": len(rows),
+        "prose_rate": _share([v.get("prose", False) for v in verdicts]),
+        "names_pathology_rate": _share([v.get("names_pathology", False) for v in verdicts]),
+        "grounded_rate": _share([v.get("grounded", False) for v in verdicts]),
+        "passed_rate": _share([v.get("passed", False) for v in verdicts]),
+        "cut_by_length_rate": _share([r.get("finish_reason") == "length" for r in records]),
+        "problems": dict(problems),
+    }
+    out |= {f"text_{k}" if k == "n" else k: v for k, v in _text_summary(rows).items()}
     out["similarity_mean"] = _mean([r.get("similarity") for r in rows])
     out["errors"] = dict(Counter(r["status"] for r in records if r["status"] != "ok"))
     return out
@@ -768,46 +985,67 @@ def summarize_sweep(records: list[dict], concurrency: int, slo_ms: float) -> dic
     }
 
 
-def flat_metrics(model: dict) -> dict[str, float | None]:
-    """The gateable numbers of a model summary under flat names (latency_p50_ms, ...)."""
+def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float | None]:
+    """The gateable numbers of one body's diagnostic summary under flat names: its numeric
+    fields, latency_p50_ms..., justification_grounded_rate (and code_trace, readable), and
+    exact_match_<set> / json_valid_rate_<set> for each eval set."""
     flat = {
-        k: v for k, v in model.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
     for prefix in ("latency", "ttft"):
         for q in ("p50", "p95", "p99", "mean", "max"):
-            flat[f"{prefix}_{q}_ms"] = (model.get(f"{prefix}_ms") or {}).get(q)
-    flat["cold_ms"] = model.get("cold_ms")
+            flat[f"{prefix}_{q}_ms"] = (summary.get(f"{prefix}_ms") or {}).get(q)
+    justification = summary.get("justification") or {}
+    for name in ("grounded_rate", "code_trace_rate", "readable_rate"):
+        flat[f"justification_{name}"] = justification.get(name)
+    for name, part in (summary.get("per_set") or {}).items():
+        for key in ("exact_match", "json_valid_rate", "cut_by_length_rate"):
+            flat[f"{key}_{name}"] = part.get(key)
+    flat["cold_ms"] = cold_ms
     return flat
 
 
-def compare(models: list[dict], records_by_slug: dict[str, list[dict]]) -> dict:
-    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict."""
+def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> dict:
+    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict.
+
+    Each pair is compared on the first body of DIAGNOSTIC_BODIES that both measured, on the
+    items both were asked (`records` maps (slug, body) to the first prompt's records).
+    """
     by_role = {m["role"]: m for m in models}
+
+    def common_body(a: dict, b: dict) -> str | None:
+        return next((x for x in a["bodies"] if x in b["bodies"]), None)
+
     deltas = []
     for a, b in (("base", "sft"), ("sft", "dpo"), ("base", "dpo")):
         if a not in by_role or b not in by_role:
             continue
-        ra = {r["id"]: r for r in first_per_id(records_by_slug[by_role[a]["slug"]])}
-        rb = {r["id"]: r for r in first_per_id(records_by_slug[by_role[b]["slug"]])}
+        body = common_body(by_role[a], by_role[b])
+        if body is None:
+            continue
+        ra = {r["id"]: r for r in first_per_id(records[(by_role[a]["slug"], body)])}
+        rb = {r["id"]: r for r in first_per_id(records[(by_role[b]["slug"], body)])}
         common = [i for i in ra if i in rb]
         hits_a = [float(ra[i]["scores"]["correct"]) for i in common]
         hits_b = [float(rb[i]["scores"]["correct"]) for i in common]
+        sa, sb = by_role[a]["bodies"][body], by_role[b]["bodies"][body]
         deltas.append(
             {
                 "from": a,
                 "to": b,
+                "body": body,
                 "n_paired": len(common),
                 "exact_match": metrics.paired_bootstrap_delta(hits_a, hits_b),
-                "per_pathology": _group_deltas(
-                    by_role[a]["per_pathology"], by_role[b]["per_pathology"]
-                ),
-                "per_slice": _group_deltas(by_role[a]["per_slice"], by_role[b]["per_slice"]),
+                "per_pathology": _group_deltas(sa["per_pathology"], sb["per_pathology"]),
+                "per_slice": _group_deltas(sa["per_slice"], sb["per_slice"]),
             }
         )
     recommendation = None
     tuned = next((r for r in ("dpo", "sft") if r in by_role), None)
-    if "base" in by_role and tuned and by_role["base"]["exact_match"] is not None:
-        gain = 100 * ((by_role[tuned]["exact_match"] or 0) - by_role["base"]["exact_match"])
+    body = common_body(by_role["base"], by_role[tuned]) if "base" in by_role and tuned else None
+    if body and by_role["base"]["bodies"][body]["exact_match"] is not None:
+        base_s, tuned_s = by_role["base"]["bodies"][body], by_role[tuned]["bodies"][body]
+        gain = 100 * ((tuned_s["exact_match"] or 0) - base_s["exact_match"])
         band = metrics.recommendation_band(gain)
         verdict = {
             "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
@@ -815,16 +1053,17 @@ def compare(models: list[dict], records_by_slug: dict[str, list[dict]]) -> dict:
             "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
         }[band]
         weakest = min(
-            by_role[tuned]["per_pathology"].items(),
+            tuned_s["per_pathology"].items(),
             key=lambda kv: kv[1]["accuracy"],
             default=(None, None),
         )[0]
-        text = f"{tuned} vs base: {gain:+.1f} points of exact match; {verdict}."
+        text = f"{tuned} vs base ({body} body): {gain:+.1f} points of exact match; {verdict}."
         if weakest:
             text += f" Weakest pathology for {tuned}: {weakest}."
         recommendation = {
             "from": "base",
             "to": tuned,
+            "body": body,
             "gain_points": gain,
             "band": band,
             "text": text,
@@ -841,6 +1080,17 @@ def _group_deltas(a: dict, b: dict) -> dict[str, float]:
     return {k: b[k]["accuracy"] - a[k]["accuracy"] for k in b if k in a}
 
 
+def target_bodies(cfg: BenchmarkConfig, t: Target) -> list[str]:
+    """The bodies this target is asked, in DIAGNOSTIC_BODIES order (the seed's first)."""
+    wanted = t.bodies or cfg.bodies
+    return [b for b in DIAGNOSTIC_BODIES if b in wanted]
+
+
+def records_path(records_dir: Path, t: Target, prompt: str, body: str) -> Path:
+    """Where the diagnostic records of one target, prompt and body go."""
+    return records_dir / f"{t.slug}__{prompt}__{body}.jsonl"
+
+
 def plan_passes(
     cfg: BenchmarkConfig,
     t: Target,
@@ -849,24 +1099,35 @@ def plan_passes(
     report_items: list[EvalItem],
     records_dir: Path,
 ) -> list[Pass]:
-    """The passes of one target, in order: cold, warm-up, each prompt, each sweep step, reports."""
+    """The passes of one target, in order: cold, warm-up, each prompt x body, each sweep step,
+    reports. Cold, warm-up and sweep requests use the first prompt and the first body."""
     first = next(iter(templates))
+    bodies = target_bodies(cfg, t)
 
-    def make(kind: str, prompt: str, template: str, its: list, suffix: str, c: int) -> Pass:
-        return Pass(t, kind, prompt, template, its, records_dir / f"{t.slug}__{suffix}.jsonl", c)
+    def make(
+        kind: str, prompt: str, template: str, its: list, path: Path, c: int, body: str
+    ) -> Pass:
+        return Pass(t, kind, prompt, template, its, path, c, body)
+
+    def path(suffix: str) -> Path:
+        return records_dir / f"{t.slug}__{suffix}.jsonl"
 
     # Warm-up requests reuse eval profiles under their own ids, so they never mix with results.
     warm = [
         EvalItem(**{**it.__dict__, "id": f"warmup-{k}"})
         for k, it in enumerate((items * (cfg.warmup // len(items) + 1))[: cfg.warmup])
     ]
-    passes = [make("cold", first, templates[first], items[:1], "cold", 1)]
+    passes = [make("cold", first, templates[first], items[:1], path("cold"), 1, bodies[0])]
     if warm:
-        passes.append(make("warmup", first, templates[first], warm, "warmup", 1))
+        passes.append(make("warmup", first, templates[first], warm, path("warmup"), 1, bodies[0]))
     for name, template in templates.items():
-        passes.append(make("diagnostic", name, template, items, name, cfg.concurrency))
+        for body in bodies:
+            where = records_path(records_dir, t, name, body)
+            passes.append(make("diagnostic", name, template, items, where, cfg.concurrency, body))
     for c in cfg.sweep:
-        passes.append(make("sweep", first, templates[first], items, f"sweep-c{c}", c))
+        passes.append(
+            make("sweep", first, templates[first], items, path(f"sweep-c{c}"), c, bodies[0])
+        )
     if report_items:
         passes.append(
             make(
@@ -874,8 +1135,9 @@ def plan_passes(
                 REPORT_PROMPT,
                 REPORT_TEMPLATE,
                 report_items,
-                REPORT_PROMPT,
+                path(REPORT_PROMPT),
                 cfg.concurrency,
+                bodies[0],
             )
         )
     return passes
@@ -883,25 +1145,37 @@ def plan_passes(
 
 def summarize_target(
     cfg: BenchmarkConfig, t: Target, templates: dict[str, str], records_dir: Path, reports: bool
-) -> tuple[dict, list[dict], list[dict]]:
-    """(model summary on the first prompt, one experiment row per prompt, first prompt's records)."""
+) -> tuple[dict, list[dict], dict[str, list[dict]]]:
+    """(model summary, one experiment row per prompt x body, {body: first prompt's records}).
+
+    The model summary carries every body under `bodies` and, at its top level, the figures of
+    its primary body (the seed's when measured), which cards and plots read.
+    """
     first = next(iter(templates))
+    bodies = target_bodies(cfg, t)
     rows: list[dict] = []
-    model: dict = {}
-    first_records: list[dict] = []
+    by_body: dict[str, dict] = {}
+    first_records: dict[str, list[dict]] = {}
     for name in templates:
-        records = load_records(records_dir / f"{t.slug}__{name}.jsonl")
-        s = summarize_diagnostics(records, cfg.slo_ms)
-        latency = {"p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"]}
-        rows.append(
-            {"name": t.served_name, "role": t.role, "prompt": name, "n": s["n"],
-             "exact_match": s["exact_match"], "json_valid_rate": s["json_valid_rate"],
-             "latency_ms": latency}
-        )  # fmt: skip
-        if name == first:
-            first_records = records
-            model = {"name": t.served_name, "role": t.role, "slug": t.slug}
-            model |= {"base_url": t.base_url, "prompt": name, "vision": t.vision, **s}
+        for body in bodies:
+            records = load_records(records_path(records_dir, t, name, body))
+            s = summarize_diagnostics(records, cfg.slo_ms)
+            s["body"] = body
+            latency = {"p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"]}
+            rows.append(
+                {"name": t.served_name, "role": t.role, "prompt": name, "body": body,
+                 "n": s["n"], "exact_match": s["exact_match"],
+                 "json_valid_rate": s["json_valid_rate"], "latency_ms": latency}
+            )  # fmt: skip
+            if name == first:
+                by_body[body] = s
+                first_records[body] = records
+    primary = bodies[0]
+    model = {"name": t.served_name, "role": t.role, "slug": t.slug, "base_url": t.base_url}
+    model |= {"prompt": first, "vision": t.vision, "bodies_measured": bodies}
+    model |= {"sets": list(by_body[primary]["per_set"]), "primary_body": primary}
+    model |= by_body[primary]
+    model["bodies"] = by_body
     cold = load_records(records_dir / f"{t.slug}__cold.jsonl")
     model["cold_ms"] = cold[0]["latency"]["e2e_ms"] if cold else None
     warmups = load_records(records_dir / f"{t.slug}__warmup.jsonl")
@@ -931,22 +1205,36 @@ def main(cfg: BenchmarkConfig) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     settings = get_settings()
     api_key = settings.api_key_value()
-    gate_thresholds = load_gate(cfg.gate_config)
+    gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
     run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = cfg.reports_dir / run_id
     if cfg.resume and not run_dir.exists():
         raise SetupError(f"--resume {run_id}: {run_dir} does not exist")
-    items = load_eval(cfg)
+    items = load_eval(cfg, cfg.limit)
     if (run_dir / "run.json").exists():
         # Resume on exactly the items the run started with, whatever the flags say now.
         wanted = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["item_ids"]
-        by_id = {it.id: it for it in load_eval(BenchmarkConfig(**{**cfg.__dict__, "limit": None}))}
+        by_id = {it.id: it for it in load_eval(cfg)}
         missing = [i for i in wanted if i not in by_id]
         if missing:
             raise SetupError(
-                f"{run_dir}/run.json names ids absent from {cfg.eval_path}: {missing[:5]}"
+                f"{run_dir}/run.json names ids absent from "
+                f"{', '.join(map(str, eval_sets(cfg).values()))}: {missing[:5]}"
             )
         items = [by_id[i] for i in wanted]
+    sets = eval_sets(cfg)
+    for t in cfg.targets:
+        unknown = [x for x in t.sets or [] if x not in sets]
+        if unknown:
+            raise SetupError(
+                f"--target {t.role}: set {unknown[0]!r} is not in this run (sets: "
+                f"{', '.join(sets)}); {OUTSIDE_SET} needs {cfg.eval_path.parent}/outside.jsonl "
+                "(make datasets) or --outside FILE"
+            )
+        if not target_items(t, items):
+            raise SetupError(
+                f"--target {t.role}: no eval item left for it (check sets= and limit=)"
+            )
     templates = load_prompts(cfg, items[0].profile)
     preflight(cfg, api_key)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -957,29 +1245,41 @@ def main(cfg: BenchmarkConfig) -> int:
                 "run_id": run_id,
                 "started_at": started,
                 "item_ids": [it.id for it in items],
+                "sets": {name: str(path) for name, path in sets.items()},
                 "targets": [t.__dict__ for t in cfg.targets],
+                "bodies": cfg.bodies,
                 "prompts": list(templates),
             },
         )
     records_dir = run_dir / "records"
     notes: list[str] = []
     embedder = Embedder()
-    rng = random.Random(cfg.seed)
-    report_items = rng.sample(items, min(cfg.report_sample, len(items)))
+    # One seeded order of report profiles, mixing the sets; each target takes its first N.
+    report_order = sorted(items, key=lambda it: (it.rank, it.set))
+
+    def n_reports(t: Target) -> int:
+        return cfg.report_sample if t.reports is None else t.reports
 
     for t in cfg.targets:
-        for p in plan_passes(cfg, t, templates, items, report_items, records_dir):
+        mine = target_items(t, items)
+        ids = {it.id for it in mine}
+        report_items = [it for it in report_order if it.id in ids][: n_reports(t)]
+        for p in plan_passes(cfg, t, templates, mine, report_items, records_dir):
             asyncio.run(run_pass(p, api_key, cfg, embedder))
 
-    models, experiments, records_by_slug = [], [], {}
+    models, experiments = [], []
+    records_by_body: dict[tuple[str, str], list[dict]] = {}
+    records_by_slug: dict[str, list[dict]] = {}
     for t in cfg.targets:
-        model, rows, records = summarize_target(cfg, t, templates, records_dir, bool(report_items))
+        model, rows, records = summarize_target(cfg, t, templates, records_dir, n_reports(t) > 0)
         models.append(model)
         experiments += rows
-        records_by_slug[t.slug] = records
+        records_by_slug[t.slug] = records[model["primary_body"]]
+        for body, recs in records.items():
+            records_by_body[(t.slug, body)] = recs
     if embedder.note:
         notes.append(embedder.note)
-    if report_items and reference_report_text(items[0].profile)[1]:
+    if any(n_reports(t) for t in cfg.targets) and reference_report_text(items[0].profile)[1]:
         notes.append(reference_report_text(items[0].profile)[1])
     if any(m["images"]["skipped"] for m in models):
         notes.append(
@@ -989,43 +1289,54 @@ def main(cfg: BenchmarkConfig) -> int:
     production = next(
         (m for m in models if m["role"] == "dpo"), models[0] if len(models) == 1 else None
     )
+    gate_head = {
+        "config": str(cfg.gate_config),
+        "profile": settings.aria_profile,
+        "bodies": gate_spec["bodies"],
+        "overridden": gate_spec["overridden"],
+    }
     if production is None:
         gate = {
             "model": None,
             "role": None,
-            "config": str(cfg.gate_config),
+            **gate_head,
             "passed": None,
+            "by_body": {},
             "checked": [],
             "failures": [],
             "reason": "several targets and none with role dpo",
         }
     else:
-        result = metrics.evaluate_gate(flat_metrics(production), gate_thresholds)
-        gate = {
-            "model": production["name"],
-            "role": production["role"],
-            "config": str(cfg.gate_config),
-            **result,
+        measured = {
+            body: flat_metrics(summary, production["cold_ms"])
+            for body, summary in production["bodies"].items()
         }
+        result = metrics.evaluate_gate_bodies(
+            measured, gate_spec["thresholds"], gate_spec["bodies"]
+        )
+        gate = {"model": production["name"], "role": production["role"], **gate_head, **result}
 
     summary = {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": run_id,
         "started_at": started,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": settings.aria_profile,
         "eval": {
             "path": str(cfg.eval_path),
+            "sets": {name: str(path) for name, path in sets.items()},
             "n_items": len(items),
+            "n_per_set": dict(Counter(it.set for it in items)),
             "limit": cfg.limit,
             "seed": cfg.seed,
         },
+        "bodies": cfg.bodies,
         "prompts": list(templates),
         "slo_ms": cfg.slo_ms,
         "notes": notes,
         "models": models,
         "experiments": experiments,
-        "comparison": compare(models, records_by_slug),
+        "comparison": compare(models, records_by_body),
         "gate": gate,
     }
     plots = write_plots(run_dir, models, records_by_slug) if cfg.plots else []
@@ -1034,6 +1345,9 @@ def main(cfg: BenchmarkConfig) -> int:
     point_latest(cfg.reports_dir, run_id)
 
     print(models_table(models))
+    if any(m["report"] for m in models):
+        print()
+        print(reports_table(models))
     print(f"\nwinner: {summary['comparison']['winner']}; report: {run_dir / 'report.md'}")
     if summary["comparison"]["recommendation"]:
         print(summary["comparison"]["recommendation"]["text"])
@@ -1049,6 +1363,19 @@ def main(cfg: BenchmarkConfig) -> int:
 
 def one_line_summary(summary: dict, run_dir: Path) -> dict:
     """The last line printed: what another program needs from the run."""
+
+    def body_line(s: dict) -> dict:
+        return {
+            "n": s["n"],
+            "exact_match": s["exact_match"],
+            "exact_match_per_set": {k: v["exact_match"] for k, v in s["per_set"].items()},
+            "json_valid_rate": s["json_valid_rate"],
+            "cut_by_length_rate": s["cut_by_length_rate"],
+            "justification_grounded_rate": s["justification"]["grounded_rate"],
+            "p50_ms": s["latency_ms"]["p50"],
+            "p99_ms": s["latency_ms"]["p99"],
+        }
+
     return {
         "run_id": summary["run_id"],
         "report_dir": str(run_dir),
@@ -1062,6 +1389,11 @@ def one_line_summary(summary: dict, run_dir: Path) -> dict:
                 "p50_ms": m["latency_ms"]["p50"],
                 "p99_ms": m["latency_ms"]["p99"],
                 "errors": sum(m["errors"].values()),
+                "primary_body": m["primary_body"],
+                "bodies": {b: body_line(s) for b, s in m["bodies"].items()},
+                "report": None
+                if not m["report"]
+                else {"n": m["report"]["n"], "passed_rate": m["report"]["passed_rate"]},
             }
             for m in summary["models"]
         ],
@@ -1069,6 +1401,7 @@ def one_line_summary(summary: dict, run_dir: Path) -> dict:
         "gate": {
             "model": summary["gate"]["model"],
             "passed": summary["gate"]["passed"],
+            "by_body": summary["gate"]["by_body"],
             "failures": [f["message"] for f in summary["gate"]["failures"]],
         },
     }

@@ -125,40 +125,151 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f"{100 * value:.1f}%" if pct else f"{value:.0f}"
 
 
+def _ci(ci: list[float] | None) -> str:
+    return f" ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})" if ci else ""
+
+
+def _set_names(models: list[dict]) -> list[str]:
+    """Every eval set any model's body was scored on, first seen first."""
+    names: dict[str, None] = {}
+    for m in models:
+        for s in m["bodies"].values():
+            names.update(dict.fromkeys(s.get("per_set") or {}))
+    return list(names)
+
+
 def models_table(models: list[dict]) -> str:
-    """The comparison table (markdown) printed at the end and written into report.md."""
+    """The comparison table (markdown), one row per model and body side by side: printed at the
+    end and written into report.md."""
+    sets = _set_names(models)
     lines = [
-        "| role | model | n | JSON valid | schema valid | exact match (95% CI) | confiance | "
-        "P50 ms | P95 ms | P99 ms | TTFT P50 ms | cold ms | goodput | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| role | model | body | n | JSON valid | schema valid | cut by length | exact match "
+        "(95% CI) | "
+        + "".join(f"EM {s} | " for s in sets)
+        + "confiance | grounded | code trace | P50 ms | P99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(sets) + "---:|" * 6,
     ]
     for m in models:
-        ci = m["exact_match_ci95"]
-        ci_text = f" ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})" if ci else ""
-        lat = m["latency_ms"]
+        for body, s in m["bodies"].items():
+            lat, j = s["latency_ms"], s["justification"]
+            per_set = s.get("per_set") or {}
+            lines.append(
+                f"| {m['role']} | {m['name']} | {body} | {s['n']} | "
+                f"{_fmt(s['json_valid_rate'], True)} | {_fmt(s['schema_valid_rate'], True)} | "
+                f"{_fmt(s['cut_by_length_rate'], True)} | "
+                f"{_fmt(s['exact_match'], True)}{_ci(s['exact_match_ci95'])} | "
+                + "".join(
+                    f"{_fmt((per_set.get(n) or {}).get('exact_match'), True)} | " for n in sets
+                )
+                + f"{_fmt(s['confidence_accuracy'], True)} | {_fmt(j['grounded_rate'], True)} | "
+                f"{_fmt(j['code_trace_rate'], True)} | {_fmt(lat['p50'])} | {_fmt(lat['p99'])} | "
+                f"{sum(s['errors'].values())} |"
+            )
+    return "\n".join(lines)
+
+
+def reports_table(models: list[dict]) -> str:
+    """The report call's verdicts per model (markdown): prose, names the rule's pathology,
+    grounded, and all three."""
+    lines = [
+        "| role | reports | prose | names the pathology | grounded | all three | cut by length |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        r = m.get("report")
+        if not r:
+            continue
         lines.append(
-            f"| {m['role']} | {m['name']} | {m['n']} | {_fmt(m['json_valid_rate'], True)} | "
-            f"{_fmt(m['schema_valid_rate'], True)} | {_fmt(m['exact_match'], True)}{ci_text} | "
-            f"{_fmt(m['confidence_accuracy'], True)} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} | "
-            f"{_fmt(lat['p99'])} | {_fmt(m['ttft_ms']['p50'])} | {_fmt(m.get('cold_ms'))} | "
-            f"{_fmt(m['goodput'], True)} | {sum(m['errors'].values())} |"
+            f"| {m['role']} | {r['n']} | {_fmt(r['prose_rate'], True)} | "
+            f"{_fmt(r['names_pathology_rate'], True)} | {_fmt(r['grounded_rate'], True)} | "
+            f"{_fmt(r['passed_rate'], True)} | {_fmt(r['cut_by_length_rate'], True)} |"
         )
     return "\n".join(lines)
+
+
+def _body_section(b: dict) -> list[str]:
+    """Per-set, per-pathology and per-slice exact match, calibration and justification of one
+    body of one model."""
+    out = ["| eval set | n | exact match (95% CI) | JSON valid | cut by length | grounded |"]
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for name, p in (b.get("per_set") or {}).items():
+        out.append(
+            f"| {name} | {p['n']} | {_fmt(p['exact_match'], True)}{_ci(p['exact_match_ci95'])} | "
+            f"{_fmt(p['json_valid_rate'], True)} | {_fmt(p['cut_by_length_rate'], True)} | "
+            f"{_fmt(p['justification_grounded_rate'], True)} |"
+        )
+    out += ["", "| pathology | n | exact match |", "|---|---:|---:|"]
+    out += [
+        f"| {p} | {c['n']} | {_fmt(c['accuracy'], True)} |" for p, c in b["per_pathology"].items()
+    ]
+    slices = sorted({s for p in (b.get("per_set") or {}).values() for s in p["per_slice"]})
+    sets = list(b.get("per_set") or {})
+    out += ["", "| slice | " + " | ".join(f"{s} n | {s} exact match" for s in sets) + " |"]
+    out.append("|---|" + "---:|---:|" * len(sets))
+    for sl in slices:
+        cells = []
+        for name in sets:
+            c = b["per_set"][name]["per_slice"].get(sl)
+            cells.append(f"{c['n']} | {_fmt(c['accuracy'], True)}" if c else "0 | –")
+        out.append(f"| {sl} | " + " | ".join(cells) + " |")
+    cal = b["calibration"]
+    bands = ", ".join(
+        f"{k} {_fmt(v['accuracy'], True)} (n={v['n']})" for k, v in cal["bands"].items()
+    )
+    j = b["justification"]
+    out += [
+        "",
+        f"Keys in the schema's order {_fmt(b['key_order_rate'], True)}; canonical label "
+        f"{_fmt(b['canonical_label_rate'], True)}; exact match with variants accepted "
+        f"{_fmt(b['exact_match_lenient'], True)}. Calibration (pathology accuracy per announced "
+        f"confiance): {bands}; monotonic: {cal['monotonic']}.",
+        f"Justification (n={j['n']}): every number grounded {_fmt(j['grounded_rate'], True)} "
+        f"(mean share {_fmt(j['grounded_rate_mean'], True)}), code trace "
+        f"{_fmt(j['code_trace_rate'], True)}, clinician-readable {_fmt(j['readable_rate'], True)}, "
+        f"anchoring {_fmt(j['anchoring_mean'], True)}, deciding keys named "
+        f"{_fmt(j['keyword_coverage_mean'], True)}.",
+    ]
+    if b["failed_ids"]:
+        out.append("")
+        out += [f"- {status}: {', '.join(ids[:20])}" for status, ids in b["failed_ids"].items()]
+    out.append("")
+    return out
 
 
 def render_report(summary: dict, plots: list[str]) -> str:
     """report.md: the table, the gate, per-category results, failures, plots."""
     out = [f"# Benchmark {summary['run_id']}", ""]
+    sets = ", ".join(
+        f"{n} {name} (`{summary['eval']['sets'][name]}`)"
+        for name, n in summary["eval"]["n_per_set"].items()
+    )
     out += [
-        f"Profile `{summary['profile']}`, {summary['eval']['n_items']} eval items from "
-        f"`{summary['eval']['path']}`, prompts {', '.join(summary['prompts'])}; "
+        f"Profile `{summary['profile']}`, {summary['eval']['n_items']} eval items: {sets}; "
+        f"bodies {', '.join(summary['bodies'])}; prompts {', '.join(summary['prompts'])}; "
         f"started {summary['started_at']}, finished {summary['finished_at']}.",
         "",
-        "## Models",
+        "## Models, both bodies side by side",
+        "",
+        "`seed` is the seed README's diagnostic body sent verbatim (free-string `pathologie`, "
+        "pathologie first), `project` the project's schema S. Exact match needs the canonical "
+        "label; an answer cut by max_tokens is invalid JSON and wrong. `grounded`: share of "
+        "justifications whose every number is in the input; `code trace`: share that hold a "
+        "ranking code such as `G<T`.",
         "",
         models_table(summary["models"]),
         "",
     ]
+    if any(m.get("report") for m in summary["models"]):
+        out += [
+            "## Report call",
+            "",
+            "The seed's report body (temperature 0.3, max_tokens 2048, no response_format). A "
+            "report passes when it is prose (no JSON, enough words, mostly words, no loop), "
+            "names the rule's pathology first, and cites only numbers of the input.",
+            "",
+            reports_table(summary["models"]),
+            "",
+        ]
     comp = summary["comparison"]
     out += [f"Winner (quality first, latency second): **{comp['winner']}**.", ""]
     if comp["recommendation"]:
@@ -167,7 +278,8 @@ def render_report(summary: dict, plots: list[str]) -> str:
         em = d["exact_match"]
         if em:
             out.append(
-                f"- {d['from']} → {d['to']}: exact match {100 * em['delta']:+.1f} points "
+                f"- {d['from']} → {d['to']} ({d['body']} body): exact match "
+                f"{100 * em['delta']:+.1f} points "
                 f"(95% CI {100 * em['ci95_low']:+.1f} to {100 * em['ci95_high']:+.1f}, "
                 f"{d['n_paired']} paired items)"
             )
@@ -177,51 +289,32 @@ def render_report(summary: dict, plots: list[str]) -> str:
         out.append(f"Not evaluated: {gate.get('reason')}")
     else:
         out.append(
-            f"Model **{gate['model']}** ({gate['role']}): **{'PASSED' if gate['passed'] else 'FAILED'}**"
+            f"Model **{gate['model']}** ({gate['role']}): **{'PASSED' if gate['passed'] else 'FAILED'}** "
+            f"on bodies {', '.join(gate['bodies'])}, profile `{gate['profile']}`"
+            + (
+                f" (profile thresholds for {', '.join(gate['overridden'])})"
+                if gate["overridden"]
+                else ""
+            )
         )
         out.append("")
         out += [f"- {'✓' if c['passed'] else '✗'} {c['message']}" for c in gate["checked"]]
     out += ["", "Serving VRAM (< 10 GB) is measured with nvidia-smi on GPU; not gated here.", ""]
     for m in summary["models"]:
-        out += [
-            f"## {m['role']} ({m['name']})",
-            "",
-            "| pathology | n | exact match |",
-            "|---|---:|---:|",
-        ]
-        out += [
-            f"| {p} | {c['n']} | {_fmt(c['accuracy'], True)} |"
-            for p, c in m["per_pathology"].items()
-        ]
-        out += ["", "| slice | n | exact match |", "|---|---:|---:|"]
-        out += [
-            f"| {s} | {c['n']} | {_fmt(c['accuracy'], True)} |" for s, c in m["per_slice"].items()
-        ]
-        cal = m["calibration"]
-        bands = ", ".join(
-            f"{b} {_fmt(v['accuracy'], True)} (n={v['n']})" for b, v in cal["bands"].items()
-        )
-        j = m["justification"]
-        out += [
-            "",
-            f"Calibration (pathology accuracy per announced confiance): {bands}; "
-            f"monotonic: {cal['monotonic']}.",
-            f"Justification (n={j['n']}): numbers grounded {_fmt(j['grounded_rate_mean'], True)}, "
-            f"anchoring {_fmt(j['anchoring_mean'], True)}, flagged as hallucinating "
-            f"{_fmt(j['hallucinated_rate'], True)}, deciding keys named "
-            f"{_fmt(j['keyword_coverage_mean'], True)}.",
-        ]
+        out += [f"## {m['role']} ({m['name']})", ""]
+        for body, b in m["bodies"].items():
+            out += [f"### {body} body", ""]
+            out += _body_section(b)
         if m["report"]:
             r = m["report"]
             sim = "–" if r["similarity_mean"] is None else f"{r['similarity_mean']:.3f}"
+            problems = ", ".join(f"{k} {v}" for k, v in r["problems"].items()) or "none"
             out.append(
-                f"Reports (n={r['n']}, answered {r['answered']}): numbers grounded "
+                f"Reports (n={r['n']}, answered {r['answered']}): passed {_fmt(r['passed_rate'], True)}; "
+                f"not prose because of: {problems}; numbers grounded (mean) "
                 f"{_fmt(r['grounded_rate_mean'], True)}, anchoring {_fmt(r['anchoring_mean'], True)}, "
                 f"similarity to the reference {sim}."
             )
-        if m["failed_ids"]:
-            out.append("")
-            out += [f"- {status}: {', '.join(ids[:20])}" for status, ids in m["failed_ids"].items()]
         if m.get("sweep"):
             out += [
                 "",
@@ -239,12 +332,13 @@ def render_report(summary: dict, plots: list[str]) -> str:
         out += [
             "## Prompts × models",
             "",
-            "| role | prompt | n | exact match | JSON valid | P50 ms |",
-            "|---|---|---:|---:|---:|---:|",
+            "| role | prompt | body | n | exact match | JSON valid | P50 ms |",
+            "|---|---|---|---:|---:|---:|---:|",
         ]
         for e in summary["experiments"]:
             out.append(
-                f"| {e['role']} | {e['prompt']} | {e['n']} | {_fmt(e['exact_match'], True)} | "
+                f"| {e['role']} | {e['prompt']} | {e['body']} | {e['n']} | "
+                f"{_fmt(e['exact_match'], True)} | "
                 f"{_fmt(e['json_valid_rate'], True)} | {_fmt(e['latency_ms']['p50'])} |"
             )
         out.append("")

@@ -193,6 +193,155 @@ def test_keyword_coverage_by_key_or_french_label():
     assert metrics.deciding_keys(ACHILLE) == ["heel_strike_index", "dorsiflexion_max"]
 
 
+# ---------------------------------------------------------------- justification and report verdicts
+
+
+def test_grounding_accepts_the_numbers_the_prompt_shows():
+    prompt = "- inclinaison_tronc : 9.1 ° (130 % du seuil)"
+    assert metrics.grounding("130 % du seuil", PROFILE)["ungrounded"] == [130.0]
+    assert metrics.grounding("130 % du seuil", PROFILE, prompt)["ungrounded"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("G<T H<T F>T P<F I>F D>F ; pronation_pied 7.2 > 6.0", True),
+        ("G>T", True),
+        ("P >= F", True),
+        ("Seul seuil franchi : valgus_genou 13.4 (seuil 10.0).", False),
+        ("inclinaison_tronc 9.1 > 7.0", False),
+        ("Aucun seuil franchi ; le plus proche : pronation_pied 5.8 (seuil 6.0).", False),
+    ],
+)
+def test_code_trace_is_single_capital_comparisons(text, code):
+    assert metrics.looks_like_code_trace(text) is code
+
+
+def test_clinician_readable_needs_words_and_no_code():
+    assert metrics.clinician_readable("Seul seuil franchi : valgus_genou 13.4 (seuil 10.0).")
+    assert not metrics.clinician_readable("G<T H<T seuil franchi nettement")
+    assert not metrics.clinician_readable("13.4 > 10.0")
+    verdict = metrics.justification_verdict("Seul seuil franchi : inclinaison_tronc 9.8", PROFILE)
+    assert verdict == {
+        "grounded": False,
+        "ungrounded": [9.8],
+        "code_trace": False,
+        "readable": True,
+    }
+
+
+REPORT = (
+    "Constats : Inclinaison du tronc 9.1 ° (seuil 7.0 °) dépasse son seuil.\n"
+    "Pathologie probable : Lombalgie mécanique (confiance élevée).\n"
+    "Mécanisme : Un tronc trop penché vers l'avant augmente le cisaillement sur le rachis "
+    "lombaire et sollicite en continu les muscles extenseurs du dos.\n"
+    "Conseils : Renforcer le gainage, courir le buste plus droit et réduire le volume."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        (REPORT, []),
+        ("", ["empty"]),
+        (
+            '{"justification": "Tendinite Achille Achille Achille","pathologie":"Lombalgie"}',
+            ["json", "too_short", "repetition"],
+        ),
+        (REPORT + ' "pathologie": "x"', ["json"]),
+        ("Lombalgie mécanique, confiance élevée.", ["too_short"]),
+        (" ".join(["9.1 7.0 130 % 1.12 0.40"] * 20) + " " + REPORT, ["not_words"]),
+        (REPORT + " dos dos dos", ["repetition"]),
+        (REPORT + " le tendon le tendon le tendon", ["repetition"]),
+        (" ".join(["courir le buste plus droit et réduire"] * 12), ["repetition"]),
+    ],
+)
+def test_prose_problems_name_why_a_text_is_not_a_report(text, problems):
+    assert metrics.prose_problems(text) == problems
+
+
+def test_named_pathologies_in_order_with_variants():
+    text = "Plutôt une lombalgie MECANIQUE qu'un SFP ; pas de Fasciite plantaire."
+    assert metrics.named_pathologies(text) == [LOMBALGIE, SFP, FASCIITE]
+    assert metrics.names_pathology(text, LOMBALGIE)
+    assert not metrics.names_pathology(text, SFP)  # named, but not as the likely one
+    assert not metrics.names_pathology("Tendinite du genou", ACHILLE)
+    assert metrics.named_pathologies("sfpx et sbits") == []  # abbreviations as whole words only
+
+
+def test_report_verdict_three_checks_and_all_of_them():
+    prompt = "- inclinaison_tronc : 9.1 ° (130 % du seuil)"
+    good = metrics.report_verdict(REPORT, PROFILE, LOMBALGIE, prompt)
+    assert good == {
+        "prose": True, "problems": [], "names_pathology": True, "grounded": True,
+        "ungrounded": [], "passed": True,
+    }  # fmt: skip
+    wrong_label = metrics.report_verdict(REPORT, PROFILE, SFP, prompt)
+    assert wrong_label["names_pathology"] is False and wrong_label["passed"] is False
+    invented = metrics.report_verdict(REPORT.replace("9.1", "9.6"), PROFILE, LOMBALGIE, prompt)
+    assert invented["ungrounded"] == [9.6] and invented["passed"] is False
+    assert metrics.report_verdict(None, PROFILE, LOMBALGIE)["problems"] == ["empty"]
+
+
+def test_reference_reports_pass_the_verdict():
+    from aria.domain import label
+    from aria.prompts import REPORT_TEMPLATE, render_prompt
+    from aria.references import reference_report
+    from scripts.soak import soak_profiles
+
+    for profile in soak_profiles(200, seed=5):
+        verdict = metrics.report_verdict(
+            reference_report(profile),
+            profile,
+            label(profile)[0],
+            render_prompt(profile, REPORT_TEMPLATE),
+        )
+        assert verdict["passed"], (profile, verdict)
+
+
+def test_conforms_to_schema_reads_the_seed_schema():
+    from aria.schema import SEED_DIAGNOSTIC_SCHEMA, diagnostic_json_schema
+
+    ok = {"pathologie": "lombalgie", "confiance": "faible", "justification": "x", "extra": 1}
+    assert metrics.conforms_to_schema(ok, SEED_DIAGNOSTIC_SCHEMA)  # free string, extras allowed
+    assert not metrics.conforms_to_schema(ok | {"confiance": "haute"}, SEED_DIAGNOSTIC_SCHEMA)
+    assert not metrics.conforms_to_schema(
+        {"pathologie": "x", "confiance": "faible"}, SEED_DIAGNOSTIC_SCHEMA
+    )
+    assert not metrics.conforms_to_schema(ok | {"justification": 3}, SEED_DIAGNOSTIC_SCHEMA)
+    strict = diagnostic_json_schema()
+    assert not metrics.conforms_to_schema(ok, strict)  # not an enum label, extra key
+    good = {"pathologie": LOMBALGIE, "confiance": "faible", "justification": "Seul seuil franchi"}
+    assert metrics.conforms_to_schema(good, strict)
+    assert not metrics.conforms_to_schema(good | {"justification": 'a"b'}, strict)  # pattern
+
+
+ORDER = ("pathologie", "confiance", "justification")
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"pathologie":"Lombalgie mécanique","confiance":"faible","justification":"x"}', True),
+        ('{"pathologie": "A", "confiance": "b", "justification": "c"}', True),  # spaces
+        ('{"pathologie":"G<T H<T ; pronation 7.2 > 6', True),  # cut in a value
+        ('{"pathologie":"A","confi', True),  # cut in a key
+        ('{"pathologie":', True),
+        ('{"pathologie":"a\\"b","conf', True),  # an escaped quote inside a value
+        ("{", True),
+        ('{"confiance":"faible"', False),  # wrong first key
+        ('{"pathologie":"A","confiance":"b"}', False),  # closed before the last key
+        ('{"pathologie":"A",}', False),
+        ('{"pathologie":"A""confiance":"b"}', False),
+        ('{"pathologie":"A","confiance":"b","justification":"c"} x', False),
+        ('{"pathologie":"A","confiance":"b","justification":"c","x":"d"}', False),
+        ("Lombalgie mécanique", False),
+    ],
+)
+def test_is_json_prefix_in_the_schema_order(text, ok):
+    assert metrics.is_json_prefix(text, ORDER) is ok
+
+
 # ---------------------------------------------------------------- comparison and gate
 
 
@@ -254,11 +403,69 @@ def test_validate_gate_rejects_bad_entries():
         metrics.validate_gate([])
 
 
-def test_release_gate_config_holds_the_seed_targets():
+GROUNDED_GATE = {"metric": "justification_grounded_rate", "op": ">=", "target": 0.99}
+
+
+def test_release_gate_config_holds_the_seed_targets_on_both_bodies_and_a_tiny_grounding_bar():
     path = Path(__file__).resolve().parents[1] / "configs" / "release_gate.yaml"
-    thresholds = metrics.validate_gate(yaml.safe_load(path.read_text())["thresholds"])
-    got = {(t["metric"], t["op"], float(t["target"])) for t in thresholds}
-    assert got == {(t["metric"], t["op"], float(t["target"])) for t in SEED_GATE}
+    doc = yaml.safe_load(path.read_text())
+
+    def triples(thresholds):
+        return {(t["metric"], t["op"], float(t["target"])) for t in thresholds}
+
+    production = metrics.resolve_gate(doc, "medgemma")
+    assert production["bodies"] == ["seed", "project"]
+    assert triples(production["thresholds"]) == triples([*SEED_GATE, GROUNDED_GATE])
+    assert production["overridden"] == []
+    tiny = metrics.resolve_gate(doc, "tiny")
+    assert triples(tiny["thresholds"]) == triples([*SEED_GATE, GROUNDED_GATE | {"target": 0.90}])
+    assert tiny["overridden"] == ["justification_grounded_rate"]
+
+
+def test_resolve_gate_overrides_by_metric_and_rejects_bad_documents():
+    doc = {
+        "thresholds": SEED_GATE,
+        "profiles": {
+            "tiny": {"thresholds": [{"metric": "exact_match", "op": ">=", "target": 0.5}]}
+        },
+    }
+    gate = metrics.resolve_gate(doc, "tiny")
+    targets = {t["metric"]: t["target"] for t in gate["thresholds"]}
+    assert targets["exact_match"] == 0.5 and len(gate["thresholds"]) == 4
+    assert metrics.resolve_gate(doc, "other")["bodies"] == ["seed", "project"]  # the default
+    with pytest.raises(ValueError, match="bodies"):
+        metrics.resolve_gate({"thresholds": SEED_GATE, "bodies": ["seed", "nope"]}, "tiny")
+    with pytest.raises(ValueError, match=r"profiles\.tiny"):
+        metrics.resolve_gate({"thresholds": SEED_GATE, "profiles": {"tiny": [1]}}, "tiny")
+
+
+def test_gate_over_two_bodies_fails_on_the_seed_body_alone():
+    good = {
+        "json_valid_rate": 1.0,
+        "exact_match": 0.9,
+        "latency_p50_ms": 400,
+        "latency_p99_ms": 900,
+    }
+    seed_cut = good | {"json_valid_rate": 0.63, "exact_match": 0.0}
+    passing = metrics.evaluate_gate_bodies(
+        {"seed": good, "project": good}, SEED_GATE, ["seed", "project"]
+    )
+    assert passing["passed"] is True and passing["by_body"] == {"seed": True, "project": True}
+    assert len(passing["checked"]) == 8
+    result = metrics.evaluate_gate_bodies(
+        {"seed": seed_cut, "project": good}, SEED_GATE, ["seed", "project"]
+    )
+    assert result["passed"] is False
+    assert result["by_body"] == {"seed": False, "project": True}
+    assert {(f["body"], f["metric"]) for f in result["failures"]} == {
+        ("seed", "json_valid_rate"),
+        ("seed", "exact_match"),
+    }
+    assert result["failures"][0]["message"].startswith("[seed] json_valid_rate = 0.63 misses")
+    # A body the gate requires but the run did not measure fails too.
+    missing = metrics.evaluate_gate_bodies({"project": good}, SEED_GATE, ["seed", "project"])
+    assert missing["passed"] is False and missing["by_body"]["seed"] is False
+    assert "--bodies seed" in missing["failures"][0]["message"]
 
 
 def test_gate_reads_the_trained_prompt_and_refuses_a_default_file(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,7 +24,8 @@ from pydantic import SecretStr
 from aria.client import AriaClient, InvalidDiagnosticError, is_retryable
 from aria.domain import EXAMPLE_PROFILE, validate_profile
 from aria.prompts import diagnostic_request, report_request
-from aria.references import reference_diagnostic
+from aria.references import reference_diagnostic, reference_report
+from aria.schema import SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
 from scripts.soak import is_loopback, memory_trend, soak_profiles
 from serve import docker, health
@@ -561,3 +563,151 @@ def test_serving_modules_import_no_engine():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
     assert time.perf_counter() - started < 30
+
+
+# --- the benchmark against a fake streaming server (no engine): both bodies, both sets, the gate
+
+_MEASUREMENT_LINE = re.compile(r"^- (\w+) : (-?[\d.]+)", re.M)
+
+
+class FakeStreamingVllm(BaseHTTPRequestHandler):
+    """Streams the reference answer of the prompt's profile, in the schema's key order; the
+    seed's body gets it cut mid-justification with finish_reason `length` when `cut_seed`."""
+
+    cut_seed = True
+    served_name = "aria-ft"
+
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": self.served_name, "root": "/nowhere"}]}).encode()
+        self._send(200, body, "application/json")
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = request["messages"][0]["content"]
+        profile = {k: float(v) for k, v in _MEASUREMENT_LINE.findall(prompt)}
+        finish = "stop"
+        if "response_format" not in request:
+            text = reference_report(profile)
+        else:
+            schema = request["response_format"]["json_schema"]["schema"]
+            text = reference_diagnostic(profile).to_json(tuple(schema["properties"]))
+            if self.cut_seed and schema == SEED_DIAGNOSTIC_SCHEMA:
+                text, finish = text[:-12], "length"
+        chunks = [
+            {"choices": [{"index": 0, "delta": {"content": text[i : i + 7]}}]}
+            for i in range(0, len(text), 7)
+        ]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        chunks.append({"choices": [], "usage": {"completion_tokens": len(text) // 3}})
+        stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        self._send(200, stream.encode(), "text/event-stream")
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_streaming_vllm():
+    """A local server that streams like vLLM; yields its handler class (with its port)."""
+    handler = type("Handler", (FakeStreamingVllm,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    handler.port = server.server_address[1]
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+def write_eval_sets(folder: Path, n: int = 8) -> Path:
+    """eval.jsonl and outside.jsonl of `n` valid profiles each (the rule gives the truth)."""
+    folder.mkdir(parents=True)
+    for name, seed in (("eval", 1), ("outside", 2)):
+        lines = [
+            json.dumps({"id": f"{name}-{i:04d}", "profile": p})
+            for i, p in enumerate(soak_profiles(n, seed=seed), start=1)
+        ]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / "eval.jsonl"
+
+
+def run_benchmark(tmp_path, monkeypatch, port: int, *extra: str) -> tuple[int, dict, dict]:
+    """scripts.benchmark.cli on the fake server; (exit code, summary.json, last JSON line)."""
+    import contextlib
+    import io
+
+    from aria.settings import get_settings
+    from scripts import benchmark
+
+    monkeypatch.setenv("ARIA_PROFILE", "tiny")
+    # Report similarity loads a sentence-transformers model: seconds this test does not need.
+    monkeypatch.setattr(benchmark.Embedder, "similarity", lambda self, a, b: None)
+    get_settings.cache_clear()
+    eval_path = write_eval_sets(tmp_path / "eval")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = benchmark.cli(
+            [
+                "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,reports=4",
+                "--eval", str(eval_path), "--reports-dir", str(tmp_path / "reports"),
+                "--warmup", "1", "--no-plots", "--run-id", "fake", *extra,
+            ]
+        )  # fmt: skip
+    get_settings.cache_clear()
+    summary_path = tmp_path / "reports" / "fake" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return code, summary, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def test_benchmark_measures_both_bodies_and_a_failure_on_the_seed_body_fails_the_gate(
+    tmp_path, monkeypatch, fake_streaming_vllm
+):
+    code, summary, last = run_benchmark(tmp_path, monkeypatch, fake_streaming_vllm.port)
+    assert code == 1, last
+    assert summary["schema_version"] == 2
+    assert summary["eval"]["n_per_set"] == {"eval": 8, "outside": 8}
+    model = summary["models"][0]
+    seed, project = model["bodies"]["seed"], model["bodies"]["project"]
+    assert model["primary_body"] == "seed" and model["exact_match"] == seed["exact_match"]
+    # The seed's answers were cut: invalid JSON, wrong, counted as cut by length.
+    assert seed["json_valid_rate"] == 0.0 and seed["exact_match"] == 0.0
+    assert seed["cut_by_length_rate"] == 1.0
+    assert project["json_valid_rate"] == 1.0 and project["exact_match"] == 1.0
+    assert project["cut_by_length_rate"] == 0.0 and project["key_order_rate"] == 1.0
+    assert project["justification"]["grounded_rate"] == 1.0
+    assert project["justification"]["code_trace_rate"] == 0.0
+    assert set(project["per_set"]) == {"eval", "outside"}
+    assert project["per_set"]["outside"]["n"] == 8
+    assert model["report"]["n"] == 4 and model["report"]["passed_rate"] == 1.0
+    gate = summary["gate"]
+    assert gate["by_body"] == {"seed": False, "project": True}
+    assert gate["passed"] is False and all(f["body"] == "seed" for f in gate["failures"])
+    assert gate["overridden"] == ["justification_grounded_rate"]  # the tiny profile's 0.90
+    assert last["gate"]["by_body"] == {"seed": False, "project": True}
+    records = tmp_path / "reports" / "fake" / "records"
+    assert {p.name for p in records.glob("*__default__*.jsonl")} == {
+        "dpo-aria-ft__default__seed.jsonl",
+        "dpo-aria-ft__default__project.jsonl",
+    }
+    report = (tmp_path / "reports" / "fake" / "report.md").read_text()
+    assert "| dpo | aria-ft | seed |" in report and "| dpo | aria-ft | project |" in report
+
+
+def test_benchmark_passes_the_gate_when_both_bodies_answer(
+    tmp_path, monkeypatch, fake_streaming_vllm
+):
+    fake_streaming_vllm.cut_seed = False
+    code, summary, last = run_benchmark(
+        tmp_path, monkeypatch, fake_streaming_vllm.port, "--no-outside"
+    )
+    assert code == 0, last
+    assert summary["gate"]["by_body"] == {"seed": True, "project": True}
+    assert summary["models"][0]["bodies"]["seed"]["exact_match"] == 1.0
+    assert summary["eval"]["n_per_set"] == {"eval": 8}
