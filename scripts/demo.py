@@ -7,6 +7,13 @@ Each stage is the same module its make target runs. A stage whose output already
 (the outputs are atomic, so an existing folder is a finished one); an interrupted training resumes.
 The base, SFT and DPO models are served side by side on three ports, benchmarked in one run, then
 stopped, whatever happens.
+
+What the benchmark measures (sized to stay near 10 minutes on 2 CPU cores, docs/benchmark.md):
+- dpo: both diagnostic bodies (the seed's verbatim and the project's) on `--limit` items of each
+  eval set (eval.jsonl and outside.jsonl), and `--report-sample` report calls;
+- sft: both bodies on `--sft-limit` items of eval.jsonl, `--sft-reports` report calls;
+- base: both bodies on `--base-limit` items of eval.jsonl, no report (an untrained model writes
+  2048 tokens of noise). The smaller samples are part of the larger ones, so deltas are paired.
 """
 
 from __future__ import annotations
@@ -28,9 +35,23 @@ class DemoConfig:
     """What the demo builds and how hard the benchmark pushes."""
 
     fresh: bool = False
-    limit: int | None = None  # eval profiles per model; None = the whole eval set
-    report_sample: int = 6
+    limit: int | None = 150  # DPO: items of each eval set; None = the whole sets
+    report_sample: int = 40  # DPO report calls: enough to quote a rate
+    sft_limit: int = 150  # SFT: items of eval.jsonl
+    sft_reports: int = 10
+    base_limit: int = 60  # base: items of eval.jsonl (the seed's free string runs to max_tokens)
     first_port: int = 8101
+
+
+def target_specs(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
+    """The benchmark's --target values for the three served stages ({stage: base URL})."""
+    dpo_limit = f",limit={cfg.limit}" if cfg.limit else ""
+    return [
+        f"base={urls['base']},base,sets=eval,limit={cfg.base_limit},reports=0",
+        f"sft={urls['aria-ft-sft']},aria-ft-sft,sets=eval,limit={cfg.sft_limit},"
+        f"reports={cfg.sft_reports}",
+        f"dpo={urls['aria-ft-dpo']},aria-ft-dpo{dpo_limit},reports={cfg.report_sample}",
+    ]
 
 
 def run_stage(name: str, module: str, *args: str) -> float:
@@ -85,12 +106,10 @@ def main(cfg: DemoConfig) -> int:
             ready = server.wait_ready(timeout=900)
             print(f"  {stage} ready after {ready:.0f} s at {server.base_url}", flush=True)
         timings["serve"] = time.monotonic() - started
+        urls = {stage: server.base_url for server, stage in zip(servers, ROLES, strict=True)}
         args = []
-        for server, (stage, role) in zip(servers, ROLES.items(), strict=True):
-            args += ["--target", f"{role}={server.base_url},{stage}"]
-        if cfg.limit:
-            args += ["--limit", str(cfg.limit)]
-        args += ["--report-sample", str(cfg.report_sample)]
+        for spec in target_specs(cfg, urls):
+            args += ["--target", spec]
         print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
         started = time.monotonic()
         gate = subprocess.run([sys.executable, "-m", "scripts.benchmark", *args]).returncode
@@ -113,9 +132,25 @@ def main(cfg: DemoConfig) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="rebuild every stage")
-    parser.add_argument("--limit", type=int, default=None, help="eval profiles per model")
-    parser.add_argument("--report-sample", type=int, default=6, help="report calls per model")
+    defaults = DemoConfig()
+    parser.add_argument(
+        "--limit", type=int, default=defaults.limit, help="DPO: items per eval set (0: all)"
+    )
+    parser.add_argument(
+        "--report-sample", type=int, default=defaults.report_sample, help="DPO report calls"
+    )
+    parser.add_argument("--sft-limit", type=int, default=defaults.sft_limit)
+    parser.add_argument("--sft-reports", type=int, default=defaults.sft_reports)
+    parser.add_argument("--base-limit", type=int, default=defaults.base_limit)
     parser.add_argument("--first-port", type=int, default=8101, help="ports first..first+2")
     ns = parser.parse_args()
-    cfg = DemoConfig(ns.fresh, ns.limit, ns.report_sample, ns.first_port)
+    cfg = DemoConfig(
+        fresh=ns.fresh,
+        limit=ns.limit or None,
+        report_sample=ns.report_sample,
+        sft_limit=ns.sft_limit,
+        sft_reports=ns.sft_reports,
+        base_limit=ns.base_limit,
+        first_port=ns.first_port,
+    )
     sys.exit(main(cfg))

@@ -1,7 +1,10 @@
 """The benchmark end to end against the session's live vLLM server on the tiny model.
 
 Each test runs `python -m scripts.benchmark` in a subprocess, as `make benchmark` does, on a small
-sample of the eval set, writing into tmp_path.
+sample of the eval sets (eval.jsonl and outside.jsonl of the session's datasets), with both
+diagnostic bodies, writing into tmp_path. The session's server serves the random tiny base unless
+ARIA_TEST_MODEL names a trained model: the checks hold for any model (the seed's free string may
+run a random model to max_tokens); quality is asserted only with ARIA_TEST_MODEL.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def lenient_run(live_server, dataset_dir, tmp_path_factory):
         live_server,
         dataset_dir,
         reports,
-        "--limit", "6", "--warmup", "1", "--report-sample", "1", "--concurrency", "2",
+        "--limit", "4", "--warmup", "1", "--report-sample", "1", "--concurrency", "2",
         "--gate-config", str(gate), "--run-id", "lenient",
     )  # fmt: skip
     return proc, reports
@@ -85,25 +88,44 @@ def test_run_writes_summary_report_plots_and_json_last_line(lenient_run):
     run_dir = reports / "lenient"
     assert (reports / "latest").resolve() == run_dir.resolve()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["schema_version"] == 1
+    assert summary["schema_version"] == 2
+    assert summary["eval"]["n_per_set"] == {"eval": 4, "outside": 4}
     model = summary["models"][0]
-    assert model["role"] == "dpo" and model["n"] == 6
-    for key in ("exact_match", "json_valid_rate", "schema_valid_rate", "confusion", "per_slice"):
-        assert key in model
-    assert set(model["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert model["role"] == "dpo" and model["primary_body"] == "seed"
+    assert set(model["bodies"]) == {"seed", "project"}
+    for body in model["bodies"].values():
+        assert body["n"] == 8 and set(body["per_set"]) == {"eval", "outside"}
+        for key in ("exact_match", "json_valid_rate", "cut_by_length_rate", "confusion"):
+            assert key in body
+        assert set(body["latency_ms"]) >= {"p50", "p95", "p99"}
+        # The server answered: transport failures would mean the benchmark or the server is broken.
+        transport = {k: n for k, n in body["errors"].items() if k != "unparsable"}
+        assert not transport, body["failed_ids"]
+    project, seed = model["bodies"]["project"], model["bodies"]["seed"]
+    # Schema S fits in max_tokens whatever the model; the seed's free string may not, and an
+    # answer that is not JSON is exactly one cut by max_tokens.
+    assert project["json_valid_rate"] == 1.0 and project["cut_by_length_rate"] == 0.0
+    assert project["key_order_rate"] == 1.0
+    assert seed["json_valid_rate"] + seed["cut_by_length_rate"] == pytest.approx(1.0)
+    if os.environ.get("ARIA_TEST_MODEL"):
+        assert seed["json_valid_rate"] == 1.0 and seed["exact_match"] >= 0.5
     assert model["cold_ms"] is not None and len(model["warmup_ms"]) == 1
-    assert model["report"]["n"] == 1
+    assert model["report"]["n"] == 1 and "passed_rate" in model["report"]
     assert summary["gate"]["passed"] is True and summary["gate"]["failures"] == []
-    # The server answered: transport failures would mean the benchmark or the server is broken.
-    transport = {k: n for k, n in model["errors"].items() if k != "unparsable"}
-    assert not transport, model["failed_ids"]
+    assert summary["gate"]["by_body"] == {"seed": True, "project": True}
+    assert set(last["models"][0]["bodies"]) == {"seed", "project"}
     for plot in ("latency.png", "per_pathology.png", "comparison.png", "confusion_dpo-"):
         assert any(p.name.startswith(plot) and p.stat().st_size > 0 for p in run_dir.glob("*.png"))
-    assert "## Release gate" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "## Release gate" in report and "| seed |" in report and "| project |" in report
 
-    records = [json.loads(x) for x in next(run_dir.glob("records/*__default.jsonl")).open()]
-    assert len({r["id"] for r in records}) == 6
-    assert all({"input", "raw", "scores", "latency", "prompt"} <= set(r) for r in records)
+    for body in ("seed", "project"):
+        path = next(run_dir.glob(f"records/*__default__{body}.jsonl"))
+        records = [json.loads(x) for x in path.open()]
+        assert len({r["id"] for r in records}) == 8
+        assert {r["set"] for r in records} == {"eval", "outside"}
+        assert all(r["body"] == body and r["finish_reason"] in ("stop", "length") for r in records)
+        assert all({"input", "raw", "scores", "latency", "prompt"} <= set(r) for r in records)
 
 
 def test_impossible_gate_exits_nonzero_naming_the_metric(live_server, dataset_dir, tmp_path):
@@ -112,7 +134,7 @@ def test_impossible_gate_exits_nonzero_naming_the_metric(live_server, dataset_di
         live_server,
         dataset_dir,
         tmp_path / "reports",
-        "--limit", "3", "--warmup", "0", "--report-sample", "0", "--no-plots",
+        "--limit", "3", "--warmup", "0", "--report-sample", "0", "--no-plots", "--no-outside",
         "--gate-config", str(gate),
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -126,7 +148,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(live_server, dataset_dir, t
     reports = tmp_path / "reports"
     gate = _gate(tmp_path, "lenient", [{"metric": "exact_match", "op": ">=", "target": 0.0}])
     extra = ["--limit", "40", "--warmup", "0", "--report-sample", "0", "--no-plots"]
-    extra += ["--gate-config", str(gate)]
+    extra += ["--gate-config", str(gate), "--no-outside", "--bodies", "project"]
     records = reports / "killed" / "records"
     proc = subprocess.Popen(
         _bench_args(live_server, dataset_dir, reports, *extra, "--run-id", "killed"),
@@ -138,7 +160,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(live_server, dataset_dir, t
     deadline = time.monotonic() + 300
     path = None
     while time.monotonic() < deadline and proc.poll() is None:
-        path = next(records.glob("*__default.jsonl"), None) if records.exists() else None
+        path = next(records.glob("*__default__project.jsonl"), None) if records.exists() else None
         if path and len(path.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)

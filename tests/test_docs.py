@@ -49,6 +49,12 @@ def test_serving_curl_body_is_the_real_diagnostic_request() -> None:
     assert json.loads(body) == diagnostic_request(EXAMPLE_PROFILE, "aria-ft")
 
 
+def test_serving_seed_curl_body_is_the_seed_request_verbatim() -> None:
+    block = marked_block("serving.md", "seed-body")
+    body = block.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
+    assert json.loads(body) == diagnostic_request(EXAMPLE_PROFILE, "aria-ft", body="seed")
+
+
 def test_every_docs_page_is_in_the_nav() -> None:
     # mkdocs.yml uses a !!python/name tag (mermaid fences): read the nav with a lenient loader.
     class Lenient(yaml.SafeLoader):

@@ -1,31 +1,51 @@
-"""The live vLLM server on the tiny model: guided JSON always valid, the seed's body, auth, errors.
+"""The live vLLM server on the tiny model: guided JSON always valid, both bodies, auth, errors.
 
-One server for the whole session (tests/fixtures_serving.py `live_server`).
+One server for the whole session (tests/fixtures_serving.py `live_server`). It serves the random
+tiny base unless ARIA_TEST_MODEL names a trained model folder, so the tests assert what holds for
+any model: the seed's free-string `pathologie` may run a random model to max_tokens, and then the
+answer is a cut prefix of JSON in the schema's key order. With ARIA_TEST_MODEL set they also
+assert that the answer is complete and right (the rule's label), which only a trained model does:
+
+    ARIA_TEST_MODEL=data/models/tiny/aria-ft-dpo .venv/bin/python -m pytest tests/test_serving_live.py
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from aria.client import AriaClient, InvalidDiagnosticError
-from aria.domain import EXAMPLE_PROFILE
+from aria.domain import EXAMPLE_PROFILE, label
+from aria.metrics import conforms_to_schema, is_json_prefix
 from aria.prompts import diagnostic_request, render_prompt, report_request
-from aria.schema import Diagnostic, diagnostic_json_schema, parse_diagnostic
+from aria.schema import (
+    FIELD_ORDER,
+    FIELD_ORDERS,
+    SEED_DIAGNOSTIC_SCHEMA,
+    Diagnostic,
+    diagnostic_json_schema,
+    parse_diagnostic,
+)
 from scripts.soak import soak_profiles
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
 from serve.vllm_server import free_port
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[1]
+# A trained model is served: its answers must also be complete and right.
+TRAINED = bool(os.environ.get("ARIA_TEST_MODEL"))
+EXPECTED_LABEL = label(dict(EXAMPLE_PROFILE))[0]
 
 
 def client_for(live, **kwargs) -> AriaClient:
@@ -85,8 +105,8 @@ def test_100_guided_diagnostics_parse_and_validate(live_server):
     assert not invalid, f"{len(invalid)}/100 guided answers are not schema-valid: {invalid[:3]}"
 
 
-def seed_body(live) -> dict:
-    """The request body of the seed's README, written out by hand."""
+def project_body(live) -> dict:
+    """The project's diagnostic body (schema S, the seed's field order), written out by hand."""
     return {
         "model": live.served_name,
         "messages": [{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
@@ -99,20 +119,139 @@ def seed_body(live) -> dict:
     }
 
 
-def test_seed_body_is_what_the_project_sends(live_server):
-    assert seed_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, live_server.served_name)
+def seed_body(live) -> dict:
+    """The seed README's diagnostic body (DOMAIN.md), written out by hand."""
+    return {
+        "model": live.served_name,
+        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
+        "temperature": 0.1,
+        "max_tokens": 256,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "diagnostic",
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "pathologie": {"type": "string"},
+                        "confiance": {"enum": ["élevée", "modérée", "faible"]},
+                        "justification": {"type": "string"},
+                    },
+                    "required": ["pathologie", "confiance", "justification"],
+                },
+            },
+        },
+    }
+
+
+def docs_seed_curl_body() -> bytes:
+    """The JSON of the seed-body curl in docs/serving.md, byte for byte."""
+    text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- seed-body\b.*?-->\n(.*?)<!-- end seed-body -->", text, re.S)
+    assert block, "docs/serving.md lost its seed-body markers"
+    return block.group(1).split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0].encode("utf-8")
+
+
+def assert_guided_answer(content: str | None, finish_reason: str, order: tuple[str, ...]) -> dict:
+    """What holds for any model: a prefix of JSON in the schema's key order; complete (keys in
+    order) when finish_reason is `stop`. Returns the parsed object ({} when cut)."""
+    assert finish_reason in ("stop", "length"), finish_reason
+    assert content and is_json_prefix(content, order), f"not JSON in the order {order}: {content!r}"
+    if finish_reason == "length":
+        assert not TRAINED, f"a trained model's answer was cut by max_tokens: {content!r}"
+        return {}
+    obj = json.loads(content)
+    assert tuple(obj) == order
+    return obj
+
+
+def assert_seed_answer(content: str | None, finish_reason: str) -> None:
+    """The seed body's answer: see assert_guided_answer; with a trained model, the right label."""
+    obj = assert_guided_answer(content, finish_reason, FIELD_ORDER)
+    if obj:
+        assert conforms_to_schema(obj, SEED_DIAGNOSTIC_SCHEMA), obj
+    if TRAINED:
+        assert obj["pathologie"] == EXPECTED_LABEL, obj
+
+
+def test_bodies_are_what_the_project_sends(live_server):
+    name = live_server.served_name
+    assert project_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, name)
+    assert seed_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, name, body="seed")
+    assert json.loads(docs_seed_curl_body()) == seed_body(live_server)
+
+
+def test_project_body_with_the_plain_openai_client(live_server):
+    client = openai.OpenAI(base_url=live_server.base_url, api_key=live_server.api_key)
+    completion = client.chat.completions.create(**project_body(live_server))
+    parse_diagnostic(completion.choices[0].message.content)
+
+
+def test_project_body_with_raw_http(live_server):
+    response = post(live_server, project_body(live_server))
+    assert response.status_code == 200, response.text
+    parse_diagnostic(response.json()["choices"][0]["message"]["content"])
+
+
+def test_seed_body_sent_verbatim_as_the_docs_curl_shows_it(live_server):
+    # The literal bytes of the docs' curl (model "aria-ft" is the session's served name).
+    response = post(live_server, content=docs_seed_curl_body())
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert_seed_answer(choice["message"]["content"], choice["finish_reason"])
 
 
 def test_seed_body_with_the_plain_openai_client(live_server):
     client = openai.OpenAI(base_url=live_server.base_url, api_key=live_server.api_key)
     completion = client.chat.completions.create(**seed_body(live_server))
-    parse_diagnostic(completion.choices[0].message.content)
+    choice = completion.choices[0]
+    assert_seed_answer(choice.message.content, choice.finish_reason)
 
 
-def test_seed_body_with_raw_http(live_server):
-    response = post(live_server, seed_body(live_server))
+class SeedOrderDiagnostic(BaseModel):
+    """A client's own pydantic model, its fields in the seed's order (pathologie a free string)."""
+
+    pathologie: str
+    confiance: Literal["élevée", "modérée", "faible"]
+    justification: str
+
+
+def test_openai_parse_with_a_pydantic_model_in_the_seed_order(live_server):
+    client = openai.OpenAI(
+        base_url=live_server.base_url, api_key=live_server.api_key, max_retries=0
+    )
+    try:
+        completion = client.chat.completions.parse(
+            model=live_server.served_name,
+            messages=[{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
+            temperature=0.1,
+            max_tokens=256,
+            response_format=SeedOrderDiagnostic,
+        )
+    except openai.LengthFinishReasonError:
+        # What the SDK raises when max_tokens cut the answer: a random model may get there.
+        assert not TRAINED, "a trained model's answer was cut by max_tokens"
+        return
+    message = completion.choices[0].message
+    assert isinstance(message.parsed, SeedOrderDiagnostic)
+    assert tuple(json.loads(message.content)) == FIELD_ORDER
+    if TRAINED:
+        assert message.parsed.pathologie == EXPECTED_LABEL
+
+
+@pytest.mark.parametrize("order", FIELD_ORDERS, ids=["-".join(o) for o in FIELD_ORDERS])
+def test_project_body_in_every_field_order_answers_in_that_order(live_server, order):
+    body = diagnostic_request(EXAMPLE_PROFILE, live_server.served_name, order=order)
+    response = post(live_server, body)
     assert response.status_code == 200, response.text
-    parse_diagnostic(response.json()["choices"][0]["message"]["content"])
+    choice = response.json()["choices"][0]
+    # Schema S bounds the answer under max_tokens: complete whatever the model.
+    assert choice["finish_reason"] == "stop", choice
+    obj = assert_guided_answer(choice["message"]["content"], "stop", tuple(order))
+    diagnostic = parse_diagnostic(choice["message"]["content"])
+    assert diagnostic.model_dump() == {k: obj[k] for k in FIELD_ORDER}
+    if TRAINED:
+        assert diagnostic.pathologie == EXPECTED_LABEL
 
 
 def test_report_returns_text(live_server):
