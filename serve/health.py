@@ -1,14 +1,18 @@
-"""Check the live server: /health, then one real guided diagnostic that must validate.
+"""Check the live server: /health, then a guided diagnostic with each body.
 
     python -m serve.health                 # make health
 
 Host, port, API key and served name come from aria.settings (VLLM_HOST, VLLM_PORT, VLLM_API_KEY,
-VLLM_SERVED_NAME). Exit codes say what failed:
+VLLM_SERVED_NAME). The project's body (schema S) must come back schema-valid. The seed's body,
+sent verbatim as ARIA's middle service does, must come back as JSON in the seed's key order; an
+answer cut by max_tokens there is reported (the model does not meet the contract: benchmark it)
+but does not fail the check, which is about the server: an untrained base model gets cut.
+Exit codes say what failed:
 
-    0  /health is OK and the guided diagnostic parses and validates against aria.schema
+    0  /health is OK and both guided diagnostics came back as guided JSON
     2  no server answers at VLLM_HOST:VLLM_PORT (start one with `make serve-ft`)
     3  the server answers but /health is not OK
-    4  the guided diagnostic failed: HTTP error, or text that is not schema-valid JSON (shown raw)
+    4  a guided diagnostic failed: HTTP error, or text that is not the schema's JSON (shown raw)
 
 The last line printed is JSON, for scripts.
 """
@@ -23,8 +27,9 @@ from dataclasses import dataclass
 import httpx
 
 from aria.domain import EXAMPLE_PROFILE
+from aria.metrics import conforms_to_schema, is_json_prefix
 from aria.prompts import diagnostic_request
-from aria.schema import parse_diagnostic
+from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
 from aria.settings import Settings, get_settings
 
 EXIT_OK = 0
@@ -73,17 +78,79 @@ def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
             "see the server log in data/logs/",
             {"url": root, "status": health.status_code},
         )
-    body = diagnostic_request(EXAMPLE_PROFILE, settings.vllm_served_name)
+    project = _guided_call(settings, "project", root, timeout_s)
+    if isinstance(project, HealthResult):
+        return project
+    text, _, latency_s = project
+    try:
+        diagnostic = parse_diagnostic(text or "")
+    except ValueError as error:
+        return HealthResult(
+            EXIT_DIAGNOSTIC_FAILED,
+            "the guided diagnostic is not schema-valid JSON (was the server started with the "
+            f"xgrammar structured-outputs config?)\nraw text: {text!r}\nwhy: {error}",
+            {"url": root, "raw": text},
+        )
+    seed = _guided_call(settings, "seed", root, timeout_s)
+    if isinstance(seed, HealthResult):
+        return seed
+    seed_text, finish_reason, seed_latency_s = seed
+    complete = finish_reason == "stop"
+    valid = is_json_prefix(seed_text or "", FIELD_ORDER) and (
+        not complete or conforms_to_schema(json.loads(seed_text), SEED_DIAGNOSTIC_SCHEMA)
+    )
+    if not valid:
+        return HealthResult(
+            EXIT_DIAGNOSTIC_FAILED,
+            "the seed's body came back as text that is not its schema's JSON in the order "
+            f"{', '.join(FIELD_ORDER)} (was the server started with the xgrammar "
+            f"structured-outputs config?)\nraw text: {seed_text!r}",
+            {"url": root, "raw": seed_text},
+        )
+    seed_details = {
+        "latency_s": round(seed_latency_s, 4),
+        "finish_reason": finish_reason,
+        "complete": complete,
+        "answer": json.loads(seed_text) if complete else seed_text,
+    }
+    seed_note = (
+        f"the seed's body in {seed_latency_s:.2f} s"
+        if complete
+        else "the seed's body was CUT by max_tokens (finish_reason length): this model does not "
+        "meet the contract; `make benchmark` measures how often"
+    )
+    return HealthResult(
+        EXIT_OK,
+        f"OK: {root}/health and a guided diagnostic in {latency_s:.2f} s "
+        f"({diagnostic.pathologie}, {diagnostic.confiance}); {seed_note}",
+        {
+            "url": root,
+            "latency_s": round(latency_s, 4),
+            "diagnostic": diagnostic.model_dump(),
+            "seed_body": seed_details,
+        },
+    )
+
+
+def _guided_call(
+    settings: Settings, body: str, root: str, timeout_s: float
+) -> tuple[str | None, str | None, float] | HealthResult:
+    """(content, finish_reason, latency in s) of the example's diagnostic with `body`, or the
+    failed HealthResult naming the cause."""
+    request = diagnostic_request(EXAMPLE_PROFILE, settings.vllm_served_name, body=body)
     headers = {"Authorization": f"Bearer {settings.api_key_value()}"}
     started = time.perf_counter()
     try:
         response = httpx.post(
-            f"{settings.base_url}/chat/completions", json=body, headers=headers, timeout=timeout_s
+            f"{settings.base_url}/chat/completions",
+            json=request,
+            headers=headers,
+            timeout=timeout_s,
         )
     except httpx.HTTPError as error:
         return HealthResult(
             EXIT_DIAGNOSTIC_FAILED,
-            f"the guided diagnostic request failed: {type(error).__name__}: {error}",
+            f"the guided diagnostic request ({body} body) failed: {type(error).__name__}: {error}",
             {"url": root},
         )
     latency_s = time.perf_counter() - started
@@ -94,33 +161,19 @@ def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
         }.get(response.status_code, "")
         return HealthResult(
             EXIT_DIAGNOSTIC_FAILED,
-            f"the guided diagnostic answered HTTP {response.status_code}{hint}: "
+            f"the guided diagnostic ({body} body) answered HTTP {response.status_code}{hint}: "
             f"{response.text[:500]}",
             {"url": root, "status": response.status_code},
         )
     try:
-        text = response.json()["choices"][0]["message"]["content"]
+        choice = response.json()["choices"][0]
+        return choice["message"]["content"], choice.get("finish_reason"), latency_s
     except (ValueError, KeyError, IndexError, TypeError):
         return HealthResult(
             EXIT_DIAGNOSTIC_FAILED,
             f"the server's answer is not an OpenAI chat completion: {response.text[:500]}",
             {"url": root},
         )
-    try:
-        diagnostic = parse_diagnostic(text or "")
-    except ValueError as error:
-        return HealthResult(
-            EXIT_DIAGNOSTIC_FAILED,
-            "the guided diagnostic is not schema-valid JSON (was the server started with the "
-            f"xgrammar structured-outputs config?)\nraw text: {text!r}\nwhy: {error}",
-            {"url": root, "raw": text},
-        )
-    return HealthResult(
-        EXIT_OK,
-        f"OK: {root}/health and a guided diagnostic in {latency_s:.2f} s "
-        f"({diagnostic.pathologie}, {diagnostic.confiance})",
-        {"url": root, "latency_s": round(latency_s, 4), "diagnostic": diagnostic.model_dump()},
-    )
 
 
 def main(cfg: HealthConfig) -> int:

@@ -456,10 +456,13 @@ def test_bad_profile_is_refused_before_any_request():
 
 
 class FakeVllm(BaseHTTPRequestHandler):
-    """Answers /health with `health_status` and chat completions with `content`."""
+    """Answers /health with `health_status` and chat completions with `content` (the seed's body
+    with `seed_content` and `seed_finish` when set)."""
 
     health_status = 200
     content: str | None = VALID.to_json()
+    seed_content: str | None = None
+    seed_finish = "stop"
     chat_status = 200
 
     def do_GET(self):
@@ -467,8 +470,13 @@ class FakeVllm(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps(completion(self.content)).encode()
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        schema = request["response_format"]["json_schema"]["schema"]
+        if schema == SEED_DIAGNOSTIC_SCHEMA and self.seed_content is not None:
+            answer = completion(self.seed_content, self.seed_finish)
+        else:
+            answer = completion(self.content)
+        body = json.dumps(answer).encode()
         self.send_response(self.chat_status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -496,6 +504,23 @@ def test_health_ok(tmp_path, fake_vllm):
     result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
     assert result.code == health.EXIT_OK
     assert result.details["diagnostic"] == VALID.model_dump()
+    assert result.details["seed_body"]["complete"] is True
+    assert result.details["seed_body"]["answer"] == VALID.model_dump()
+
+
+def test_health_reports_a_seed_answer_cut_by_max_tokens_without_failing(tmp_path, fake_vllm):
+    fake_vllm.seed_content, fake_vllm.seed_finish = '{"pathologie":"G>T H<G F<G P>G I<P', "length"
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_OK
+    assert result.details["seed_body"]["complete"] is False
+    assert "CUT by max_tokens" in result.message
+
+
+def test_health_fails_when_the_seed_body_is_not_guided_json(tmp_path, fake_vllm):
+    fake_vllm.seed_content = '{"justification":"x","pathologie":"Lombalgie mécanique"'
+    result = health.check(make_settings(tmp_path, vllm_port=fake_vllm.port))
+    assert result.code == health.EXIT_DIAGNOSTIC_FAILED
+    assert "seed's body" in result.message and "pathologie, confiance" in result.message
 
 
 def test_health_server_down(tmp_path):
@@ -711,3 +736,33 @@ def test_benchmark_passes_the_gate_when_both_bodies_answer(
     assert summary["gate"]["by_body"] == {"seed": True, "project": True}
     assert summary["models"][0]["bodies"]["seed"]["exact_match"] == 1.0
     assert summary["eval"]["n_per_set"] == {"eval": 8}
+
+
+def test_target_spec_narrows_bodies_sets_and_sizes():
+    from scripts.benchmark import parse_target
+
+    t = parse_target("base=http://h:1/v1/,aria-base,bodies=seed,sets=eval,limit=60,reports=0")
+    assert (t.role, t.base_url, t.served_name) == ("base", "http://h:1/v1", "aria-base")
+    assert (t.bodies, t.sets, t.limit, t.reports, t.vision) == (["seed"], ["eval"], 60, 0, None)
+    assert parse_target("dpo=http://h/v1,m,vision").vision is True
+    for bad, words in (
+        ("dpo=http://h/v1,m,bodies=seed+json", "unknown body 'json'"),
+        ("dpo=http://h/v1,m,limit=0", "limit must be a whole number"),
+        ("dpo=http://h/v1,m,colour=red", "KEY=VALUE"),
+        ("judge=http://h/v1,m", "ROLE"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            parse_target(bad)
+
+
+def test_demo_benchmarks_dpo_on_both_sets_and_reports_and_the_others_on_eval():
+    from scripts.benchmark import parse_target
+    from scripts.demo import DemoConfig, target_specs
+
+    urls = {"base": "http://a/v1", "aria-ft-sft": "http://b/v1", "aria-ft-dpo": "http://c/v1"}
+    base, sft, dpo = (parse_target(s) for s in target_specs(DemoConfig(), urls))
+    assert (dpo.bodies, dpo.sets, dpo.reports) == (None, None, 40)  # every body and set
+    assert base.sets == sft.sets == ["eval"] and base.reports == 0
+    assert base.limit < sft.limit and dpo.limit == DemoConfig().limit
+    whole = parse_target(target_specs(DemoConfig(limit=None), urls)[2])
+    assert whole.limit is None
