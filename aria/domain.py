@@ -53,27 +53,19 @@ class Rule:
 
     pathology: str
     thresholds: tuple[tuple[str, float], ...]
-    tag: str  # one letter naming the rule in the justification's ranking trace
     abbreviation: str | None = None
 
 
 # Table order matters: it breaks ties.
 RULES: tuple[Rule, ...] = (
-    Rule("Lombalgie mécanique", (("inclinaison_tronc", 7.0),), "T"),
-    Rule("Syndrome fémoro-patellaire", (("valgus_genou", 10.0),), "G", "SFP"),
-    Rule("Syndrome bandelette ilio-tibiale", (("adduction_hanche", 10.0),), "H", "SBIT"),
-    Rule("Périostite tibiale", (("longueur_foulee", 1.35),), "F"),
-    Rule("Fasciite plantaire", (("pronation_pied", 6.0),), "P"),
-    Rule("Tendinite Achille", (("heel_strike_index", 0.7), ("dorsiflexion_max", 15.0)), "A"),
+    Rule("Lombalgie mécanique", (("inclinaison_tronc", 7.0),)),
+    Rule("Syndrome fémoro-patellaire", (("valgus_genou", 10.0),), "SFP"),
+    Rule("Syndrome bandelette ilio-tibiale", (("adduction_hanche", 10.0),), "SBIT"),
+    Rule("Périostite tibiale", (("longueur_foulee", 1.35),)),
+    Rule("Fasciite plantaire", (("pronation_pied", 6.0),)),
+    Rule("Tendinite Achille", (("heel_strike_index", 0.7), ("dorsiflexion_max", 15.0))),
 )
 PATHOLOGIES: tuple[str, ...] = tuple(r.pathology for r in RULES)
-# One letter per signal in the justification's ranking trace: a one-signal rule's own tag, and
-# for Tendinite Achille (tag A) its heel strike Index and its Dorsiflexion.
-SIGNAL_TAGS: dict[str, str] = {
-    **{r.thresholds[0][0]: r.tag for r in RULES if len(r.thresholds) == 1},
-    "heel_strike_index": "I",
-    "dorsiflexion_max": "D",
-}
 RULE_BY_PATHOLOGY: dict[str, Rule] = {r.pathology: r for r in RULES}
 # Every measurement has exactly one threshold (the Achilles rule uses two measurements).
 THRESHOLD_BY_KEY: dict[str, float] = {key: t for rule in RULES for key, t in rule.thresholds}

@@ -365,6 +365,26 @@ def sample_profile(rng: random.Random, target: str, slice_name: str) -> dict[str
     raise RuntimeError(f"could not draw a {slice_name} profile labelled {target}")
 
 
+# How far from its threshold each measurement of an outside profile is drawn, uniformly.
+OUTSIDE_MAX_EXCEEDANCE = 0.45
+
+
+def outside_profile(rng: random.Random) -> dict[str, float]:
+    """A profile drawn by another process than the training data's: every measurement independent,
+    its relative exceedance uniform in +-OUTSIDE_MAX_EXCEEDANCE, no context and no correlation.
+
+    The benchmark scores these as profiles the model never saw the like of (aria.population's
+    runners are correlated and placed per target label; these are not).
+    """
+    profile = {}
+    for key in MEASUREMENT_KEYS:
+        m = MEASUREMENT_BY_KEY[key]
+        e = rng.uniform(-OUTSIDE_MAX_EXCEEDANCE, OUTSIDE_MAX_EXCEEDANCE)
+        value = min(max(_value(THRESHOLD_BY_KEY[key], e), m.low), m.high)
+        profile[key] = float(format_value(key, value))
+    return profile
+
+
 def is_physical(profile: Mapping[str, Any]) -> bool:
     """True when every measurement lies inside its physical bounds (aria.domain.MEASUREMENTS)."""
     for key in MEASUREMENT_KEYS:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aria.domain import MEASUREMENTS, format_value, percent_of_threshold, validate_profile
-from aria.schema import diagnostic_response_format
+from aria.schema import FIELD_ORDER, diagnostic_response_format, seed_response_format
 
 DIAGNOSTIC_TEMPERATURE = 0.1
 DIAGNOSTIC_MAX_TOKENS = 256
@@ -91,14 +91,35 @@ def report_messages(profile: dict, template: str = REPORT_TEMPLATE) -> list[dict
     return [{"role": "user", "content": render_prompt(profile, template)}]
 
 
-def diagnostic_request(profile: dict, model: str, template: str = DIAGNOSTIC_TEMPLATE) -> dict:
-    """The full body of the diagnostic call: the seed's parameters with the guided JSON schema."""
+# The two diagnostic bodies of DOMAIN.md: the seed's, sent verbatim by ARIA's middle service (a
+# free-string `pathologie`), and the project's stricter schema S (the enum, a bounded reason).
+DIAGNOSTIC_BODIES: tuple[str, ...] = ("seed", "project")
+
+
+def diagnostic_request(
+    profile: dict,
+    model: str,
+    template: str = DIAGNOSTIC_TEMPLATE,
+    body: str = "project",
+    order: tuple[str, ...] = FIELD_ORDER,
+) -> dict:
+    """The full body of the diagnostic call: the seed's parameters with a guided JSON schema.
+
+    `body="seed"` is the seed README's body verbatim (its own schema and field order);
+    `body="project"` asks for the project's schema S with its properties in `order`.
+    """
+    if body == "seed":
+        response_format = seed_response_format()
+    elif body == "project":
+        response_format = diagnostic_response_format(order)
+    else:
+        raise ValueError(f"body {body!r} is not one of {', '.join(DIAGNOSTIC_BODIES)}")
     return {
         "model": model,
         "messages": diagnostic_messages(profile, template),
         "temperature": DIAGNOSTIC_TEMPERATURE,
         "max_tokens": DIAGNOSTIC_MAX_TOKENS,
-        "response_format": diagnostic_response_format(),
+        "response_format": response_format,
     }
 
 

@@ -1,8 +1,10 @@
 """Reference answers derived from the rule: what a perfect model says for a profile.
 
-Datasets teach these texts and the benchmark scores against them. The justification ranks the rules
-(`ranking_trace`), then cites the deciding measured value(s) and their threshold(s), in the ASCII
-alphabet the schema allows.
+Datasets teach these texts and the benchmark scores against them. The justification is written for
+the runner's clinician: French words (without accents, in the ASCII alphabet the schema allows),
+how many thresholds are crossed, and the deciding measurement(s) with the measured value and the
+threshold, copied as the prompt shows them. It cites no other number and no code, and it never
+needs the label to be written after it: in the seed's field order the label comes first.
 """
 
 from __future__ import annotations
@@ -10,76 +12,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aria.domain import (
-    MEASUREMENT_BY_KEY,
-    RULE_BY_PATHOLOGY,
-    RULES,
-    SIGNAL_TAGS,
-    deciding_evidence,
-    exceedances,
-    fired_rules,
-    label,
-    relative_exceedance,
-    validate_profile,
-)
+from aria.domain import RULE_BY_PATHOLOGY, deciding_evidence, fired_rules, label
 from aria.schema import Diagnostic
 
+# How many rules fire, in words: a digit there would be a number the input does not contain.
+_COUNT_FR = {2: "deux", 3: "trois", 4: "quatre", 5: "cinq", 6: "six"}
 
-def ranking_trace(profile: Mapping[str, Any], winner: str | None = None) -> str:
-    """The rule's ranking written out as a running maximum, one comparison per signal.
 
-    The rules are taken in table order. Each step is `<signal><sign><leader>` in one-letter tags:
-    `G<T` reads "the knee's signal is below the trunk's, the trunk still leads", `F>T` "the stride
-    now leads". A two-signal rule is two steps, one per signal (`I` heel strike index, `D`
-    dorsiflexion), and takes the lead only when both beat the leader, since its exceedance is the
-    smaller of the two. Comparisons follow the exact exceedances, so ties keep the table's order
-    as the rule does. The trace names no number: the model compares the prompt's percents, two at
-    a time, and never copies one (copies were where a tiny model went wrong; docs/training.md).
+def justification_lead(n_fired: int) -> str:
+    """What the justification says first: how many thresholds are crossed."""
+    if n_fired == 0:
+        return "Aucun seuil franchi ; le plus proche :"
+    if n_fired == 1:
+        return "Seul seuil franchi :"
+    return f"Le plus net de {_COUNT_FR[n_fired]} seuils franchis :"
 
-    With `winner` (a pathology that is not the label), the trace as if that rule's signals beat
-    the label by a hair: the ranking of a model that got one comparison wrong.
-    """
-    if winner is not None and winner not in RULE_BY_PATHOLOGY:
-        raise ValueError(
-            f"unknown pathology {winner!r}: expected one of {', '.join(RULE_BY_PATHOLOGY)}"
-        )
-    values = validate_profile(profile)
-    signal = {k: relative_exceedance(values[k], t) for r in RULES for k, t in r.thresholds}
-    if winner is not None and winner != label(dict(profile))[0]:
-        top = max(exceedances(profile).values())
-        for key, _ in RULE_BY_PATHOLOGY[winner].thresholds:
-            signal[key] = max(signal[key], top + 1e-9)
-    leader, best = RULES[0].tag, signal[RULES[0].thresholds[0][0]]
-    steps: list[str] = []
-    for rule in RULES[1:]:
-        beats = [signal[key] > best for key, _ in rule.thresholds]
-        for (key, _), wins in zip(rule.thresholds, beats, strict=True):
-            steps.append(f"{SIGNAL_TAGS[key]}{'>' if wins else '<'}{leader}")
-        if all(beats):
-            leader, best = rule.tag, min(signal[key] for key, _ in rule.thresholds)
-    return " ".join(steps)
+
+def justification(n_fired: int, evidence: list[tuple[str, str, str]]) -> str:
+    """`<lead> key value (seuil threshold)`, one clause per cited signal joined by `et`."""
+    clauses = " et ".join(
+        f"{key} {value} (seuil {threshold})" for key, value, threshold in evidence
+    )
+    return f"{justification_lead(n_fired)} {clauses}."
 
 
 def reference_justification(profile: Mapping[str, Any], pathology: str | None = None) -> str:
-    """The ranking trace, then each signal of `pathology` (default: the label) against its threshold.
+    """How many thresholds the profile crosses, then each signal of `pathology` (default: the label)
+    with its measured value and threshold.
 
-    For another pathology than the label, the trace leads to it (`ranking_trace`'s `winner`): the
-    wrong answers of the DPO pairs then differ from the right ones at the comparison that decides.
+    For another pathology than the label (the DPO pairs' wrong answers), the same lead with that
+    pathology's signals: what a model says when it picked the wrong measurement.
     Within the schema's bound of JUSTIFICATION_MAX_CHARS for any valid profile: the test checks
-    every extreme profile (tests/test_schema_prompts.py; the longest were 89 characters).
+    every extreme profile (tests/test_schema_prompts.py).
     """
     pathology = pathology or label(dict(profile))[0]
-    return justification(
-        ranking_trace(profile, winner=pathology), deciding_evidence(profile, pathology)
-    )
-
-
-def justification(trace: str, evidence: list[tuple[str, str, str]]) -> str:
-    """`trace ; key value > threshold` (or `<=`), one clause per cited signal, joined by `et`."""
-    return f"{trace} ; " + " et ".join(
-        f"{key} {value} {'>' if float(value) > float(threshold) else '<='} {threshold}"
-        for key, value, threshold in evidence
-    )
+    if pathology not in RULE_BY_PATHOLOGY:
+        raise ValueError(
+            f"unknown pathology {pathology!r}: expected one of {', '.join(RULE_BY_PATHOLOGY)}"
+        )
+    return justification(len(fired_rules(profile)), deciding_evidence(profile, pathology))
 
 
 def reference_diagnostic(profile: Mapping[str, Any]) -> Diagnostic:
@@ -94,157 +65,76 @@ def reference_diagnostic(profile: Mapping[str, Any]) -> Diagnostic:
 
 # What drives each pathology and what helps, in words a runner reads; no number, so that a report
 # only ever cites the input's values and the thresholds.
-_MECHANISM: dict[str, tuple[str, ...]] = {
+MECHANISM: dict[str, str] = {
     "Lombalgie mécanique": (
         "Un tronc trop penché vers l'avant augmente le cisaillement sur le rachis lombaire et "
-        "sollicite en continu les muscles extenseurs du dos.",
-        "Le buste incliné charge les muscles paravertébraux et les disques lombaires à chaque "
-        "appui, surtout quand la fatigue s'installe.",
+        "sollicite en continu les muscles extenseurs du dos."
     ),
     "Syndrome fémoro-patellaire": (
         "Un valgus du genou marqué déporte la rotule vers l'extérieur et concentre la pression "
-        "sur le cartilage fémoro-patellaire.",
-        "Le genou qui rentre vers l'intérieur à l'appui surcharge l'articulation entre la rotule "
-        "et le fémur.",
+        "sur le cartilage fémoro-patellaire."
     ),
     "Syndrome bandelette ilio-tibiale": (
         "Une adduction de hanche excessive tend la bandelette ilio-tibiale, qui frotte sur la "
-        "face externe du genou à chaque flexion.",
-        "La hanche qui s'effondre vers l'intérieur met la bandelette ilio-tibiale en tension et "
-        "irrite la face externe du genou.",
+        "face externe du genou à chaque flexion."
     ),
     "Périostite tibiale": (
         "Une foulée trop longue fait attaquer le sol loin devant le centre de masse : le freinage "
-        "répété charge le tibia et son périoste.",
-        "Allonger la foulée augmente la force de freinage à chaque contact et les contraintes "
-        "sur la face interne du tibia.",
+        "répété charge le tibia et son périoste."
     ),
     "Fasciite plantaire": (
         "Une pronation excessive affaisse la voûte plantaire et étire le fascia plantaire à son "
-        "insertion sur le talon.",
-        "Le pied qui s'écrase vers l'intérieur met le fascia plantaire en tension répétée, "
-        "surtout au décollement du talon.",
+        "insertion sur le talon."
     ),
     "Tendinite Achille": (
         "Une attaque marquée du talon associée à une forte dorsiflexion met le tendon d'Achille "
-        "en tension maximale à chaque appui.",
-        "Un contact talon appuyé et une cheville très fléchie étirent le tendon d'Achille et le "
-        "surchargent à l'impulsion.",
+        "en tension maximale à chaque appui."
     ),
 }
-_ADVICE: dict[str, tuple[str, ...]] = {
+ADVICE: dict[str, str] = {
     "Lombalgie mécanique": (
         "Renforcer le gainage et les extenseurs du dos, courir le buste plus droit et réduire "
-        "temporairement le volume.",
-        "Travailler la posture en course, ajouter du gainage régulier et alléger "
-        "les séances longues le temps que le dos se calme.",
+        "temporairement le volume."
     ),
     "Syndrome fémoro-patellaire": (
         "Renforcer les fessiers et le quadriceps, travailler le contrôle du genou à l'appui et "
-        "limiter les descentes.",
-        "Réduire la charge, privilégier le plat, renforcer les muscles de la hanche et contrôler "
-        "l'axe du genou lors des exercices unipodaux.",
+        "limiter les descentes."
     ),
     "Syndrome bandelette ilio-tibiale": (
         "Renforcer les abducteurs de hanche, assouplir la chaîne latérale et éviter les pistes "
-        "inclinées.",
-        "Augmenter légèrement la cadence pour limiter l'adduction, renforcer le moyen fessier et "
-        "réduire le volume quelque temps.",
+        "inclinées."
     ),
     "Périostite tibiale": (
         "Raccourcir la foulée en augmentant un peu la cadence, poser le pied sous le bassin et "
-        "privilégier des surfaces souples.",
-        "Réduire le volume, reprendre progressivement, raccourcir la foulée et renforcer les "
-        "muscles de la jambe.",
+        "privilégier des surfaces souples."
     ),
     "Fasciite plantaire": (
         "Étirer le mollet et le fascia plantaire, renforcer les muscles du pied et vérifier "
-        "l'usure des chaussures.",
-        "Masser la voûte plantaire, renforcer le pied, envisager un bilan podologique et réduire "
-        "les séances sur sol dur.",
+        "l'usure des chaussures."
     ),
     "Tendinite Achille": (
         "Renforcement excentrique du mollet, progression prudente du volume et pas de côtes au "
-        "début.",
-        "Travailler une attaque plus médio-pied, renforcer le mollet en excentrique et éviter "
-        "les changements brusques de chaussures.",
+        "début."
     ),
 }
-
-
-def _cite(key: str, value: str, threshold: str) -> str:
-    """`label_fr value unit (seuil threshold unit)`, with the formatted strings given."""
-    m = MEASUREMENT_BY_KEY[key]
-    unit = f" {m.unit}" if m.unit else ""
-    return f"{m.label_fr.lower()} {value}{unit} (seuil {threshold}{unit})"
-
-
-def _report_variant(profile: Mapping[str, Any], n: int) -> int:
-    """A deterministic choice among `n` variants, stable across runs (no salted hash)."""
-    values = validate_profile(profile)
-    return sum(round(v * 100) for v in values.values()) % n
-
-
-def _runner_context(profile: Mapping[str, Any]) -> str:
-    """One sentence on the runner from the context keys present, citing them as given."""
-    who = {"F": "Coureuse", "M": "Coureur"}.get(str(profile.get("sexe")), "Coureur")
-    parts = [f"{who} de {profile['age']} ans" if "age" in profile else who]
-    if "distance_hebdo_km" in profile:
-        parts.append(f"{profile['distance_hebdo_km']} km par semaine")
-    if "vitesse_kmh" in profile:
-        parts.append(f"allure {profile['vitesse_kmh']} km/h")
-    if "cadence_pas_min" in profile:
-        parts.append(f"cadence {profile['cadence_pas_min']} pas/min")
-    pain = profile.get("localisation_douleur")
-    if pain and pain != "aucune douleur":
-        parts.append(f"douleur signalée : {pain}")
-    elif pain:
-        parts.append("aucune douleur signalée")
-    return ", ".join(parts) + "."
 
 
 def reference_report(profile: Mapping[str, Any]) -> str:
     """The report a perfect model writes: findings, likely pathology, what drives it, advice.
 
-    French, for the runner and their clinician. It cites only the profile's own values (as the
-    prompt shows them) and the rule's thresholds; the wording varies deterministically with the
-    profile so that a model sees several phrasings.
+    French prose for the runner and their clinician, in four labelled parts. The findings are the
+    diagnostic's justification (how many thresholds are crossed, the deciding measurement(s) with
+    value and threshold, keyed as the prompt shows them), so the report reasons before it names
+    the pathology and a small model reuses what the diagnostic taught it. The runner's context is
+    not repeated: the only numbers are the deciding values and their thresholds (copies are where
+    a small model errs). One wording per pathology: with two, a 2.7M-parameter model sampled at
+    temperature 0.3 spliced them into sentences that meant nothing.
     """
     pathology, confiance = label(dict(profile))
-    evidence = deciding_evidence(profile, pathology)
-    decided = " et ".join(_cite(*e) for e in evidence)
-    fired = fired_rules(profile)
-    others = [p for p in fired if p != pathology]
-    if not fired:
-        findings = (
-            f"Aucun seuil n'est franchi ; la mesure la plus proche de son seuil est : {decided}."
-        )
-    else:
-        verb = "dépassent leurs seuils" if len(evidence) > 1 else "dépasse son seuil"
-        findings = f"Constat principal : {decided} {verb}."
-    if others:
-        other_evidence = "; ".join(_cite(*e) for p in others for e in deciding_evidence(profile, p))
-        findings += f" Autre signal au-dessus du seuil : {other_evidence}."
-    v = _report_variant(profile, 12)  # 3 layouts x 2 mechanisms x 2 advice texts
-    mechanism = _MECHANISM[pathology][(v // 3) % 2]
-    advice = _ADVICE[pathology][(v // 6) % 2]
-    context = _runner_context(profile)
-
-    layout = v % 3
-    if layout == 0:
-        return (
-            f"{context}\n{findings}\nPathologie probable : {pathology} (confiance {confiance}).\n"
-            f"Pourquoi : {mechanism}\nConseils : {advice}\n"
-            "Ce rapport ne remplace pas un examen clinique."
-        )
-    if layout == 1:
-        return (
-            f"Bilan biomécanique. {findings} Ces mesures orientent vers : {pathology}, "
-            f"avec une confiance {confiance}. {mechanism}\nÀ faire : {advice}\n{context}\n"
-            "À confirmer par un clinicien."
-        )
     return (
-        f"Pathologie probable : {pathology} (confiance {confiance}).\nConstats : {findings}\n"
-        f"Mécanisme : {mechanism}\nRecommandations : {advice}\nProfil : {context}\n"
-        "Un avis médical reste nécessaire si la douleur persiste."
+        f"Constats : {reference_justification(profile, pathology)}\n"
+        f"Pathologie probable : {pathology} (confiance {confiance}).\n"
+        f"Mécanisme : {MECHANISM[pathology]}\n"
+        f"Conseils : {ADVICE[pathology]}\n"
+        "Ce rapport ne remplace pas un examen clinique."
     )

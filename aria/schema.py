@@ -1,9 +1,20 @@
-"""The diagnostic answer: a pydantic model and the JSON schema handed to guided decoding.
+"""The diagnostic answer: a pydantic model, the JSON schemas handed to guided decoding, field orders.
+
+Two request schemas reach the same model (DOMAIN.md):
+- the seed's, sent verbatim by ARIA's middle service (`SEED_DIAGNOSTIC_SCHEMA`): `pathologie` a free
+  string, properties in the order pathologie, confiance, justification;
+- the project's stricter schema S (`Diagnostic`): `pathologie` the enum of the six labels, a bounded
+  justification, no additional properties, in the same order.
+xgrammar writes the properties in the schema's order, so the order is part of the contract: the
+seed's order is the canonical one (`FIELD_ORDER`), and the training data also teaches the five other
+orders (`FIELD_ORDERS`) so that a client whose schema lists the fields otherwise still gets a right
+answer (docs/training.md).
 
 The justification is bounded so that the whole JSON always fits in the diagnostic call's
 max_tokens, even if every byte became one token: a guided answer cut by max_tokens mid-string is
 invalid JSON. Its characters are restricted to printable ASCII without quote or backslash, so the
-model cannot spend tokens on escape sequences or multi-byte characters.
+model cannot spend tokens on escape sequences or multi-byte characters; the reference wording is
+French written without accents (aria.references).
 
 The bound lives in the regular expression alone (`{0,N}`), not in minLength/maxLength: vLLM's
 xgrammar backend refuses a string that has both a pattern and length keywords (xgrammar issue
@@ -16,7 +27,10 @@ content (grounding, keyword coverage); the reference answers are never empty.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,39 +44,84 @@ GUIDED_SEPARATORS = (",", ":")
 # Printable ASCII except '"' and '\\': one byte per character, never an escape sequence.
 JUSTIFICATION_PATTERN = rf"^[ !#-\[\]-~]{{0,{JUSTIFICATION_MAX_CHARS}}}$"
 
+# The seed's property order, the canonical one: the label first, then confidence, then the reason.
+FIELD_ORDER: tuple[str, ...] = ("pathologie", "confiance", "justification")
+# Every order a client's schema may impose; the canonical one first.
+FIELD_ORDERS: tuple[tuple[str, ...], ...] = tuple(itertools.permutations(FIELD_ORDER))
+
+# The seed README's diagnostic schema, verbatim: what ARIA's middle service sends.
+SEED_DIAGNOSTIC_SCHEMA: dict = {
+    "type": "object",
+    "properties": {
+        "pathologie": {"type": "string"},
+        "confiance": {"enum": ["élevée", "modérée", "faible"]},
+        "justification": {"type": "string"},
+    },
+    "required": ["pathologie", "confiance", "justification"],
+}
+
 
 class Diagnostic(BaseModel):
     """What the diagnostic call returns: a canonical pathology, a confidence band, a short reason."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # The justification comes first: the model writes its ranking of the rules
-    # (aria.references.ranking_trace) before it names the pathology. Guided decoding emits the
-    # properties in this order.
-    justification: str = Field(
-        pattern=JUSTIFICATION_PATTERN,
-        description="the rules ranked, then the measured value(s) that decided, with thresholds",
-    )
+    # Declared in FIELD_ORDER: the JSON schema lists the properties in this order.
     pathologie: Literal[PATHOLOGIES] = Field(description="one of the six canonical pathologies")  # type: ignore[valid-type]
     confiance: Literal[CONFIDENCES] = Field(description="élevée, modérée or faible")  # type: ignore[valid-type]
+    justification: str = Field(
+        pattern=JUSTIFICATION_PATTERN,
+        description="the deciding measurement(s) with measured value and threshold, in French",
+    )
 
-    def to_json(self) -> str:
-        """The exact text the model is taught: keys in schema order, accents kept, and the
-        separators the grammar allows when whitespace is disabled (compact JSON)."""
-        return json.dumps(self.model_dump(), ensure_ascii=False, separators=GUIDED_SEPARATORS)
+    def to_json(self, order: Sequence[str] = FIELD_ORDER) -> str:
+        """The exact text the model is taught: keys in `order` (a permutation of FIELD_ORDER),
+        accents kept, and the separators the grammar allows when whitespace is disabled."""
+        check_field_order(order)
+        data = self.model_dump()
+        return json.dumps(
+            {k: data[k] for k in order}, ensure_ascii=False, separators=GUIDED_SEPARATORS
+        )
 
 
-def diagnostic_json_schema() -> dict:
+def check_field_order(order: Sequence[str]) -> tuple[str, ...]:
+    """`order` as a tuple, or ValueError naming the three fields it must permute."""
+    order = tuple(order)
+    if sorted(order) != sorted(FIELD_ORDER):
+        raise ValueError(f"field order {order} must be a permutation of {', '.join(FIELD_ORDER)}")
+    return order
+
+
+def reordered_schema(schema: dict, order: Sequence[str]) -> dict:
+    """A copy of an object schema whose `properties` (and `required`) follow `order`."""
+    order = check_field_order(order)
+    out = copy.deepcopy(schema)
+    out["properties"] = {k: out["properties"][k] for k in order}
+    out["required"] = [k for k in order if k in out.get("required", ())]
+    return out
+
+
+def diagnostic_json_schema(order: Sequence[str] = FIELD_ORDER) -> dict:
     """The JSON schema S of the diagnostic call (enums, bounded justification, no extra keys)."""
-    return Diagnostic.model_json_schema()
+    return reordered_schema(Diagnostic.model_json_schema(), order)
 
 
-def diagnostic_response_format() -> dict:
-    """The OpenAI `response_format` body that asks vLLM for guided JSON with the diagnostic schema."""
+def response_format(schema: dict) -> dict:
+    """The OpenAI `response_format` body that asks vLLM for guided JSON with `schema`."""
     return {
         "type": "json_schema",
-        "json_schema": {"name": DIAGNOSTIC_SCHEMA_NAME, "schema": diagnostic_json_schema()},
+        "json_schema": {"name": DIAGNOSTIC_SCHEMA_NAME, "schema": schema},
     }
+
+
+def diagnostic_response_format(order: Sequence[str] = FIELD_ORDER) -> dict:
+    """`response_format` with the project's schema S, its properties in `order`."""
+    return response_format(diagnostic_json_schema(order))
+
+
+def seed_response_format() -> dict:
+    """`response_format` of the seed's diagnostic body, verbatim."""
+    return response_format(copy.deepcopy(SEED_DIAGNOSTIC_SCHEMA))
 
 
 def worst_case_diagnostic_bytes() -> int:

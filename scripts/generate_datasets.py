@@ -29,6 +29,7 @@ from aria.domain import (
     MEASUREMENT_BY_KEY,
     PATHOLOGIES,
     deciding_evidence,
+    fired_rules,
     format_value,
     label,
     runner_up,
@@ -39,7 +40,9 @@ from aria.population import (
     SLICES,
     balanced_plan,
     canonical_measurements,
+    outside_profile,
     sample_profile,
+    slice_of,
 )
 from aria.prompts import diagnostic_messages, report_messages
 from aria.records import (
@@ -54,15 +57,26 @@ from aria.records import (
 )
 from aria.references import (
     justification,
-    ranking_trace,
     reference_diagnostic,
     reference_justification,
     reference_report,
 )
-from aria.schema import GUIDED_SEPARATORS, Diagnostic
+from aria.schema import FIELD_ORDER, FIELD_ORDERS, GUIDED_SEPARATORS, Diagnostic
 from aria.settings import get_settings
 
 REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the diagnostic JSON
+# Share of diagnostic answers written in the seed's field order (the canonical one); the rest are
+# spread evenly over the five other orders, so that a client's schema in any order gets a right
+# answer (xgrammar writes the properties in the schema's order; docs/training.md).
+CANONICAL_ORDER_SHARE = 0.5
+
+
+def answer_order(rng: random.Random) -> tuple[str, ...]:
+    """The field order of one diagnostic answer: the seed's with CANONICAL_ORDER_SHARE, else
+    one of the other five, uniformly."""
+    if rng.random() < CANONICAL_ORDER_SHARE:
+        return FIELD_ORDER
+    return rng.choice([o for o in FIELD_ORDERS if o != FIELD_ORDER])
 
 
 @dataclass
@@ -77,6 +91,9 @@ class GenerateConfig:
     # it: a randomly initialised model knows no language and learns the rule from more distinct
     # runners, not from more passes over the same 1,500 (MedGemma's recipe uses sft.jsonl).
     n_sft_extended: int = 12000
+    # eval/outside.jsonl: profiles drawn by aria.population.outside_profile (independent uniform
+    # measurements, not the training data's runners), an equal share per slice.
+    n_outside: int = 300
     out_dir: Path | None = None  # default: settings.aria_data_dir
 
 
@@ -100,10 +117,11 @@ def _labelled(profile: dict[str, Any], slice_name: str) -> dict[str, Any]:
 
 def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> str:
     """The reference justification with the deciding value replaced by one the input lacks
-    (the ranking trace is kept: the pair differs in the cited value alone)."""
+    (the pair differs in the cited value alone)."""
     pathology = label(profile)[0]
     allowed = grounded_numbers(profile)
-    key, value, threshold = deciding_evidence(profile, pathology)[0]
+    evidence = deciding_evidence(profile, pathology)
+    key, value, threshold = evidence[0]
     m = MEASUREMENT_BY_KEY[key]
     for _ in range(100):
         delta = rng.uniform(0.08, 0.35) * rng.choice((-1.0, 1.0))
@@ -114,7 +132,7 @@ def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> st
             break
     else:
         raise RuntimeError(f"could not invent an ungrounded value for {key}")
-    return justification(ranking_trace(profile), [(key, text, threshold)])
+    return justification(len(fired_rules(profile)), [(key, text, threshold), *evidence[1:]])
 
 
 def _invalid_json(rng: random.Random, reference: str) -> str:
@@ -131,8 +149,14 @@ def _invalid_json(rng: random.Random, reference: str) -> str:
     return broken
 
 
-def _rejected(rng: random.Random, profile: dict[str, Any], kind: str, reference: str) -> str:
-    """A plausible wrong answer of the given kind for `profile`."""
+def _rejected(
+    rng: random.Random,
+    profile: dict[str, Any],
+    kind: str,
+    reference: str,
+    order: tuple[str, ...] = FIELD_ORDER,
+) -> str:
+    """A plausible wrong answer of the given kind for `profile`, its fields in `order`."""
     pathology, confiance = label(profile)
     if kind == "wrong_pathology":
         other = runner_up(profile)
@@ -140,20 +164,20 @@ def _rejected(rng: random.Random, profile: dict[str, Any], kind: str, reference:
             pathologie=other,
             confiance=confiance,
             justification=reference_justification(profile, other),
-        ).to_json()
+        ).to_json(order)
     if kind == "wrong_confidence":
         wrong = rng.choice([c for c in CONFIDENCES if c != confiance])
         return Diagnostic(
             pathologie=pathology,
             confiance=wrong,
             justification=reference_justification(profile, pathology),
-        ).to_json()
+        ).to_json(order)
     if kind == "ungrounded_value":
         return Diagnostic(
             pathologie=pathology,
             confiance=confiance,
             justification=_ungrounded_justification(rng, profile),
-        ).to_json()
+        ).to_json(order)
     if kind == "invalid_json":
         return _invalid_json(rng, reference)
     raise ValueError(
@@ -176,7 +200,7 @@ def _sft_records(
             profile = _fresh_profile(rng, target, slice_name, seen)
             if kind == "diagnostic":
                 prompt = diagnostic_messages(profile)
-                answer = reference_diagnostic(profile).to_json()
+                answer = reference_diagnostic(profile).to_json(answer_order(rng))
             else:
                 prompt = report_messages(profile)
                 answer = reference_report(profile)
@@ -192,13 +216,36 @@ def _sft_records(
     return sft
 
 
+def outside_records(seed: int, n: int, seen: set[tuple[float, ...]]) -> list[dict]:
+    """`n` eval records of `outside_profile` draws, an equal share per slice (rejection-sampled
+    by `slice_of`), none of them in `seen`; ids outside-0001..."""
+    rng = random.Random(f"aria-outside-{seed}")
+    quota = {s: n // len(SLICES) + (i < n % len(SLICES)) for i, s in enumerate(SLICES)}
+    records: list[dict] = []
+    for _ in range(1000 * max(n, 1)):
+        if not any(quota.values()):
+            break
+        profile = outside_profile(rng)
+        slice_name = slice_of(profile)
+        key = canonical_measurements(profile)
+        if slice_name is None or not quota[slice_name] or key in seen:
+            continue
+        quota[slice_name] -= 1
+        seen.add(key)
+        records.append(_labelled(profile, slice_name))
+    else:
+        raise RuntimeError(f"could not draw {n} outside profiles: lower --n-outside")
+    rng.shuffle(records)
+    return [{"id": f"outside-{i:04d}", **r} for i, r in enumerate(records, start=1)]
+
+
 def build_datasets(
     cfg: GenerateConfig,
-) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    """(sft, sft_extra, dpo, eval) records for `cfg`; same config, same records. Validated.
+) -> tuple[list[dict], list[dict], list[dict], list[dict], list[dict]]:
+    """(sft, sft_extra, dpo, eval, outside) records for `cfg`; same config, same records. Validated.
 
-    `sft_extra` holds the records that sft_extended.jsonl adds to sft.jsonl; no eval profile is
-    in any training split.
+    `sft_extra` holds the records that sft_extended.jsonl adds to sft.jsonl; no eval or outside
+    profile is in any training split.
     """
     rng = random.Random(f"aria-datasets-{cfg.seed}")
     seen: set[tuple[float, ...]] = set()
@@ -218,13 +265,14 @@ def build_datasets(
     for i, (target, slice_name) in enumerate(balanced_plan(cfg.n_dpo)):
         profile = _fresh_profile(rng, target, slice_name, seen)
         kind = REJECTION_KINDS[i % len(REJECTION_KINDS)]
-        chosen = reference_diagnostic(profile).to_json()
+        order = answer_order(rng)
+        chosen = reference_diagnostic(profile).to_json(order)
         dpo.append(
             {
                 "prompt": diagnostic_messages(profile),
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [
-                    {"role": "assistant", "content": _rejected(rng, profile, kind, chosen)}
+                    {"role": "assistant", "content": _rejected(rng, profile, kind, chosen, order)}
                 ],
                 "rejection_kind": kind,
                 **_labelled(profile, slice_name),
@@ -232,21 +280,23 @@ def build_datasets(
         )
     rng.shuffle(dpo)
 
-    # Drawn last, so that sft.jsonl, dpo.jsonl and eval.jsonl do not depend on its size. Only
-    # diagnostics: sft.jsonl's reports teach the report, and a ~500-token report in a batch pads
-    # every other row to its length (random batches of the 12% mix trained 2x slower per step).
-    # More of the hard slices: the tiny model gets the clear ones right early.
+    # Drawn last, so that sft.jsonl, dpo.jsonl and eval.jsonl do not depend on its size. The same
+    # share of reports as sft.jsonl: 180 reports were too few for a random-init model to write one
+    # (it answered the report call with JSON fragments). More of the hard slices: the tiny model
+    # gets the clear ones right early.
     n_extra = max(cfg.n_sft_extended - len(sft), 0)
-    extra = _sft_records(rng, n_extra, seen, report_share=0.0, slice_weights=HARD_SLICE_WEIGHTS)
+    extra = _sft_records(rng, n_extra, seen, slice_weights=HARD_SLICE_WEIGHTS)
     for r in sft + extra:
         validate_sft_record(r)
     for r in dpo:
         validate_dpo_record(r)
-    for r in evaluation:
+    # Its own random stream, drawn last: the other files do not depend on it.
+    outside = outside_records(cfg.seed, cfg.n_outside, seen)
+    for r in evaluation + outside:
         validate_eval_record(r)
-    check_unique_ids(evaluation)
-    check_no_leakage(sft + extra + dpo, evaluation)
-    return sft, extra, dpo, evaluation
+    check_unique_ids(evaluation + outside)
+    check_no_leakage(sft + extra + dpo, evaluation + outside)
+    return sft, extra, dpo, evaluation, outside
 
 
 def format_summary(stats: dict[str, Any]) -> str:
@@ -275,17 +325,18 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
     """Generate, validate and write the three datasets and stats.json; returns the stats."""
     start = time.perf_counter()
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else get_settings().aria_data_dir
-    sft, extra, dpo, evaluation = build_datasets(cfg)
+    sft, extra, dpo, evaluation, outside = build_datasets(cfg)
     stats = dataset_stats(sft, dpo, evaluation)
     stats["generation"] = {
         **{k: v for k, v in asdict(cfg).items() if k != "out_dir"},
         "report_share": REPORT_SHARE,
         "command": "python -m scripts.generate_datasets"
         + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}"
-        + f" --n-sft-extended {cfg.n_sft_extended}",
+        + f" --n-sft-extended {cfg.n_sft_extended} --n-outside {cfg.n_outside}",
         "sft_extended_records": len(sft) + len(extra),
     }
     atomic_write_jsonl(out_dir / "eval" / "eval.jsonl", evaluation)
+    atomic_write_jsonl(out_dir / "eval" / "outside.jsonl", outside)
     atomic_write_jsonl(out_dir / "training" / "sft.jsonl", sft)
     atomic_write_jsonl(out_dir / "training" / "sft_extended.jsonl", sft + extra)
     atomic_write_jsonl(out_dir / "training" / "dpo.jsonl", dpo)
@@ -293,7 +344,7 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
     print(format_summary(stats))
     print(
         f"\nwrote {len(sft)} SFT ({len(sft) + len(extra)} in sft_extended.jsonl), {len(dpo)} DPO, "
-        f"{len(evaluation)} eval records under {out_dir} "
+        f"{len(evaluation)} eval and {len(outside)} outside records under {out_dir} "
         f"in {time.perf_counter() - start:.1f} s (no eval profile in training)"
     )
     print(json.dumps({"records": stats["records"], "out_dir": str(out_dir)}))
@@ -313,6 +364,12 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
         type=int,
         default=defaults.n_sft_extended,
         help="size of sft_extended.jsonl (sft.jsonl plus fresh draws; the tiny profile's SFT set)",
+    )
+    parser.add_argument(
+        "--n-outside",
+        type=int,
+        default=defaults.n_outside,
+        help="size of eval/outside.jsonl (independent uniform profiles, equal share per slice)",
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="default: ARIA_DATA_DIR")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -24,15 +25,19 @@ from aria.prompts import (
     report_messages,
     report_request,
 )
-from aria.records import cited_numbers, ungrounded_numbers
-from aria.references import ranking_trace, reference_diagnostic, reference_justification
+from aria.records import ungrounded_numbers
+from aria.references import reference_diagnostic, reference_justification
 from aria.schema import (
+    FIELD_ORDER,
+    FIELD_ORDERS,
     GUIDED_SEPARATORS,
     JUSTIFICATION_MAX_CHARS,
+    SEED_DIAGNOSTIC_SCHEMA,
     Diagnostic,
     diagnostic_json_schema,
     diagnostic_response_format,
     parse_diagnostic,
+    seed_response_format,
     worst_case_diagnostic_bytes,
 )
 
@@ -52,8 +57,8 @@ PROFILE = {
 
 def test_schema_has_enums_bound_and_no_extra_properties():
     schema = diagnostic_json_schema()
-    # The justification comes first: guided decoding writes the ranking before the label.
-    assert list(schema["properties"]) == ["justification", "pathologie", "confiance"]
+    # The seed's order: guided decoding writes the label first, as for the seed's own body.
+    assert list(schema["properties"]) == ["pathologie", "confiance", "justification"]
     assert set(schema["required"]) == {"pathologie", "confiance", "justification"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["pathologie"]["enum"] == list(PATHOLOGIES)
@@ -90,40 +95,59 @@ def test_reference_diagnostic_round_trips_and_cites_only_input_values():
     diag = reference_diagnostic(PROFILE)
     assert diag.pathologie == "Syndrome fémoro-patellaire"
     assert diag.confiance == "élevée"
-    assert diag.justification.endswith(" ; valgus_genou 13.4 > 10.0")
+    assert diag.justification == "Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."
     text = diag.to_json()
-    assert text.startswith('{"justification":"G>T H<G ')
-    assert text.endswith(',"pathologie":"Syndrome fémoro-patellaire","confiance":"élevée"}')
+    # The seed's order: the label first, then the confidence, then the reason.
+    assert text.startswith('{"pathologie":"Syndrome fémoro-patellaire","confiance":"élevée",')
+    assert text.endswith('"justification":"Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."}')
     assert parse_diagnostic(text) == diag
     assert not ungrounded_numbers(diag.justification, PROFILE)
 
 
-def test_ranking_trace_is_a_running_maximum_of_comparisons():
+@pytest.mark.parametrize("order", FIELD_ORDERS, ids="-".join)
+def test_an_answer_in_any_field_order_round_trips(order):
+    diag = reference_diagnostic(PROFILE)
+    text = diag.to_json(order)
+    assert list(json.loads(text)) == list(order)
+    assert parse_diagnostic(text) == diag
+    schema = diagnostic_json_schema(order)
+    assert list(schema["properties"]) == list(order) == schema["required"]
+
+
+def test_a_field_order_must_permute_the_three_fields():
+    with pytest.raises(ValueError, match="permutation of pathologie, confiance, justification"):
+        reference_diagnostic(PROFILE).to_json(("pathologie", "confiance"))
+    with pytest.raises(ValueError, match="permutation"):
+        diagnostic_json_schema(("pathologie", "pathologie", "justification"))
+
+
+def test_justification_says_how_many_thresholds_cross_and_cites_the_deciding_values():
     # percents of threshold: tronc 60, genou 134, hanche 61, foulee 87, pied 65, heel 74, dorsi 73
-    assert ranking_trace(PROFILE) == "G>T H<G F<G P<G I<G D<G"
     two = {**PROFILE, "pronation_pied": 9.0}  # 150 % beats the knee's 134 %
-    assert ranking_trace(two) == "G>T H<G F<G P>G I<P D<P"
-    assert reference_justification(two).endswith(" ; pronation_pied 9.0 > 6.0")
-    # A justification for the runner-up ranks as if it had won the comparison that decides.
-    runner_up = "Syndrome fémoro-patellaire"
-    assert ranking_trace(two, winner=runner_up) == "G>T H<G F<G P<G I<G D<G"
-    assert reference_justification(two, runner_up).startswith("G>T H<G F<G P<G I<G D<G ; valgus")
-    assert ranking_trace(two, winner=label(two)[0]) == ranking_trace(two)
+    assert reference_justification(two) == (
+        "Le plus net de deux seuils franchis : pronation_pied 9.0 (seuil 6.0)."
+    )
+    # A wrong answer (the DPO pairs' runner-up) cites the wrong measurement under the same lead.
+    assert reference_justification(two, "Syndrome fémoro-patellaire") == (
+        "Le plus net de deux seuils franchis : valgus_genou 13.4 (seuil 10.0)."
+    )
     with pytest.raises(ValueError, match="unknown pathology 'SFP'"):
-        ranking_trace(two, winner="SFP")
-    # Equal exceedances keep the table's order, as the rule does.
-    tie = {**PROFILE, "valgus_genou": 7.0, "adduction_hanche": 7.0}
-    assert ranking_trace(tie).startswith("G>T H<G F>G")
-    # Achille leads only when both of its signals beat the leader (its exceedance is the min).
-    heel_only = {**PROFILE, "heel_strike_index": 1.0}  # 143 % > 134 %, dorsiflexion 73 %
-    assert ranking_trace(heel_only).endswith("I>G D<G")
-    assert label(heel_only)[0] == "Syndrome fémoro-patellaire"
-    both = {**heel_only, "dorsiflexion_max": 21.0}  # 140 % > 134 %
-    assert ranking_trace(both).endswith("I>G D>G")
+        reference_justification(two, "SFP")
+    calm = {**PROFILE, "valgus_genou": 9.5}  # 95 %: nothing fires, the knee is the closest
+    assert reference_justification(calm) == (
+        "Aucun seuil franchi ; le plus proche : valgus_genou 9.5 (seuil 10.0)."
+    )
+    both = {**PROFILE, "heel_strike_index": 1.0, "dorsiflexion_max": 21.0}  # 143 %, 140 %
     assert label(both)[0] == "Tendinite Achille"
-    # The trace cites no number: the justification's numbers are the cited values alone.
-    assert not cited_numbers(ranking_trace(PROFILE))
-    assert not ungrounded_numbers(reference_justification(both), both)
+    assert reference_justification(both) == (
+        "Le plus net de deux seuils franchis : heel_strike_index 1.00 (seuil 0.70) et "
+        "dorsiflexion_max 21.0 (seuil 15.0)."
+    )
+    for profile in (PROFILE, two, calm, both):
+        text = reference_justification(profile)
+        assert not ungrounded_numbers(text, profile)
+        # French words for a clinician: no ranking code such as "G<T H>G".
+        assert not re.search(r"\b[A-Z][<>][A-Z]\b", text)
 
 
 def test_reference_justification_fits_the_schema_at_every_extreme():
@@ -205,30 +229,66 @@ def test_request_bodies_carry_the_seed_parameters():
     assert "rapport" in rep["messages"][0]["content"]
 
 
+def test_seed_body_is_the_seed_readme_verbatim():
+    seed = diagnostic_request(PROFILE, "aria-ft", body="seed")
+    # The seed README's body, as ARIA's middle service sends it (DOMAIN.md).
+    assert seed["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "diagnostic",
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "pathologie": {"type": "string"},
+                    "confiance": {"enum": ["élevée", "modérée", "faible"]},
+                    "justification": {"type": "string"},
+                },
+                "required": ["pathologie", "confiance", "justification"],
+            },
+        },
+    }
+    assert seed["response_format"] == seed_response_format()
+    assert list(SEED_DIAGNOSTIC_SCHEMA["properties"]) == list(FIELD_ORDER)
+    assert (seed["temperature"], seed["max_tokens"]) == (0.1, 256)
+    assert seed["messages"] == diagnostic_messages(PROFILE)
+    # A copy each time: a caller that edits its body cannot change the contract.
+    seed["response_format"]["json_schema"]["schema"]["properties"].clear()
+    assert SEED_DIAGNOSTIC_SCHEMA["properties"]
+    order = ("justification", "confiance", "pathologie")
+    project = diagnostic_request(PROFILE, "aria-ft", order=order)
+    assert list(project["response_format"]["json_schema"]["schema"]["properties"]) == list(order)
+    with pytest.raises(ValueError, match="seed, project"):
+        diagnostic_request(PROFILE, "aria-ft", body="mine")
+
+
 @pytest.mark.engine  # imports vLLM (~20 s)
 def test_vllm_xgrammar_accepts_and_compiles_the_schema():
-    """vLLM 400s a pattern with length keywords; xgrammar crashes on repetitions above 128."""
+    """vLLM 400s a pattern with length keywords; xgrammar crashes on repetitions above 128.
+
+    What we teach is what the grammar allows, under the project's schema and the seed's alike,
+    and xgrammar holds the schema's property order.
+    """
     xgr = pytest.importorskip("xgrammar", reason="xgrammar comes with the engine install")
     backend = pytest.importorskip("vllm.v1.structured_output.backend_xgrammar")
-    schema = diagnostic_json_schema()
-    assert not backend.has_xgrammar_unsupported_json_features(schema)
     vocab = [chr(i) for i in range(32, 127)] + ["é", "è", "<eos>"]
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1]))
-    # Exactly the call vLLM's xgrammar backend makes under disable_any_whitespace.
-    compiled = compiler.compile_json_schema(
-        json.dumps(schema), any_whitespace=False, separators=GUIDED_SEPARATORS
-    )
-
-    def accepts(text: str) -> bool:
-        matcher = xgr.GrammarMatcher(compiled)
-        return all(matcher.accept_token(vocab.index(ch)) for ch in text) and matcher.accept_token(
-            len(vocab) - 1
+    answer = reference_diagnostic(PROFILE)
+    for schema in (diagnostic_json_schema(), SEED_DIAGNOSTIC_SCHEMA):
+        assert not backend.has_xgrammar_unsupported_json_features(schema)
+        # Exactly the call vLLM's xgrammar backend makes under disable_any_whitespace.
+        compiled = compiler.compile_json_schema(
+            json.dumps(schema), any_whitespace=False, separators=GUIDED_SEPARATORS
         )
 
-    answer = reference_diagnostic(PROFILE)
-    assert accepts(answer.to_json())  # what we teach is what the grammar allows
-    spaced = json.dumps(answer.model_dump(), ensure_ascii=False)
-    assert not accepts(spaced)
+        def accepts(text: str, compiled=compiled) -> bool:
+            matcher = xgr.GrammarMatcher(compiled)
+            return all(
+                matcher.accept_token(vocab.index(ch)) for ch in text
+            ) and matcher.accept_token(len(vocab) - 1)
+
+        assert accepts(answer.to_json())
+        assert not accepts(json.dumps(answer.model_dump(), ensure_ascii=False))  # spaces
+        assert not accepts(answer.to_json(("justification", "pathologie", "confiance")))
 
 
 def test_an_empty_justification_is_schema_valid():

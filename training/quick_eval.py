@@ -4,7 +4,9 @@
 
 Generates greedily with transformers (batched, left padding) for each eval.jsonl profile and
 reports the JSON-valid rate and the exact match of `pathologie` and `confiance` (and of
-`pathologie` per eval slice). Training runs it
+`pathologie` per eval slice). The answer starts with the seed's opening `{"pathologie":"`, as
+guided decoding of the seed's body forces it (DOMAIN.md), so the label is scored label-first,
+the way ARIA's middle service asks for it. Training runs it
 after each merge and writes the numbers into the model's training_metrics.json. The release
 benchmark (vLLM, guided JSON, latency) is `make benchmark`.
 """
@@ -20,7 +22,10 @@ from pathlib import Path
 from aria.domain import label
 from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
-from aria.schema import parse_diagnostic
+from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
+
+# What guided decoding of the seed's schema writes before the model chooses anything.
+SEED_ANSWER_PREFIX = '{"' + FIELD_ORDER[0] + '"' + GUIDED_SEPARATORS[1] + '"'
 
 
 @dataclass
@@ -87,9 +92,14 @@ def score_answers(
 
 
 def generate_answers(
-    model_dir: Path, prompts: list[list[dict]], batch_size: int, max_new_tokens: int
+    model_dir: Path,
+    prompts: list[list[dict]],
+    batch_size: int,
+    max_new_tokens: int,
+    answer_prefix: str = "",
 ) -> list[str]:
-    """Greedy completions of chat prompts, decoded without special tokens."""
+    """Greedy completions of chat prompts, decoded without special tokens; each answer starts
+    with `answer_prefix`, written into the model's turn before it generates."""
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer, GenerationConfig
@@ -111,6 +121,7 @@ def generate_answers(
     for start in tqdm(range(0, len(prompts), batch_size), desc="quick eval", unit="batch"):
         texts = [
             tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            + answer_prefix
             for p in prompts[start : start + batch_size]
         ]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -123,7 +134,9 @@ def generate_answers(
                 pad_token_id=tokenizer.pad_token_id,
             )
         new = out[:, inputs["input_ids"].shape[1] :]
-        answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+        answers += [
+            answer_prefix + a for a in tokenizer.batch_decode(new, skip_special_tokens=True)
+        ]
     return answers
 
 
@@ -141,7 +154,7 @@ def quick_eval(
     examples = [eval_example(r) for r in records]
     started = time.perf_counter()
     answers = generate_answers(
-        Path(model_dir), [e[0] for e in examples], batch_size, max_new_tokens
+        Path(model_dir), [e[0] for e in examples], batch_size, max_new_tokens, SEED_ANSWER_PREFIX
     )
     slices = [r.get("slice") for r in records]
     result = score_answers(answers, [(e[1], e[2]) for e in examples], slices)
