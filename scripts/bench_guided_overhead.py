@@ -6,7 +6,8 @@ Starts a vLLM server (serve.vllm_server.start_server, a free port) on VLLM_MODEL
 profile's base model, measures process start → /health OK, then sends the same diagnostic
 `--requests` times, one at a time, in three forms, interleaved:
 
-- guided: aria.prompts.diagnostic_request as is (response_format json_schema, xgrammar);
+- guided: aria.prompts.diagnostic_request as is (response_format json_schema, xgrammar), with
+  `--body project` (schema S, the default) or `--body seed` (the seed's verbatim body);
 - unguided: the same body without response_format (max_tokens 256; may run to the limit);
 - unguided, same tokens: without response_format, max_tokens = the guided answer's token count
   and ignore_eos, so both generate exactly as many tokens: the fair per-token overhead.
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from aria.prompts import diagnostic_request
+from aria.prompts import DIAGNOSTIC_BODIES, diagnostic_request
 from aria.settings import get_settings
 from scripts.soak import soak_profiles
 from serve.vllm_server import free_port, resolve_model, start_server
@@ -39,6 +40,7 @@ class BenchConfig:
     ready_timeout_s: float = 900.0
     seed: int = 1
     stage: str = "aria-ft-dpo"  # the production model; VLLM_MODEL overrides, as for make serve
+    body: str = "project"  # the diagnostic body: project (schema S) or seed (verbatim)
 
 
 def timed_post(client: httpx.Client, body: dict) -> tuple[float, int]:
@@ -63,6 +65,8 @@ def summarise(rows: list[tuple[float, int]]) -> dict:
 
 def main(cfg: BenchConfig) -> int:
     """Run the benchmark on a fresh server; prints a table then a JSON line."""
+    if cfg.body not in DIAGNOSTIC_BODIES:
+        raise SystemExit(f"--body {cfg.body!r}: expected one of {', '.join(DIAGNOSTIC_BODIES)}")
     settings = get_settings()
     model = resolve_model(settings, cfg.stage)
     port = free_port()
@@ -81,7 +85,7 @@ def main(cfg: BenchConfig) -> int:
         results: dict[str, list[tuple[float, int]]] = {"guided": [], "unguided": [], "same": []}
         with httpx.Client(base_url=handle.base_url, headers=headers, timeout=300) as client:
             for i, profile in enumerate(profiles):
-                guided = diagnostic_request(profile, handle.served_name)
+                guided = diagnostic_request(profile, handle.served_name, body=cfg.body)
                 unguided = {k: v for k, v in guided.items() if k != "response_format"}
                 g = timed_post(client, guided)
                 u = timed_post(client, unguided)
@@ -96,6 +100,7 @@ def main(cfg: BenchConfig) -> int:
     guided, unguided, same = (summarise(results[k]) for k in ("guided", "unguided", "same"))
     summary = {
         "model": str(model),
+        "body": cfg.body,
         "requests": cfg.requests,
         "server_start_s": round(start_s, 2),
         "guided": guided,

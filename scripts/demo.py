@@ -39,7 +39,7 @@ class DemoConfig:
     report_sample: int = 40  # DPO report calls: enough to quote a rate
     sft_limit: int = 150  # SFT: items of eval.jsonl
     sft_reports: int = 10
-    base_limit: int = 60  # base: items of eval.jsonl (the seed's free string runs to max_tokens)
+    base_limit: int = 40  # base: items of eval.jsonl (the seed's free string runs to max_tokens)
     first_port: int = 8101
 
 
