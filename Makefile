@@ -23,7 +23,7 @@ install: $(STAMP) ## Create .venv with the CPU or GPU engine profile (ENGINE=cpu
 check-gpu: $(STAMP) ## Report GPU, VRAM, CUDA, bf16 and a ✓/✗ checklist of the engines
 	$(PY) -m scripts.check_gpu
 
-datasets: $(STAMP) ## Generate data/training/{sft,sft_extended,dpo}.jsonl and data/eval/eval.jsonl (seeded)
+datasets: $(STAMP) ## Generate data/training/{sft,sft_extended,dpo}.jsonl and data/eval/{eval,outside}.jsonl (seeded)
 	$(PY) -m scripts.generate_datasets $(ARGS)
 
 copy-datasets: $(STAMP) ## Import JSONL datasets from SRC=folder through the same validation
@@ -61,7 +61,7 @@ serve-ft: $(STAMP) ## vLLM server on aria-ft-dpo (production)
 serve-stop: $(STAMP) ## Stop the local vLLM server started by a serve target
 	$(PY) -m serve.vllm_server --stop
 
-health: $(STAMP) ## /health and one real guided diagnostic that must validate
+health: $(STAMP) ## /health, then a guided diagnostic with each body (the seed's verbatim, the project's)
 	$(PY) -m serve.health $(ARGS)
 
 docker-serve: $(STAMP) ## Docker (official vLLM image) on the base model
@@ -76,7 +76,7 @@ docker-stop: $(STAMP) ## Stop the Docker container
 docker-logs: $(STAMP) ## Follow the Docker container's logs
 	$(PY) -m serve.docker logs
 
-benchmark: $(STAMP) ## Latency + quality of the served models against the release gate
+benchmark: $(STAMP) ## Latency + quality of the served models, both bodies and both eval sets, against the release gate
 	$(PY) -m scripts.benchmark $(ARGS)
 
 soak: $(STAMP) ## Bounded soak of the live server (e.g. 2000 requests at concurrency 32)

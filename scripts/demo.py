@@ -72,7 +72,8 @@ def main(cfg: DemoConfig) -> int:
     timings: dict[str, float] = {}
 
     data_files = ("sft.jsonl", "sft_extended.jsonl", "dpo.jsonl")
-    data_ready = settings.eval_path.exists() and all(
+    eval_files = (settings.eval_path, settings.eval_path.with_name("outside.jsonl"))
+    data_ready = all(p.exists() for p in eval_files) and all(
         (settings.training_dir / name).exists() for name in data_files
     )
     if cfg.fresh or not data_ready:

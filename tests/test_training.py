@@ -276,6 +276,16 @@ def test_quick_eval_scores_exact_match():
     assert by_slice == {"clear": pytest.approx(0.5), "two_rules": pytest.approx(1.0)}
 
 
+def test_label_positions_cover_each_pathologie_string_and_nothing_else():
+    from training.label_loss import label_positions
+
+    marker, quotes = [7, 8], frozenset({8, 9})  # 7 = `pathologie`, 8 = `":"`, 9 = `","`
+    ids = [1, 7, 8, 40, 41, 9, 5, 8, 42, 9, 7, 8, 43, 9]
+    assert label_positions(ids, marker, quotes) == [3, 4, 12]
+    assert label_positions([7, 8], marker, quotes) == []  # cut right after the marker
+    assert label_positions([5, 8, 40, 9], marker, quotes) == []  # another key's value
+
+
 # --- the engines on the tiny model
 
 
@@ -513,3 +523,43 @@ def test_training_bench_times_real_qlora_steps(monkeypatch, capsys, tmp_path: Pa
     assert result["trainable_params"] > 0 and result["peak_memory_gib"] > 0
     assert result["quantization"].startswith("nf4 4-bit")
     assert not list(tmp_path.glob("aria-bench-*"))  # its scratch folder is gone
+
+
+@pytest.mark.engine
+def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from aria.domain import EXAMPLE_PROFILE
+    from aria.references import reference_diagnostic
+    from training.label_loss import label_markers, label_positions, label_weighted_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    marker, quotes = label_markers(tokenizer)
+    assert tokenizer.decode(marker) == 'pathologie":"'
+    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    ids = tokenizer(answer.to_json(), add_special_tokens=False)["input_ids"]
+    label_ids = [ids[i] for i in label_positions(ids, marker, quotes)]
+    assert tokenizer.decode(label_ids) == answer.pathologie
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model, dtype=torch.float32)
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids))}
+    batch["labels"] = batch["input_ids"].clone()
+
+    def loss(weight: float) -> float:
+        trainer = object.__new__(label_weighted_trainer(SFTTrainer, weight, marker, quotes))
+        with torch.no_grad():
+            return float(trainer.compute_loss(model, dict(batch)))
+
+    with torch.no_grad():
+        plain = float(model(**batch).loss)  # transformers' mean cross-entropy
+    assert loss(1.0) == pytest.approx(plain, rel=1e-4)
+    # Weight w adds (w - 1) x the label tokens' share of the summed loss, nothing else.
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1]
+        per_token = torch.nn.functional.cross_entropy(
+            logits, batch["input_ids"][0, 1:], reduction="none"
+        )
+    on_label = sum(float(per_token[i - 1]) for i in label_positions(ids, marker, quotes))
+    assert loss(5.0) == pytest.approx(plain + 4 * on_label / (len(ids) - 1), rel=1e-4)

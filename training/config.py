@@ -59,6 +59,14 @@ class SFTScriptArguments:
             "diagnostics to its length (sets train_sampling_strategy to sequential)"
         },
     )
+    label_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the pathology's tokens in the loss (1: TRL's own loss); the label "
+            "comes first in the seed's order and is picked in one forward pass "
+            "(training/label_loss.py)"
+        },
+    )
     merged_dir: str | None = field(
         default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-sft)"}
     )

@@ -222,10 +222,19 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         train_set = train_set.select(order)
         training_args.train_sampling_strategy = "sequential"
     fingerprint = run_fingerprint(sft_path, base, training_args, model_args)
+    fingerprint["label_loss_weight"] = script_args.label_loss_weight
     resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(base, token=token)
     model = load_quantized(base, model_args, token)
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if script_args.label_loss_weight != 1.0:
+        from training.label_loss import label_markers, label_weighted_trainer
+
+        marker, quotes = label_markers(tokenizer)
+        trainer_class = label_weighted_trainer(
+            SFTTrainer, script_args.label_loss_weight, marker, quotes
+        )
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=train_set,

@@ -1,0 +1,103 @@
+"""More weight on the pathology's tokens in the SFT loss (the recipe's `label_loss_weight`).
+
+In the seed's field order (DOMAIN.md) the answer starts with the pathology: the model picks it in
+one forward pass, with no reasoning before it. That choice is two or three tokens of a ~35-token
+answer whose other tokens (keys, punctuation, the justification's wording, the threshold) are
+learned early, so the label is one decision among several in the loss. `label_loss_weight` w
+multiplies the loss of the tokens inside the `pathologie` string by w; every other completion token
+keeps 1, and the sum is divided by the number of completion tokens, as TRL's own loss is. w = 1
+leaves TRL's loss untouched (its fused path); w > 1 computes the full logits, which is cheap for
+the tiny model's 2,048-token vocabulary and meant for it.
+
+The label's tokens are found in the token ids: after the tokens that spell the key and its opening
+quote (`pathologie":"`), up to the first token holding a `"`. `label_markers` reads both from the
+tokenizer, and refuses a tokenizer on which the marker is not one stable token sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aria.domain import EXAMPLE_PROFILE
+from aria.references import reference_diagnostic
+from aria.schema import FIELD_ORDERS
+
+LABEL_KEY = "pathologie"
+
+
+def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
+    """(ids spelling `pathologie":"` just before the label, ids of every token holding a `"`).
+
+    Raises ValueError, naming the fix, when the tokenizer merges the marker with what precedes or
+    follows it, or spells it differently in another field order.
+    """
+    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    markers = set()
+    for order in FIELD_ORDERS:
+        text = answer.to_json(order)
+        key_start = text.index(f'"{LABEL_KEY}":"') + 1
+        value_start = key_start + len(f'{LABEL_KEY}":"')
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = encoded["input_ids"], encoded["offset_mapping"]
+        inside = [i for i, (a, b) in enumerate(spans) if a >= key_start and b <= value_start]
+        if not inside or spans[inside[-1]][1] != value_start or spans[inside[0]][0] != key_start:
+            raise ValueError(
+                f"the tokenizer merges '{LABEL_KEY}\":\"' with its neighbours in {text!r}: "
+                "label_loss_weight cannot find the label's tokens; set it to 1 in the recipe"
+            )
+        markers.add(tuple(ids[i] for i in inside))
+    if len(markers) != 1:
+        raise ValueError(
+            f"the tokenizer spells '{LABEL_KEY}\":\"' differently across field orders {markers}: "
+            "set label_loss_weight to 1 in the recipe"
+        )
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    quotes = frozenset(i for i, token in enumerate(vocab) if token and '"' in token)
+    return list(markers.pop()), quotes
+
+
+def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset[int]) -> list[int]:
+    """Positions of the tokens inside every `pathologie` string of one token sequence."""
+    positions: list[int] = []
+    n = len(marker)
+    i = 0
+    while i + n <= len(ids):
+        if list(ids[i : i + n]) == list(marker):
+            j = i + n
+            while j < len(ids) and ids[j] not in quotes:
+                positions.append(j)
+                j += 1
+            i = j
+        else:
+            i += 1
+    return positions
+
+
+def label_weighted_trainer(base_class, weight: float, marker: list[int], quotes: frozenset[int]):
+    """A subclass of TRL's `base_class` (SFTTrainer) whose loss weighs the label's tokens by
+    `weight`: the mean over completion tokens of weight x cross-entropy (weight 1 elsewhere)."""
+    import torch
+
+    class LabelWeightedSFTTrainer(base_class):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**model_inputs, use_cache=False)
+            logits = outputs.logits[:, :-1, :].float()
+            target = labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                target.reshape(-1),
+                ignore_index=-100,
+                reduction="none",
+            ).view_as(target)
+            weights = torch.ones_like(per_token)
+            for row, ids in enumerate(inputs["input_ids"].tolist()):
+                for pos in label_positions(ids, marker, quotes):
+                    if pos >= 1:  # the logits at pos - 1 predict the token at pos
+                        weights[row, pos - 1] = weight
+            count = (target != -100).sum() if num_items_in_batch is None else num_items_in_batch
+            loss = (per_token * weights).sum() / torch.as_tensor(count).clamp(min=1)
+            return (loss, outputs) if return_outputs else loss
+
+    return LabelWeightedSFTTrainer
