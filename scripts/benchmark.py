@@ -10,7 +10,17 @@ Targets are OpenAI-compatible endpoints `ROLE=BASE_URL,SERVED_NAME[,vision][,KEY
 ROLE in base|sft|dpo (default: one target, role dpo, on VLLM_HOST:VLLM_PORT serving
 VLLM_SERVED_NAME; the API key is VLLM_API_KEY). The optional KEY=VALUE fields narrow what one
 target gets: `bodies=seed+project`, `sets=eval+outside`, `limit=N` (items per set, a seeded subset
-of the run's items, the same for every target so that comparisons pair them), `reports=N`.
+of the run's items, the same for every target so that comparisons pair them), `reports=N`,
+`orders=N` (items of the field-order passes below: the N lowest ranks of the target's first eval
+set; 0: no field-order pass for this target).
+
+`--field-orders` (off by default) also sends the project's body, on the first prompt, in each of
+the five field orders other than the canonical one (aria.schema.FIELD_ORDERS): xgrammar writes the
+properties in the schema's order, and any order must get a right, complete answer (issue 18).
+Each order has its own records file, `...__<prompt>__project-<slug>.jsonl` with the slug the
+keys' initials (`cjp` for confiance, justification, pathologie), and is asked the target's items
+(or its `orders=N`); the canonical order's figures come from the project pass on the same items.
+They are reported under `field_orders`, not gated.
 
 Every diagnostic is sent with each body of `--bodies` (default both, DOMAIN.md): `seed`, the seed
 README's body verbatim (free-string `pathologie`, properties pathologie, confiance,
@@ -37,7 +47,12 @@ PNG plots. summary.json (schema_version 2; version 1 had one body and one eval s
                       cut_by_length_rate, problems {why: n}, ...grounding means,
                       similarity_mean, errors} | null,
               sweep [ {concurrency, n, wall_s, throughput_rps, output_tokens_per_s,
-                       latency_ms {...}, goodput} ] } ],   # one per target
+                       latency_ms {...}, goodput} ],
+              field_orders {"pathologie,confiance,justification": <order summary>, ...}
+                | null } ],   # one per target; field_orders is null without --field-orders
+    <order summary> = {order [keys], slug, canonical, records (file name), n, exact_match,
+              exact_match_ci95, json_valid_rate, schema_valid_rate, cut_by_length_rate,
+              key_order_rate, canonical_label_rate, latency_p50_ms, errors}
     <diagnostic summary> = {body, n, json_valid_rate, schema_valid_rate, cut_by_length_rate,
               key_order_rate, canonical_label_rate, exact_match, exact_match_ci95 [low, high],
               exact_match_lenient, confidence_accuracy, latency_ms {count, p50, p95, p99, mean,
@@ -101,9 +116,10 @@ from aria.prompts import (
     report_request,
 )
 from aria.references import reference_justification
-from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
+from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
 from aria.settings import get_settings
 from scripts.benchmark_report import (
+    field_orders_table,
     first_per_id,
     models_table,
     render_report,
@@ -116,7 +132,7 @@ DEFAULT_PROMPT = "default"
 REPORT_PROMPT = "report"
 EVAL_SET = "eval"  # data/eval/eval.jsonl: held out from the training data's own draws
 OUTSIDE_SET = "outside"  # data/eval/outside.jsonl: profiles drawn by a different process
-TARGET_OPTIONS = ("bodies", "sets", "limit", "reports")
+TARGET_OPTIONS = ("bodies", "sets", "limit", "reports", "orders")
 
 
 class SetupError(RuntimeError):
@@ -131,7 +147,7 @@ class Target:
     """One OpenAI-compatible endpoint serving one model under a role, and what it is asked.
 
     bodies / sets / limit / reports left None take the run's --bodies, every eval set, every
-    item and --report-sample.
+    item and --report-sample; orders left None gives the field-order passes every item.
     """
 
     role: str
@@ -142,6 +158,7 @@ class Target:
     sets: list[str] | None = None
     limit: int | None = None
     reports: int | None = None
+    orders: int | None = None  # field-order passes: N lowest ranks of the first set; 0: none
 
     @property
     def slug(self) -> str:
@@ -173,11 +190,13 @@ class BenchmarkConfig:
     resume: bool = False
     vision: bool | None = None
     plots: bool = True
+    field_orders: bool = False  # also the project's body in the five other field orders
 
 
 def parse_target(spec: str) -> Target:
     """`ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...]` -> Target, KEY in bodies (seed+project),
-    sets (eval+outside), limit and reports (integers); raises ValueError naming the expected form."""
+    sets (eval+outside), limit, reports and orders (integers); raises ValueError naming the
+    expected form."""
     role, sep, rest = spec.partition("=")
     parts = [p.strip() for p in rest.split(",")]
     if not sep or role not in ROLES or len(parts) < 2 or not all(parts[:2]):
@@ -273,6 +292,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", default=None, help="finish an interrupted run")
     p.add_argument("--vision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--field-orders",
+        action="store_true",
+        help="also send the project's body in the five other field orders (not gated)",
+    )
     return p
 
 
@@ -318,6 +342,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         resume=bool(args.resume),
         vision=args.vision,
         plots=not args.no_plots,
+        field_orders=args.field_orders,
     )
 
 
@@ -421,6 +446,26 @@ def target_items(t: Target, items: list[EvalItem]) -> list[EvalItem]:
         for it in items
         if (t.sets is None or it.set in t.sets) and (t.limit is None or it.rank < t.limit)
     ]
+
+
+def order_key(order: tuple[str, ...]) -> str:
+    """A field order as summary.json names it: `pathologie,confiance,justification`."""
+    return ",".join(order)
+
+
+def order_slug(order: tuple[str, ...]) -> str:
+    """A field order's short, stable file name: the keys' initials (`cjp`)."""
+    return "".join(key[0] for key in order)
+
+
+def order_items(t: Target, items: list[EvalItem]) -> list[EvalItem]:
+    """The items of the target's field-order passes, from its own items (target_items): all
+    of them, or with orders=N the N lowest ranks of its first eval set, so that they are part
+    of what its project pass asks."""
+    if t.orders is None or not items:
+        return items
+    first_set = items[0].set  # the run's items come set by set, eval.jsonl's first
+    return [it for it in items if it.set == first_set and it.rank < t.orders]
 
 
 def thresholds_text() -> str:
@@ -731,6 +776,7 @@ class Pass:
     path: Path
     concurrency: int
     body: str = "seed"  # the diagnostic body (DIAGNOSTIC_BODIES); unused by the report pass
+    order: tuple[str, ...] = FIELD_ORDER  # the project schema's property order
 
 
 def build_body(p: Pass, item: EvalItem) -> tuple[dict, str, str | None]:
@@ -738,7 +784,9 @@ def build_body(p: Pass, item: EvalItem) -> tuple[dict, str, str | None]:
     if p.kind == "report":
         body = report_request(item.profile, p.target.served_name, p.template)
     else:
-        body = diagnostic_request(item.profile, p.target.served_name, p.template, body=p.body)
+        body = diagnostic_request(
+            item.profile, p.target.served_name, p.template, body=p.body, order=p.order
+        )
     text = body["messages"][0]["content"]
     image_status = None
     if item.image:
@@ -763,7 +811,7 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
     semaphore = asyncio.Semaphore(p.concurrency)
     limits = httpx.Limits(max_connections=p.concurrency + 2)
     headers = {"Authorization": f"Bearer {api_key}"}
-    bar = tqdm(total=len(todo), desc=f"{p.target.slug} {p.prompt} c={p.concurrency}", unit="req")
+    bar = tqdm(total=len(todo), desc=f"{p.path.stem} c={p.concurrency}", unit="req")
 
     async def one(client: httpx.AsyncClient, item: EvalItem) -> None:
         async with semaphore:
@@ -802,6 +850,7 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
             record["scores"] = score_report(item, outcome["content"], text, embedder)
         else:
             order = tuple(body["response_format"]["json_schema"]["schema"]["properties"])
+            record["field_order"] = list(order)
             scores = score_diagnostic(item, outcome["content"], text, p.body, order)
             record["parsed"] = {k: scores[k] for k in ("pathologie", "confiance")}
             record["scores"] = scores
@@ -1086,9 +1135,22 @@ def target_bodies(cfg: BenchmarkConfig, t: Target) -> list[str]:
     return [b for b in DIAGNOSTIC_BODIES if b in wanted]
 
 
-def records_path(records_dir: Path, t: Target, prompt: str, body: str) -> Path:
-    """Where the diagnostic records of one target, prompt and body go."""
-    return records_dir / f"{t.slug}__{prompt}__{body}.jsonl"
+def records_path(
+    records_dir: Path, t: Target, prompt: str, body: str, order: tuple[str, ...] | None = None
+) -> Path:
+    """Where the diagnostic records of one target, prompt and body go; a field-order pass
+    (`order` given) has its own file, `...__project-<order slug>.jsonl`."""
+    suffix = body if order is None else f"{body}-{order_slug(order)}"
+    return records_dir / f"{t.slug}__{prompt}__{suffix}.jsonl"
+
+
+def field_orders_of(cfg: BenchmarkConfig, t: Target) -> list[tuple[str, ...]]:
+    """The field orders the target's field-order passes send: none without --field-orders or
+    with orders=0; every order but the canonical one when its project pass already sends it."""
+    if not cfg.field_orders or t.orders == 0:
+        return []
+    covered = "project" in target_bodies(cfg, t)
+    return [o for o in FIELD_ORDERS if not (covered and o == FIELD_ORDER)]
 
 
 def plan_passes(
@@ -1099,15 +1161,23 @@ def plan_passes(
     report_items: list[EvalItem],
     records_dir: Path,
 ) -> list[Pass]:
-    """The passes of one target, in order: cold, warm-up, each prompt x body, each sweep step,
-    reports. Cold, warm-up and sweep requests use the first prompt and the first body."""
+    """The passes of one target, in order: cold, warm-up, each prompt x body, each field order
+    (--field-orders), each sweep step, reports. Cold, warm-up, field-order and sweep requests use
+    the first prompt; cold, warm-up and sweep the first body."""
     first = next(iter(templates))
     bodies = target_bodies(cfg, t)
 
     def make(
-        kind: str, prompt: str, template: str, its: list, path: Path, c: int, body: str
+        kind: str,
+        prompt: str,
+        template: str,
+        its: list,
+        path: Path,
+        c: int,
+        body: str,
+        order: tuple[str, ...] = FIELD_ORDER,
     ) -> Pass:
-        return Pass(t, kind, prompt, template, its, path, c, body)
+        return Pass(t, kind, prompt, template, its, path, c, body, order)
 
     def path(suffix: str) -> Path:
         return records_dir / f"{t.slug}__{suffix}.jsonl"
@@ -1124,6 +1194,10 @@ def plan_passes(
         for body in bodies:
             where = records_path(records_dir, t, name, body)
             passes.append(make("diagnostic", name, template, items, where, cfg.concurrency, body))
+    for order in field_orders_of(cfg, t):
+        where = records_path(records_dir, t, first, "project", order)
+        its, c = order_items(t, items), cfg.concurrency
+        passes.append(make("diagnostic", first, templates[first], its, where, c, "project", order))
     for c in cfg.sweep:
         passes.append(
             make("sweep", first, templates[first], items, path(f"sweep-c{c}"), c, bodies[0])
@@ -1143,13 +1217,58 @@ def plan_passes(
     return passes
 
 
+# The figures of one field order in summary.json (a subset of summarize_diagnostics').
+ORDER_FIGURES = (
+    "n",
+    "exact_match",
+    "exact_match_ci95",
+    "json_valid_rate",
+    "schema_valid_rate",
+    "cut_by_length_rate",
+    "key_order_rate",
+    "canonical_label_rate",
+)
+
+
+def summarize_field_orders(
+    cfg: BenchmarkConfig, t: Target, prompt: str, records_dir: Path, ids: set[str]
+) -> dict[str, dict] | None:
+    """{order key: its figures} of the target's field-order passes on the items `ids`, the
+    canonical order first (from the project pass, on the same items when it was measured);
+    None when the run sent no field-order pass to this target."""
+    orders = field_orders_of(cfg, t)
+    if not orders:
+        return None
+    out: dict[str, dict] = {}
+    for order in [FIELD_ORDER] + [o for o in orders if o != FIELD_ORDER]:
+        path = records_path(records_dir, t, prompt, "project", order if order in orders else None)
+        records = [r for r in load_records(path) if r["id"] in ids]
+        s = summarize_diagnostics(records, cfg.slo_ms, per_set=False)
+        out[order_key(order)] = {
+            "order": list(order),
+            "slug": order_slug(order),
+            "canonical": order == FIELD_ORDER,
+            "records": path.name,
+            **{k: s[k] for k in ORDER_FIGURES},
+            "latency_p50_ms": s["latency_ms"]["p50"],
+            "errors": s["errors"],
+        }
+    return out
+
+
 def summarize_target(
-    cfg: BenchmarkConfig, t: Target, templates: dict[str, str], records_dir: Path, reports: bool
+    cfg: BenchmarkConfig,
+    t: Target,
+    templates: dict[str, str],
+    records_dir: Path,
+    reports: bool,
+    order_ids: set[str] | None = None,
 ) -> tuple[dict, list[dict], dict[str, list[dict]]]:
     """(model summary, one experiment row per prompt x body, {body: first prompt's records}).
 
     The model summary carries every body under `bodies` and, at its top level, the figures of
-    its primary body (the seed's when measured), which cards and plots read.
+    its primary body (the seed's when measured), which cards and plots read; `field_orders`
+    summarises the field-order passes on the items `order_ids`.
     """
     first = next(iter(templates))
     bodies = target_bodies(cfg, t)
@@ -1186,6 +1305,7 @@ def summarize_target(
         summarize_sweep(load_records(records_dir / f"{t.slug}__sweep-c{c}.jsonl"), c, cfg.slo_ms)
         for c in cfg.sweep
     ]
+    model["field_orders"] = summarize_field_orders(cfg, t, first, records_dir, order_ids or set())
     return model, rows, first_records
 
 
@@ -1249,6 +1369,7 @@ def main(cfg: BenchmarkConfig) -> int:
                 "targets": [t.__dict__ for t in cfg.targets],
                 "bodies": cfg.bodies,
                 "prompts": list(templates),
+                "field_orders": cfg.field_orders,
             },
         )
     records_dir = run_dir / "records"
@@ -1271,7 +1392,10 @@ def main(cfg: BenchmarkConfig) -> int:
     records_by_body: dict[tuple[str, str], list[dict]] = {}
     records_by_slug: dict[str, list[dict]] = {}
     for t in cfg.targets:
-        model, rows, records = summarize_target(cfg, t, templates, records_dir, n_reports(t) > 0)
+        order_ids = {it.id for it in order_items(t, target_items(t, items))}
+        model, rows, records = summarize_target(
+            cfg, t, templates, records_dir, n_reports(t) > 0, order_ids
+        )
         models.append(model)
         experiments += rows
         records_by_slug[t.slug] = records[model["primary_body"]]
@@ -1348,6 +1472,9 @@ def main(cfg: BenchmarkConfig) -> int:
     if any(m["report"] for m in models):
         print()
         print(reports_table(models))
+    if any(m["field_orders"] for m in models):
+        print()
+        print(field_orders_table(models))
     print(f"\nwinner: {summary['comparison']['winner']}; report: {run_dir / 'report.md'}")
     if summary["comparison"]["recommendation"]:
         print(summary["comparison"]["recommendation"]["text"])
@@ -1394,6 +1521,14 @@ def one_line_summary(summary: dict, run_dir: Path) -> dict:
                 "report": None
                 if not m["report"]
                 else {"n": m["report"]["n"], "passed_rate": m["report"]["passed_rate"]},
+                "field_orders": None
+                if not m["field_orders"]
+                else {
+                    key: {
+                        k: o[k] for k in ("n", "exact_match", "json_valid_rate", "key_order_rate")
+                    }
+                    for key, o in m["field_orders"].items()
+                },
             }
             for m in summary["models"]
         ],

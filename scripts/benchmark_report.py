@@ -187,6 +187,26 @@ def reports_table(models: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def field_orders_table(models: list[dict]) -> str:
+    """The project's body in each field order, per model that was asked them (markdown): exact
+    match, complete JSON, cut by length, keys in the requested order."""
+    lines = [
+        "| role | field order | n | exact match (95% CI) | JSON valid | cut by length | "
+        "keys in order | P50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        for key, o in (m.get("field_orders") or {}).items():
+            mark = " (canonical)" if o["canonical"] else ""
+            lines.append(
+                f"| {m['role']} | {key}{mark} | {o['n']} | "
+                f"{_fmt(o['exact_match'], True)}{_ci(o['exact_match_ci95'])} | "
+                f"{_fmt(o['json_valid_rate'], True)} | {_fmt(o['cut_by_length_rate'], True)} | "
+                f"{_fmt(o['key_order_rate'], True)} | {_fmt(o['latency_p50_ms'])} |"
+            )
+    return "\n".join(lines)
+
+
 def _body_section(b: dict) -> list[str]:
     """Per-set, per-pathology and per-slice exact match, calibration and justification of one
     body of one model."""
@@ -268,6 +288,17 @@ def render_report(summary: dict, plots: list[str]) -> str:
             "names the rule's pathology first, and cites only numbers of the input.",
             "",
             reports_table(summary["models"]),
+            "",
+        ]
+    if any(m.get("field_orders") for m in summary["models"]):
+        out += [
+            "## Field orders (project body)",
+            "",
+            "The project's body with its properties in each order a client's schema may use "
+            "(xgrammar writes them in the schema's order), on the same items; the canonical "
+            "order's row is the project pass above. Not gated.",
+            "",
+            field_orders_table(summary["models"]),
             "",
         ]
     comp = summary["comparison"]

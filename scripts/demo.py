@@ -13,7 +13,10 @@ What the benchmark measures (sized to stay near 10 minutes on 2 CPU cores, docs/
   eval set (eval.jsonl and outside.jsonl), and `--report-sample` report calls;
 - sft: both bodies on `--sft-limit` items of eval.jsonl, `--sft-reports` report calls;
 - base: both bodies on `--base-limit` items of eval.jsonl, no report (an untrained model writes
-  2048 tokens of noise). The smaller samples are part of the larger ones, so deltas are paired.
+  2048 tokens of noise). The smaller samples are part of the larger ones, so deltas are paired;
+- dpo, field orders (`--field-orders` of the benchmark, on unless `--no-field-orders`): the
+  project's body in the five non-canonical field orders on `--orders-limit` items of eval.jsonl
+  (5 x 60 more requests by default), so that any order a client's schema uses is measured.
 """
 
 from __future__ import annotations
@@ -41,17 +44,30 @@ class DemoConfig:
     sft_reports: int = 10
     base_limit: int = 40  # base: items of eval.jsonl (the seed's free string runs to max_tokens)
     first_port: int = 8101
+    field_orders: bool = True  # DPO: the project's body in the five other field orders
+    orders_limit: int = 60  # DPO: items of eval.jsonl per field order
 
 
 def target_specs(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
-    """The benchmark's --target values for the three served stages ({stage: base URL})."""
+    """The benchmark's --target values for the three served stages ({stage: base URL}); with
+    field orders, only the DPO is asked them (orders=0 for the others)."""
     dpo_limit = f",limit={cfg.limit}" if cfg.limit else ""
+    no_orders = ",orders=0" if cfg.field_orders else ""
+    dpo_orders = f",orders={cfg.orders_limit}" if cfg.field_orders else ""
     return [
-        f"base={urls['base']},base,sets=eval,limit={cfg.base_limit},reports=0",
+        f"base={urls['base']},base,sets=eval,limit={cfg.base_limit},reports=0{no_orders}",
         f"sft={urls['aria-ft-sft']},aria-ft-sft,sets=eval,limit={cfg.sft_limit},"
-        f"reports={cfg.sft_reports}",
-        f"dpo={urls['aria-ft-dpo']},aria-ft-dpo{dpo_limit},reports={cfg.report_sample}",
+        f"reports={cfg.sft_reports}{no_orders}",
+        f"dpo={urls['aria-ft-dpo']},aria-ft-dpo{dpo_limit},reports={cfg.report_sample}{dpo_orders}",
     ]
+
+
+def benchmark_args(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
+    """The arguments of `python -m scripts.benchmark` for the three served stages."""
+    args = []
+    for spec in target_specs(cfg, urls):
+        args += ["--target", spec]
+    return args + (["--field-orders"] if cfg.field_orders else [])
 
 
 def run_stage(name: str, module: str, *args: str) -> float:
@@ -108,9 +124,7 @@ def main(cfg: DemoConfig) -> int:
             print(f"  {stage} ready after {ready:.0f} s at {server.base_url}", flush=True)
         timings["serve"] = time.monotonic() - started
         urls = {stage: server.base_url for server, stage in zip(servers, ROLES, strict=True)}
-        args = []
-        for spec in target_specs(cfg, urls):
-            args += ["--target", spec]
+        args = benchmark_args(cfg, urls)
         print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
         started = time.monotonic()
         gate = subprocess.run([sys.executable, "-m", "scripts.benchmark", *args]).returncode
@@ -144,6 +158,17 @@ if __name__ == "__main__":
     parser.add_argument("--sft-reports", type=int, default=defaults.sft_reports)
     parser.add_argument("--base-limit", type=int, default=defaults.base_limit)
     parser.add_argument("--first-port", type=int, default=8101, help="ports first..first+2")
+    parser.add_argument(
+        "--no-field-orders",
+        action="store_true",
+        help="skip the DPO's project body in the five other field orders",
+    )
+    parser.add_argument(
+        "--orders-limit",
+        type=int,
+        default=defaults.orders_limit,
+        help="DPO: items of eval.jsonl per field order (0: none)",
+    )
     ns = parser.parse_args()
     cfg = DemoConfig(
         fresh=ns.fresh,
@@ -153,5 +178,7 @@ if __name__ == "__main__":
         sft_reports=ns.sft_reports,
         base_limit=ns.base_limit,
         first_port=ns.first_port,
+        field_orders=not ns.no_field_orders,
+        orders_limit=ns.orders_limit,
     )
     sys.exit(main(cfg))

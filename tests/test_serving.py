@@ -25,7 +25,7 @@ from aria.client import AriaClient, InvalidDiagnosticError, is_retryable
 from aria.domain import EXAMPLE_PROFILE, validate_profile
 from aria.prompts import diagnostic_request, report_request
 from aria.references import reference_diagnostic, reference_report
-from aria.schema import SEED_DIAGNOSTIC_SCHEMA
+from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
 from scripts.soak import is_loopback, memory_trend, soak_profiles
 from serve import docker, health
@@ -597,10 +597,15 @@ _MEASUREMENT_LINE = re.compile(r"^- (\w+) : (-?[\d.]+)", re.M)
 
 class FakeStreamingVllm(BaseHTTPRequestHandler):
     """Streams the reference answer of the prompt's profile, in the schema's key order; the
-    seed's body gets it cut mid-justification with finish_reason `length` when `cut_seed`."""
+    seed's body gets it cut mid-justification with finish_reason `length` when `cut_seed`.
+    The project's schema in the order `misordered` gets the keys in the canonical order, in
+    the order `cut_order` a cut answer. Each request's key order (or `report`) goes to `asked`."""
 
     cut_seed = True
     served_name = "aria-ft"
+    misordered: tuple[str, ...] | None = None
+    cut_order: tuple[str, ...] | None = None
+    asked: list  # each server gets its own (the fixture)
 
     def do_GET(self):
         body = json.dumps({"data": [{"id": self.served_name, "root": "/nowhere"}]}).encode()
@@ -612,11 +617,16 @@ class FakeStreamingVllm(BaseHTTPRequestHandler):
         profile = {k: float(v) for k, v in _MEASUREMENT_LINE.findall(prompt)}
         finish = "stop"
         if "response_format" not in request:
+            self.asked.append("report")
             text = reference_report(profile)
         else:
             schema = request["response_format"]["json_schema"]["schema"]
-            text = reference_diagnostic(profile).to_json(tuple(schema["properties"]))
-            if self.cut_seed and schema == SEED_DIAGNOSTIC_SCHEMA:
+            order = tuple(schema["properties"])
+            self.asked.append(order)
+            text = reference_diagnostic(profile).to_json(
+                FIELD_ORDER if order == self.misordered else order
+            )
+            if (self.cut_seed and schema == SEED_DIAGNOSTIC_SCHEMA) or order == self.cut_order:
                 text, finish = text[:-12], "length"
         chunks = [
             {"choices": [{"index": 0, "delta": {"content": text[i : i + 7]}}]}
@@ -641,7 +651,7 @@ class FakeStreamingVllm(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_streaming_vllm():
     """A local server that streams like vLLM; yields its handler class (with its port)."""
-    handler = type("Handler", (FakeStreamingVllm,), {})
+    handler = type("Handler", (FakeStreamingVllm,), {"asked": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -653,7 +663,7 @@ def fake_streaming_vllm():
 
 def write_eval_sets(folder: Path, n: int = 8) -> Path:
     """eval.jsonl and outside.jsonl of `n` valid profiles each (the rule gives the truth)."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # a second run (resume) rewrites the same sets
     for name, seed in (("eval", 1), ("outside", 2)):
         lines = [
             json.dumps({"id": f"{name}-{i:04d}", "profile": p})
@@ -663,8 +673,16 @@ def write_eval_sets(folder: Path, n: int = 8) -> Path:
     return folder / "eval.jsonl"
 
 
-def run_benchmark(tmp_path, monkeypatch, port: int, *extra: str) -> tuple[int, dict, dict]:
-    """scripts.benchmark.cli on the fake server; (exit code, summary.json, last JSON line)."""
+def run_benchmark(
+    tmp_path,
+    monkeypatch,
+    port: int,
+    *extra: str,
+    spec: str = "reports=4",
+    printed: list | None = None,
+) -> tuple[int, dict, dict]:
+    """scripts.benchmark.cli on the fake server, the target's KEY=VALUE fields `spec`; (exit
+    code, summary.json, last JSON line); what it printed is appended to `printed`."""
     import contextlib
     import io
 
@@ -680,12 +698,14 @@ def run_benchmark(tmp_path, monkeypatch, port: int, *extra: str) -> tuple[int, d
     with contextlib.redirect_stdout(out):
         code = benchmark.cli(
             [
-                "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,reports=4",
+                "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,{spec}",
                 "--eval", str(eval_path), "--reports-dir", str(tmp_path / "reports"),
                 "--warmup", "1", "--no-plots", "--run-id", "fake", *extra,
             ]
         )  # fmt: skip
     get_settings.cache_clear()
+    if printed is not None:
+        printed.append(out.getvalue())
     summary_path = tmp_path / "reports" / "fake" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return code, summary, json.loads(out.getvalue().strip().splitlines()[-1])
@@ -738,16 +758,100 @@ def test_benchmark_passes_the_gate_when_both_bodies_answer(
     assert summary["eval"]["n_per_set"] == {"eval": 8}
 
 
+def test_field_orders_send_each_order_on_the_capped_items_summarise_and_resume(
+    tmp_path, monkeypatch, fake_streaming_vllm
+):
+    fake_streaming_vllm.cut_seed = False
+    misordered = ("confiance", "justification", "pathologie")
+    cut = ("justification", "confiance", "pathologie")
+    fake_streaming_vllm.misordered, fake_streaming_vllm.cut_order = misordered, cut
+    printed: list[str] = []
+    code, summary, last = run_benchmark(
+        tmp_path, monkeypatch, fake_streaming_vllm.port, "--field-orders",
+        spec="reports=0,orders=3", printed=printed,
+    )  # fmt: skip
+    assert code == 0, last  # a broken field order is reported, not gated
+    records = tmp_path / "reports" / "fake" / "records"
+    slugs = {"pjc", "cpj", "cjp", "jpc", "jcp"}
+    assert {p.name for p in records.glob("*__project-*.jsonl")} == {
+        f"dpo-aria-ft__default__project-{slug}.jsonl" for slug in slugs
+    }
+    for slug in slugs:
+        rows = [json.loads(x) for x in (records / f"dpo-aria-ft__default__project-{slug}.jsonl")
+                .read_text().splitlines()]  # fmt: skip
+        # orders=3: the three lowest ranks of eval.jsonl, in that order, no outside profile
+        assert len(rows) == 3 and all(r["set"] == "eval" for r in rows), slug
+        assert {"".join(k[0] for k in r["field_order"]) for r in rows} == {slug}
+    orders = summary["models"][0]["field_orders"]
+    assert list(orders) == [",".join(o) for o in FIELD_ORDERS]  # the canonical order first
+    canonical = orders[",".join(FIELD_ORDER)]
+    assert canonical["canonical"] and canonical["records"] == "dpo-aria-ft__default__project.jsonl"
+    assert summary["models"][0]["bodies"]["project"]["n"] == 16  # the project pass: both sets
+    for key, o in orders.items():
+        assert o["n"] == 3 and o["slug"] == "".join(k[0] for k in o["order"]), key
+        if tuple(o["order"]) == misordered:  # right label, complete, keys not as asked
+            expected = (1.0, 1.0, 0.0, 0.0)
+        elif tuple(o["order"]) == cut:
+            expected = (0.0, 0.0, 1.0, 0.0)
+        else:
+            expected = (1.0, 1.0, 0.0, 1.0)
+        got = (o["exact_match"], o["json_valid_rate"], o["cut_by_length_rate"], o["key_order_rate"])
+        assert got == expected, key
+    assert last["models"][0]["field_orders"][",".join(cut)]["json_valid_rate"] == 0.0
+    assert not any("field" in c["metric"] for c in summary["gate"]["checked"])
+    report = (tmp_path / "reports" / "fake" / "report.md").read_text()
+    assert "## Field orders (project body)" in report
+    row = "| dpo | confiance,justification,pathologie | 3 | 100.0%"
+    assert row in report and row in printed[0]
+    assert "| dpo | pathologie,confiance,justification (canonical) | 3 |" in printed[0]
+
+    # Resume: a lost order file is sent again, and nothing else.
+    (records / "dpo-aria-ft__default__project-cjp.jsonl").unlink()
+    fake_streaming_vllm.asked.clear()
+    code, again, _ = run_benchmark(
+        tmp_path, monkeypatch, fake_streaming_vllm.port, "--field-orders", spec="reports=0,orders=3"
+    )
+    assert code == 0 and fake_streaming_vllm.asked == [misordered] * 3
+
+    def figures(found: dict) -> dict:
+        return {k: {f: v for f, v in o.items() if f != "latency_p50_ms"} for k, o in found.items()}
+
+    assert figures(again["models"][0]["field_orders"]) == figures(orders)
+
+
+def test_field_orders_are_off_by_default_and_orders_0_skips_a_target(
+    tmp_path, monkeypatch, fake_streaming_vllm
+):
+    fake_streaming_vllm.cut_seed = False
+    _, summary, last = run_benchmark(
+        tmp_path, monkeypatch, fake_streaming_vllm.port, "--no-outside", spec="reports=0"
+    )
+    assert summary["models"][0]["field_orders"] is None
+    assert last["models"][0]["field_orders"] is None
+    assert all(order == FIELD_ORDER for order in fake_streaming_vllm.asked)
+    records = tmp_path / "reports" / "fake" / "records"
+    assert not list(records.glob("*__project-*.jsonl"))
+    _, summary, _ = run_benchmark(
+        tmp_path, monkeypatch, fake_streaming_vllm.port, "--no-outside", "--field-orders",
+        spec="reports=0,orders=0",
+    )  # fmt: skip
+    assert summary["models"][0]["field_orders"] is None
+    assert not list(records.glob("*__project-*.jsonl"))
+
+
 def test_target_spec_narrows_bodies_sets_and_sizes():
     from scripts.benchmark import parse_target
 
     t = parse_target("base=http://h:1/v1/,aria-base,bodies=seed,sets=eval,limit=60,reports=0")
     assert (t.role, t.base_url, t.served_name) == ("base", "http://h:1/v1", "aria-base")
     assert (t.bodies, t.sets, t.limit, t.reports, t.vision) == (["seed"], ["eval"], 60, 0, None)
+    assert t.orders is None and parse_target("dpo=http://h/v1,m,orders=60").orders == 60
+    assert parse_target("dpo=http://h/v1,m,orders=0").orders == 0
     assert parse_target("dpo=http://h/v1,m,vision").vision is True
     for bad, words in (
         ("dpo=http://h/v1,m,bodies=seed+json", "unknown body 'json'"),
         ("dpo=http://h/v1,m,limit=0", "limit must be a whole number"),
+        ("dpo=http://h/v1,m,orders=all", "orders must be a whole number"),
         ("dpo=http://h/v1,m,colour=red", "KEY=VALUE"),
         ("judge=http://h/v1,m", "ROLE"),
     ):
@@ -766,3 +870,29 @@ def test_demo_benchmarks_dpo_on_both_sets_and_reports_and_the_others_on_eval():
     assert base.limit < sft.limit and dpo.limit == DemoConfig().limit
     whole = parse_target(target_specs(DemoConfig(limit=None), urls)[2])
     assert whole.limit is None
+
+
+def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_not_to():
+    from scripts.benchmark import config_from_args, make_parser, order_items
+    from scripts.demo import DemoConfig, benchmark_args
+
+    urls = {"base": "http://a/v1", "aria-ft-sft": "http://b/v1", "aria-ft-dpo": "http://c/v1"}
+    cfg = config_from_args(make_parser().parse_args(benchmark_args(DemoConfig(), urls)))
+    assert cfg.field_orders is True
+    base, sft, dpo = cfg.targets
+    assert (base.orders, sft.orders, dpo.orders) == (0, 0, 60)
+    off = config_from_args(
+        make_parser().parse_args(benchmark_args(DemoConfig(field_orders=False), urls))
+    )
+    assert off.field_orders is False and all(t.orders is None for t in off.targets)
+    # orders=60 keeps the 60 lowest ranks of eval.jsonl out of the DPO's 150 per set.
+    from scripts.benchmark import EvalItem
+
+    items = [
+        EvalItem(f"{s}-{r}", dict(PROFILE), "x", "y", [], set=s, rank=r)
+        for s in ("eval", "outside")
+        for r in range(150)
+    ]
+    chosen = order_items(dpo, items)
+    assert len(chosen) == 60 and {it.set for it in chosen} == {"eval"}
+    assert max(it.rank for it in chosen) == 59
