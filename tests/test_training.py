@@ -276,6 +276,20 @@ def test_quick_eval_scores_exact_match():
     assert by_slice == {"clear": pytest.approx(0.5), "two_rules": pytest.approx(1.0)}
 
 
+def test_quick_eval_opens_the_answer_as_the_seeds_schema_does():
+    from aria.domain import EXAMPLE_PROFILE
+    from aria.references import reference_diagnostic
+    from aria.schema import FIELD_ORDERS
+    from training.quick_eval import SEED_ANSWER_PREFIX
+
+    # What guided decoding of the seed's body writes before the model picks the label.
+    assert SEED_ANSWER_PREFIX == '{"pathologie":"'
+    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    assert answer.to_json().startswith(SEED_ANSWER_PREFIX)
+    starting = [o for o in FIELD_ORDERS if answer.to_json(o).startswith(SEED_ANSWER_PREFIX)]
+    assert [o[0] for o in starting] == ["pathologie", "pathologie"]
+
+
 def test_label_positions_cover_each_pathologie_string_and_nothing_else():
     from training.label_loss import label_positions
 
