@@ -7,30 +7,28 @@
 
 The two calls send exactly the bodies of aria.prompts (diagnostic: temperature 0.1, max_tokens 256,
 guided JSON; report: temperature 0.3, max_tokens 2048). Connection errors, timeouts and 5xx are
-retried a bounded number of times; a 4xx is never retried (the request itself is wrong). A guided
+retried a bounded number of times (aria.retry); a 4xx is never retried (the request itself is wrong). A guided
 answer that is not schema-valid JSON raises InvalidDiagnosticError with the raw text: the client
 never guesses a diagnosis (a server started without structured outputs ignores the schema).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
 from pydantic import ValidationError
 
 from aria.prompts import diagnostic_request, report_request
+from aria.retry import with_retries
 from aria.schema import Diagnostic, parse_diagnostic
 from aria.settings import get_settings
 
-T = TypeVar("T")
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_BACKOFF_S = 0.5
-MAX_RETRY_BACKOFF_S = 8.0
 
 
 class AriaClientError(RuntimeError):
@@ -50,13 +48,6 @@ class InvalidDiagnosticError(AriaClientError):
             f"{raw_text!r}. Is the server started with structured outputs "
             "(`make serve-ft` does it)?"
         )
-
-
-def is_retryable(error: Exception) -> bool:
-    """Connection errors, timeouts and 5xx are worth retrying; 4xx and anything else are not."""
-    if isinstance(error, openai.APIConnectionError):  # timeouts included
-        return True
-    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
 
 
 class AriaClient:
@@ -91,20 +82,13 @@ class AriaClient:
     def __repr__(self) -> str:
         return f"AriaClient(base_url={self.base_url!r}, model={self.model!r})"
 
-    def _with_retries(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying retryable errors up to max_retries times with backoff."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                return call()
-            except openai.OpenAIError as error:
-                if attempt >= self.max_retries or not is_retryable(error):
-                    raise
-                time.sleep(min(self.retry_backoff_s * 2**attempt, MAX_RETRY_BACKOFF_S))
-        raise AssertionError("unreachable")  # the loop returns or raises
-
     def chat(self, body: Mapping[str, Any]) -> Any:
         """POST one chat completion body (retries included); returns openai's ChatCompletion."""
-        return self._with_retries(lambda: self._openai.chat.completions.create(**body))
+        return with_retries(
+            lambda: self._openai.chat.completions.create(**body),
+            attempts=self.max_retries + 1,
+            base_s=self.retry_backoff_s,
+        )
 
     def diagnose(self, profile: Mapping[str, Any]) -> Diagnostic:
         """The validated diagnostic of a profile (guided JSON).

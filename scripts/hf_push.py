@@ -9,7 +9,7 @@ The repo (HF_MODEL_REPO or HF_DATASET_REPO) is created private unless --public, 
 that may go up is sent in a single commit and tagged (v<date>-<git short sha> unless --revision).
 Optimizer states, checkpoints, pid files and secrets never go up (`excluded_by`). `--dry-run`
 lists the exact files, sizes and total without a token. The endpoint follows HF_ENDPOINT.
-Transient Hub errors (5xx, lost connection) are retried with backoff; nothing else is.
+Transient Hub errors (5xx, lost connection) are retried with backoff (aria.retry); nothing else is.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import fnmatch
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from aria.retry import with_retries
 from aria.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -137,37 +137,6 @@ def default_tag(now: datetime | None = None) -> str:
     return f"v{now:%Y%m%d}-{sha or 'nogit'}"
 
 
-def is_transient(error: BaseException) -> bool:
-    """True for errors worth retrying: a 5xx answer or a connection that failed or timed out."""
-    import httpx
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        response = getattr(error, "response", None)
-        return response is not None and response.status_code >= 500
-    return isinstance(error, httpx.TransportError | ConnectionError | TimeoutError)
-
-
-def with_retries(
-    call: Callable[[], T],
-    what: str,
-    attempts: int,
-    base_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run `call`, retrying transient errors with exponential backoff (base_s, 2·base_s, ...)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as error:
-            if attempt == attempts or not is_transient(error):
-                raise
-            wait = base_s * 2 ** (attempt - 1)
-            print(f"  {what}: transient error ({type(error).__name__}), retry in {wait:.1f} s")
-            sleep(wait)
-    raise AssertionError("unreachable")
-
-
 def human_size(size: float) -> str:
     """Bytes as B, KB, MB or GB (powers of 1000, as the Hub shows them)."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -225,7 +194,12 @@ def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
     print_plan(files, repo_id, repo_type)
 
     def retried(call: Callable[[], T], what: str) -> T:
-        return with_retries(call, what, cfg.retry_attempts, cfg.retry_base_s)
+        def tell(error: BaseException, wait: float) -> None:
+            print(f"  {what}: transient error ({type(error).__name__}), retry in {wait:.1f} s")
+
+        return with_retries(
+            call, attempts=cfg.retry_attempts, base_s=cfg.retry_base_s, on_retry=tell
+        )
 
     url = retried(
         lambda: api.create_repo(

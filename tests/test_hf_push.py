@@ -181,31 +181,6 @@ def test_push_without_repo_names_the_variable(tmp_path) -> None:
     assert "hf_secret_value" not in str(error.value)
 
 
-# --- retries
-
-
-def test_only_transient_errors_are_retried() -> None:
-    calls, waits = [], []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionError("reset by peer")
-        return "ok"
-
-    assert hf_push.with_retries(flaky, "x", attempts=4, base_s=1.0, sleep=waits.append) == "ok"
-    assert waits == [1.0, 2.0]
-
-    def broken() -> None:
-        calls.append(1)
-        raise ValueError("a bug, not the network")
-
-    calls.clear()
-    with pytest.raises(ValueError):
-        hf_push.with_retries(broken, "x", attempts=4, base_s=1.0, sleep=waits.append)
-    assert len(calls) == 1
-
-
 # --- the push against the local stand-in of the Hub
 
 
@@ -220,6 +195,7 @@ class HubStandIn:
         self.tags: list[dict] = []
         self.created: list[dict] = []
         self.fail_next: dict[str, int] = {}  # route name -> how many 503 answers to give first
+        self.drop_next: dict[str, int] = {}  # route name -> how many connections to drop unanswered
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -230,6 +206,9 @@ class HubStandIn:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if stand_in.drop(self.path):
+                    self.close_connection = True  # no answer at all: the client sees a lost link
+                    return
                 status, answer = stand_in.answer(self.path, self.headers, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -241,6 +220,15 @@ class HubStandIn:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def drop(self, path: str) -> bool:
+        """True (and one fewer left) when this request's connection is to be dropped unanswered."""
+        route = path.split("?")[0]
+        if self.drop_next.get(route, 0) > 0:
+            self.drop_next[route] -= 1
+            self.requests.append({"route": route, "auth": None, "dropped": True})
+            return True
+        return False
 
     def answer(self, path: str, headers, body: bytes) -> tuple[int, dict]:
         """Route one request; returns (status, JSON answer)."""
@@ -332,6 +320,18 @@ def test_model_push_creates_private_repo_one_commit_and_a_tag(tmp_path, hub, cap
     ]
     assert all(r["auth"] == f"Bearer {token}" for r in hub.requests)
     assert token not in capsys.readouterr().out
+
+
+def test_a_dropped_connection_is_retried(tmp_path, hub) -> None:
+    # huggingface_hub 2.4 raises httpx2's errors (RemoteProtocolError here), which are neither
+    # httpx errors nor ConnectionError: the push must still retry them.
+    settings = make_settings(tmp_path, hf_token="hf_x", hf_model_repo="me/aria-ft-dpo")
+    fake_model(settings)
+    hub.drop_next = {"/api/repos/create": 1}
+    hf_push.main(PushConfig("model", revision="v-drop", retry_base_s=0.01), settings)
+    creates = [r for r in hub.requests if r["route"] == "/api/repos/create"]
+    assert [r.get("dropped", False) for r in creates] == [True, False]
+    assert len(hub.commits) == 1 and len(hub.tags) == 1
 
 
 def test_dataset_push_goes_to_the_dataset_repo_and_public_on_request(tmp_path, hub) -> None:

@@ -21,10 +21,11 @@ import openai
 import pytest
 from pydantic import SecretStr
 
-from aria.client import AriaClient, InvalidDiagnosticError, is_retryable
+from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import EXAMPLE_PROFILE, validate_profile
 from aria.prompts import diagnostic_request, report_request
 from aria.references import reference_diagnostic, reference_report
+from aria.retry import is_transient
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
 from scripts.soak import is_loopback, memory_trend, soak_profiles
@@ -408,12 +409,12 @@ def test_4xx_is_never_retried(status, exception):
 
 def test_retry_policy():
     request = httpx.Request("POST", "http://aria.test")
-    assert is_retryable(openai.APIConnectionError(request=request))
-    assert is_retryable(openai.APITimeoutError(request=request))
+    assert is_transient(openai.APIConnectionError(request=request))
+    assert is_transient(openai.APITimeoutError(request=request))
     for status, expected in ((500, True), (503, True), (400, False), (422, False), (429, False)):
         response = httpx.Response(status, request=request)
         error = openai.APIStatusError("x", response=response, body=None)
-        assert is_retryable(error) is expected
+        assert is_transient(error) is expected
 
 
 @pytest.mark.parametrize(
