@@ -1,4 +1,4 @@
-"""The Hugging Face model card of a trained stage, rendered from plain dicts.
+"""The Hugging Face model card of a trained stage, rendered from the typed benchmark summary.
 
     >>> from aria.cards import render_model_card
     >>> text = render_model_card(profile="tiny", stage="aria-ft-dpo", base_model="data/models/tiny/base",
@@ -6,8 +6,9 @@
     >>> text.startswith("---")
     True
 
-Pure: no file is read here. `scripts.generate_model_card` loads reports/latest/summary.json and the
-recipe YAML files and hands them over as dicts, so every branch is unit-tested without files.
+Pure: no file is read here. `scripts.generate_model_card` reads reports/latest/summary.json
+(aria.summary.read_summary), the recipe YAML files and the tiny base's parameter count and hands
+them over, so every branch is unit-tested without files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from aria.domain import EXAMPLE_PROFILE
 from aria.prompts import diagnostic_request, report_request
 from aria.settings import MEDGEMMA_HUB_ID
+from aria.summary import STAGE_ROLES, ModelSummary, RunSummary
 
 # The terms MedGemma is distributed under; a derived model stays under them.
 HAI_DEF_LICENSE_NAME = "health-ai-developer-foundations"
@@ -41,8 +43,6 @@ STAGE_SUMMARIES: dict[str, str] = {
     "aria-ft-sft": "supervised fine-tuning (SFT, QLoRA NF4) merged to bf16: the validation model",
     "aria-ft-dpo": "SFT followed by DPO (QLoRA NF4) merged to bf16: the production model",
 }
-# The benchmark's `role` of each stage, matched when its `name` is a served name instead.
-STAGE_ROLES: dict[str, str] = {"aria-ft-sft": "sft", "aria-ft-dpo": "dpo"}
 # Which recipe files describe a stage: DPO starts from the merged SFT model, so it shows both.
 STAGE_RECIPES: dict[str, tuple[str, ...]] = {
     "aria-ft-sft": ("sft",),
@@ -81,25 +81,11 @@ RECIPE_KEY_LABELS: dict[str, str] = {
 }
 
 
-def stage_result(summary: Mapping[str, Any] | None, stage: str) -> dict | None:
-    """The benchmark entry of `stage` in a summary: matched on `name`, then `role`; None if absent."""
-    if not summary:
+def stage_result(summary: RunSummary | None, stage: str) -> ModelSummary | None:
+    """The benchmark entry of `stage`: matched on its served name, then its role; None if absent."""
+    if summary is None:
         return None
-    models = [m for m in summary.get("models") or [] if isinstance(m, Mapping)]
-    wanted = (stage, STAGE_ROLES.get(stage, stage))
-    for key in ("name", "role"):
-        for model in models:
-            if str(model.get(key, "")) in wanted:
-                return dict(model)
-    return None
-
-
-def latency_ms(result: Mapping[str, Any], percentile: str) -> Any:
-    """One latency percentile (`p50`...) of a benchmark entry: `latency_ms.p50` or `latency_p50_ms`."""
-    nested = result.get("latency_ms")
-    if isinstance(nested, Mapping) and percentile in nested:
-        return nested[percentile]
-    return result.get(f"latency_{percentile}_ms")
+    return summary.model_for(stage, STAGE_ROLES.get(stage))
 
 
 def flatten_recipe(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -139,20 +125,22 @@ def _format_setting(value: Any) -> str:
     return str(value)
 
 
-def _percent(value: Any) -> str:
+def _percent(value: float | None) -> str:
     """A rate in [0, 1] as a percentage, or an em dash when the benchmark did not report it."""
-    return f"{100 * float(value):.1f} %" if isinstance(value, int | float) else "—"
+    return "—" if value is None else f"{100 * value:.1f} %"
 
 
-def _millis(value: Any) -> str:
+def _millis(value: float | None) -> str:
     """A latency in ms, or an em dash when the benchmark did not report it."""
-    return f"{float(value):.0f}" if isinstance(value, int | float) else "—"
+    return "—" if value is None else f"{value:.0f}"
 
 
-def eval_results(result: Mapping[str, Any] | None, dataset_repo: str | None) -> list[EvalResult]:
-    """The model-index entries of one benchmarked model: exact match, JSON validity, latency."""
-    if not result:
+def eval_results(result: ModelSummary | None, dataset_repo: str | None) -> list[EvalResult]:
+    """The model-index entries of one benchmarked model (its primary body): exact match, JSON
+    validity, latency."""
+    if result is None:
         return []
+    figures = result.primary
     common = {
         "task_type": "text-generation",
         "task_name": "Running-injury diagnostic (guided JSON)",
@@ -160,31 +148,30 @@ def eval_results(result: Mapping[str, Any] | None, dataset_repo: str | None) -> 
         "dataset_name": "ARIA held-out evaluation set",
         "dataset_split": "eval",
     }
-    metrics: list[tuple[str, str, Any]] = [
-        ("exact_match", "Pathology exact match (%)", _scaled(result.get("exact_match"), 100)),
-        ("json_valid_rate", "JSON valid (%)", _scaled(result.get("json_valid_rate"), 100)),
+    metrics: list[tuple[str, str, float | None]] = [
+        ("exact_match", "Pathology exact match (%)", _scaled(figures.exact_match, 100)),
+        ("json_valid_rate", "JSON valid (%)", _scaled(figures.json_valid_rate, 100)),
     ]
     for p in ("p50", "p95", "p99"):
-        metrics.append(
-            (f"latency_{p}_ms", f"Diagnostic latency {p.upper()} (ms)", latency_ms(result, p))
-        )
+        value = getattr(figures.latency_ms, p)
+        metrics.append((f"latency_{p}_ms", f"Diagnostic latency {p.upper()} (ms)", value))
     return [
         EvalResult(metric_type=kind, metric_name=name, metric_value=value, **common)
         for kind, name, value in metrics
-        if isinstance(value, int | float)
+        if value is not None
     ]
 
 
-def _scaled(value: Any, factor: float) -> float | None:
-    """value * factor rounded to 2 decimals, or None when the value is not a number."""
-    return round(float(value) * factor, 2) if isinstance(value, int | float) else None
+def _scaled(value: float | None, factor: float) -> float | None:
+    """value * factor rounded to 2 decimals, or None when the benchmark did not report it."""
+    return None if value is None else round(value * factor, 2)
 
 
 def card_metadata(
     *,
     profile: str,
     stage: str,
-    result: Mapping[str, Any] | None,
+    result: ModelSummary | None,
     dataset_repo: str | None,
     model_repo: str | None,
 ) -> ModelCardData:
@@ -207,9 +194,10 @@ def card_metadata(
     )
 
 
-def _benchmark_section(summary: Mapping[str, Any] | None, stage: str) -> list[str]:
-    """Markdown of the latest benchmark: every model served, this stage marked, and the gate."""
-    if not summary or not summary.get("models"):
+def _benchmark_section(summary: RunSummary | None, stage: str) -> list[str]:
+    """Markdown of the latest benchmark: every model served, this stage marked, the gate, and
+    when the figures were measured."""
+    if summary is None or not summary.models:
         return [
             "No benchmark yet: run `make benchmark` (with the model served by `make serve-ft`), "
             "then `make model-card` again."
@@ -219,43 +207,35 @@ def _benchmark_section(summary: Mapping[str, Any] | None, stage: str) -> list[st
         "|---|---|---|---|---|---|---|",
     ]
     this = stage_result(summary, stage)
-    for m in summary["models"]:
-        if not isinstance(m, Mapping):
-            continue
-        name = str(m.get("name", "?"))
-        if m == this:
-            name = f"**{name}** (this model)"
+    for m in summary.models:
+        name = f"**{m.name}** (this model)" if m is this else m.name
+        figures, latency = m.primary, m.primary.latency_ms
         lines.append(
-            f"| {name} | {m.get('role', '')} | {_percent(m.get('exact_match'))} "
-            f"| {_percent(m.get('json_valid_rate'))} | {_millis(latency_ms(m, 'p50'))} "
-            f"| {_millis(latency_ms(m, 'p95'))} | {_millis(latency_ms(m, 'p99'))} |"
+            f"| {name} | {m.role} | {_percent(figures.exact_match)} "
+            f"| {_percent(figures.json_valid_rate)} | {_millis(latency.p50)} "
+            f"| {_millis(latency.p95)} | {_millis(latency.p99)} |"
         )
     lines.append("")
-    gate = summary.get("gate") or {}
-    checked = [_gate_line(c) for c in gate.get("checked") or []]
-    failures = [_gate_line(f) for f in gate.get("failures") or []]
-    if gate.get("passed") is True:
+    gate = summary.gate
+    checked = [c.message for c in gate.checked]
+    failures = [f.message for f in gate.failures]
+    if gate.passed is True:
         lines.append("Release gate: **passed**" + (":" if checked else "."))
         lines += [f"- {c}" for c in checked]
-    elif gate.get("passed") is False:
+    elif gate.passed is False:
         lines.append("Release gate: **failed**" + (":" if failures else "."))
         lines += [f"- {f}" for f in failures]
     else:
         lines.append("Release gate: not evaluated in this report.")
     lines.append("")
-    when = summary.get("created_at") or summary.get("timestamp")
-    source = "reports/latest/summary.json" + (f", {when}" if when else "")
-    lines.append(f"Figures from `{source}`; reproduce them with `make benchmark`.")
-    if stage_result(summary, stage) is None:
+    lines.append(
+        f"Figures measured on {summary.finished_at[:10]} (benchmark run {summary.run_id}, "
+        f"finished {summary.finished_at}, `reports/latest/summary.json`); reproduce them with "
+        "`make benchmark`."
+    )
+    if this is None:
         lines += ["", f"This report has no entry for `{stage}`: serve it and run `make benchmark`."]
     return lines
-
-
-def _gate_line(entry: Any) -> str:
-    """One gate check as text: its `message` when the benchmark wrote a dict, else the value."""
-    if isinstance(entry, Mapping):
-        return str(entry.get("message") or entry.get("metric") or entry)
-    return str(entry)
 
 
 def _recipe_section(stage: str, recipes: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
@@ -306,16 +286,18 @@ def render_model_card(
     profile: str,
     stage: str,
     base_model: str,
-    summary: Mapping[str, Any] | None,
+    summary: RunSummary | None,
     recipes: Mapping[str, Mapping[str, Any] | None],
     dataset_repo: str | None = None,
     model_repo: str | None = None,
     served_name: str = "aria-ft",
+    base_parameters: int | None = None,
 ) -> str:
     """The README.md of a stage folder: YAML metadata that the Hub parses, then the card's body.
 
-    `summary` is reports/latest/summary.json as a dict (None when no benchmark ran); `recipes`
-    maps `sft` / `dpo` to the recipe YAML dicts of the profile (missing ones are reported).
+    `summary` is reports/latest/summary.json (None when no benchmark ran); `recipes` maps `sft` /
+    `dpo` to the recipe YAML dicts of the profile (missing ones are reported); `base_parameters`
+    is the tiny base's parameter count (its aria_build.json), said in the card when known.
     """
     if stage not in STAGE_SUMMARIES:
         raise ValueError(
@@ -339,8 +321,9 @@ def render_model_card(
             "same terms, and using it means accepting them. The ARIA code is Apache-2.0."
         )
     else:
+        size = f"{base_parameters:,}-parameter" if base_parameters else "small"
         origin = (
-            f"Trained from `{base_model}`: the *tiny* profile, a ~2.5M-parameter Gemma 3 built "
+            f"Trained from `{base_model}`: the *tiny* profile, a {size} Gemma 3 built "
             "locally from a config by `make tiny-model` with a tokenizer learned on our data. It "
             "exists to run the whole chain on a CPU in minutes; it is not a medical model."
         )

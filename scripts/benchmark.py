@@ -34,45 +34,13 @@ cold one, the next `--warmup N` warm the server up: both are recorded and report
 the percentiles.
 
 Outputs in reports/<run-id>/ (and reports/latest -> the newest run): summary.json, report.md and
-PNG plots. summary.json (schema_version 2; version 1 had one body and one eval set):
-
-    run_id, started_at, finished_at, profile, eval {path, sets {name: path}, n_items,
-      n_per_set {name: n}, limit, seed}, bodies [..], prompts [names], slo_ms, notes [str],
-    models [ {name, role, slug, base_url, prompt, vision, bodies_measured [..], sets [..],
-              primary_body,                 # the body the top-level figures below describe
-              ...<diagnostic summary of primary_body>,
-              bodies {body: <diagnostic summary>},
-              cold_ms, warmup_ms [..], images {sent, skipped},
-              report {n, answered, prose_rate, names_pathology_rate, grounded_rate, passed_rate,
-                      cut_by_length_rate, problems {why: n}, ...grounding means,
-                      similarity_mean, errors} | null,
-              sweep [ {concurrency, n, wall_s, throughput_rps, output_tokens_per_s,
-                       latency_ms {...}, goodput} ],
-              field_orders {"pathologie,confiance,justification": <order summary>, ...}
-                | null } ],   # one per target; field_orders is null without --field-orders
-    <order summary> = {order [keys], slug, canonical, records (file name), n, exact_match,
-              exact_match_ci95, json_valid_rate, schema_valid_rate, cut_by_length_rate,
-              key_order_rate, canonical_label_rate, latency_p50_ms, errors}
-    <diagnostic summary> = {body, n, json_valid_rate, schema_valid_rate, cut_by_length_rate,
-              key_order_rate, canonical_label_rate, exact_match, exact_match_ci95 [low, high],
-              exact_match_lenient, confidence_accuracy, latency_ms {count, p50, p95, p99, mean,
-              min, max}, ttft_ms {...}, output_tokens_mean, tokens_per_s_mean, goodput,
-              error_rate, errors {status: n}, failed_ids {status: [ids]},
-              per_pathology {label: {n, correct, accuracy}}, per_slice {...},
-              confusion {rows, columns, matrix}, calibration {bands, monotonic},
-              justification {n, grounded_rate, code_trace_rate, readable_rate,
-                             grounded_rate_mean, with_ungrounded_rate, anchoring_mean,
-                             insertion_rate_mean, length_ratio_mean, hallucinated_rate,
-                             keyword_coverage_mean},
-              per_set {set: {n, exact_match, exact_match_ci95, json_valid_rate,
-                             cut_by_length_rate, justification_grounded_rate, per_slice}}}
-    experiments [ {name, role, prompt, body, n, exact_match, json_valid_rate, latency_ms {p50, p99}} ],
-    comparison {winner (a role), deltas [ {from, to, body, n_paired, exact_match {delta, ci95_low,
-                ci95_high}, per_pathology {label: delta}, per_slice {slice: delta}} ],
-                recommendation {band, gain_points, from, to, body, text} | null},
-    gate {model, role, config, profile, bodies [..], overridden [metrics], passed,
-          by_body {body: passed}, checked [..], failures [ {body, metric, op, target, measured,
-          by, message} ]}   # passed is null when no production target could be chosen
+PNG plots. summary.json (schema_version 2; version 1 had one body and one eval set) is written
+through the dataclasses of aria.summary, which are its schema and which every reader uses:
+RunSummary {run_id, started_at, finished_at, profile, eval, bodies, prompts, slo_ms, notes,
+models [ModelSummary: one per target, every body under `bodies`, the primary body's figures
+repeated at its top level, cold and warm-up latencies, report, sweep, field_orders (null without
+--field-orders)], experiments, comparison, gate (passed is null when no production target could
+be chosen)}.
 
 exact_match compares the canonical string (a free-string answer must be exactly one of the six
 labels); exact_match_lenient also accepts case, accent and SFP/SBIT variants (DOMAIN.md). A
@@ -118,6 +86,7 @@ from aria.prompts import (
 from aria.references import reference_justification
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
 from aria.settings import get_settings
+from aria.summary import SCHEMA_VERSION, RunSummary, write_summary
 from scripts.benchmark_report import (
     field_orders_table,
     first_per_id,
@@ -1441,7 +1410,7 @@ def main(cfg: BenchmarkConfig) -> int:
         gate = {"model": production["name"], "role": production["role"], **gate_head, **result}
 
     summary = {
-        "schema_version": 2,
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "started_at": started,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1464,7 +1433,7 @@ def main(cfg: BenchmarkConfig) -> int:
         "gate": gate,
     }
     plots = write_plots(run_dir, models, records_by_slug) if cfg.plots else []
-    atomic_write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir / "summary.json", RunSummary.from_dict(summary))  # checks the schema
     atomic_write_text(run_dir / "report.md", render_report(summary, plots))
     point_latest(cfg.reports_dir, run_id)
 

@@ -3,8 +3,9 @@
     python -m scripts.generate_model_card                      # what `make model-card` runs (all stages)
     python -m scripts.generate_model_card --stage aria-ft-dpo  # one stage
 
-Reads the latest benchmark (reports/latest/summary.json, optional) and the profile's recipes
-(training/recipes/<profile>/{sft,dpo}.yaml), renders with `aria.cards.render_model_card` and writes
+Reads the latest benchmark (reports/latest/summary.json, optional), the profile's recipes
+(training/recipes/<profile>/{sft,dpo}.yaml) and, for tiny, the base's parameter count
+(data/models/tiny/base/aria_build.json), renders with `aria.cards.render_model_card` and writes
 data/models/<profile>/<stage>/README.md atomically. Ends with one line of JSON.
 """
 
@@ -21,6 +22,7 @@ import yaml
 from aria.cards import STAGE_RECIPES, STAGE_SUMMARIES, render_model_card
 from aria.files import atomic_write_text
 from aria.settings import STAGE_TARGETS, Settings, get_settings
+from aria.summary import RunSummary, SummaryError, read_summary
 
 RECIPES_ROOT = Path("training/recipes")
 
@@ -34,19 +36,23 @@ class CardConfig:
     recipes_dir: Path | None = None  # default: training/recipes/<profile>
 
 
-def load_summary(path: Path) -> dict | None:
-    """The benchmark summary as a dict, or None when no benchmark has run yet."""
+def load_summary(path: Path) -> RunSummary | None:
+    """The benchmark summary, or None when no benchmark has run yet; SystemExit names the fix."""
     if not path.exists():
         return None
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SystemExit(
-            f"{path}:{e.lineno}: not valid JSON ({e.msg}); rerun `make benchmark`"
-        ) from None
-    if not isinstance(summary, dict):
-        raise SystemExit(f"{path}: expected a JSON object; rerun `make benchmark`")
-    return summary
+        return read_summary(path)
+    except SummaryError as error:
+        raise SystemExit(str(error)) from None
+
+
+def base_parameters(settings: Settings) -> int | None:
+    """The tiny base's parameter count from its aria_build.json (`make tiny-model`), else None."""
+    build = settings.model_dir("base") / "aria_build.json"
+    if settings.aria_profile != "tiny" or not build.exists():
+        return None
+    count = json.loads(build.read_text(encoding="utf-8")).get("parameters")
+    return count if isinstance(count, int) else None
 
 
 def load_recipes(recipes_dir: Path) -> dict[str, dict[str, Any] | None]:
@@ -89,6 +95,7 @@ def main(cfg: CardConfig, settings: Settings | None = None) -> dict:
             dataset_repo=settings.hf_dataset_repo,
             model_repo=settings.hf_model_repo if stage == "aria-ft-dpo" else None,
             served_name=settings.vllm_served_name,
+            base_parameters=base_parameters(settings),
         )
         path = settings.model_dir(stage) / "README.md"
         atomic_write_text(path, text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,33 +19,14 @@ from aria.cards import (
     stage_result,
 )
 from aria.settings import MEDGEMMA_HUB_ID, Settings
+from aria.summary import read_summary
 from scripts import generate_model_card
 
-SUMMARY = {
-    "models": [
-        {
-            "name": "base",
-            "role": "base",
-            "exact_match": 0.183,
-            "json_valid_rate": 1.0,
-            "latency_ms": {"p50": 410.0, "p95": 700.0, "p99": 905.0},
-        },
-        {
-            "name": "aria-ft-dpo",
-            "role": "production",
-            "exact_match": 0.9467,
-            "json_valid_rate": 1.0,
-            "latency_ms": {"p50": 612.4, "p95": 1020.0, "p99": 1333.0},
-        },
-    ],
-    # As aria.metrics.evaluate_gate writes it: failures are dicts with a one-line message.
-    "gate": {
-        "passed": False,
-        "failures": [
-            {"metric": "latency_p99_ms", "message": "latency_p99_ms = 1333 misses < 1000"}
-        ],
-    },
-}
+# The tiny demo's benchmark of 2026-11-30 (base and dpo): real figures, read as the script reads them.
+FIXTURE = Path(__file__).parent / "fixtures" / "summary_v2.json"
+SUMMARY = read_summary(FIXTURE)
+DPO = SUMMARY.model_for("aria-ft-dpo")
+BASE = SUMMARY.model_for("base")
 RECIPES = {
     "sft": {"lora_r": 32, "lora_alpha": 64, "learning_rate": 2.0e-4, "max_steps": 560},
     "dpo": {"peft": {"lora_r": 16, "lora_alpha": 32}, "learning_rate": 2.0e-5, "beta": 0.2},
@@ -79,18 +62,19 @@ def test_model_index_carries_the_benchmark_figures_of_this_stage() -> None:
     data = ModelCard(render()).data
     assert data.model_name == "me/aria-ft-dpo"
     metrics = {r.metric_type: r.metric_value for r in data.eval_results}
-    assert metrics["exact_match"] == pytest.approx(94.67)
+    assert metrics["exact_match"] == pytest.approx(80.67)  # DPO, seed body: 242 of 300
     assert metrics["json_valid_rate"] == pytest.approx(100.0)
-    assert metrics["latency_p50_ms"] == pytest.approx(612.4)
-    assert metrics["latency_p99_ms"] == pytest.approx(1333.0)
+    assert metrics["latency_p50_ms"] == pytest.approx(DPO.primary.latency_ms.p50)
+    assert metrics["latency_p99_ms"] == pytest.approx(DPO.primary.latency_ms.p99)
     assert {r.dataset_type for r in data.eval_results} == {"me/aria-datasets"}
 
 
 def test_body_shows_the_figures_the_gate_and_the_limits() -> None:
     text = render()
-    assert "94.7 %" in text and "18.3 %" in text  # both models of the report, as percentages
+    assert "80.7 %" in text and "| base | base | 0.0 %" in text  # both models, as percentages
     assert "**aria-ft-dpo** (this model)" in text
-    assert "**failed**" in text and "- latency_p99_ms = 1333 misses < 1000" in text
+    assert "**failed**" in text
+    assert "- [seed] justification_grounded_rate = 0.1367 misses >= 0.9 by 0.7633" in text
     assert "not a medical device" in text
     assert "Health AI Developer Foundations" in text
 
@@ -121,7 +105,7 @@ def test_missing_summary_says_to_run_the_benchmark() -> None:
 
 
 def test_missing_stage_in_summary_and_missing_recipe_are_said() -> None:
-    summary = {"models": [SUMMARY["models"][0]], "gate": {"passed": True}}
+    summary = dataclasses.replace(SUMMARY, models=[BASE])
     text = render(summary=summary, recipes={"sft": RECIPES["sft"]})
     assert "no entry for `aria-ft-dpo`" in text
     assert "Recipe `dpo.yaml` not found" in text
@@ -136,18 +120,26 @@ def test_tiny_profile_has_no_hub_base_and_an_open_licence() -> None:
 
 
 def test_stage_result_matches_name_then_role() -> None:
-    assert stage_result(SUMMARY, "aria-ft-dpo")["exact_match"] == 0.9467
-    assert stage_result(SUMMARY, "production")["name"] == "aria-ft-dpo"
+    assert stage_result(SUMMARY, "aria-ft-dpo") is DPO
+    served = dataclasses.replace(DPO, name="aria-ft")  # `make serve-ft` serves it as aria-ft
+    summary = dataclasses.replace(SUMMARY, models=[BASE, served])
+    assert stage_result(summary, "aria-ft-dpo") is served
     assert stage_result(SUMMARY, "aria-ft-sft") is None
     assert stage_result(None, "aria-ft-dpo") is None
+    assert "| **aria-ft** (this model) | dpo | 80.7 % | 100.0 % |" in render(summary=summary)
 
 
-def test_flat_latency_keys_and_role_match_are_read() -> None:
-    entry = {"name": "aria-ft", "role": "dpo", "exact_match": 0.9, "latency_p50_ms": 321.0}
-    text = render(summary={"models": [entry], "gate": {"passed": True, "checked": []}})
-    metrics = {r.metric_type: r.metric_value for r in ModelCard(text).data.eval_results}
-    assert metrics == {"exact_match": 90.0, "latency_p50_ms": 321.0}
-    assert "| **aria-ft** (this model) | dpo | 90.0 % | — | 321 | — | — |" in text
+def test_the_card_dates_its_figures() -> None:
+    # The benchmark writes started_at / finished_at; the card once read keys it never wrote.
+    text = render()
+    assert "Figures measured on 2026-11-30 (benchmark run 20261130-152205" in text
+    assert SUMMARY.finished_at in text
+
+
+def test_tiny_card_states_the_measured_parameter_count() -> None:
+    text = render(profile="tiny", base_model="data/models/tiny/base", base_parameters=2_615_296)
+    assert "a 2,615,296-parameter Gemma 3" in text
+    assert "a small Gemma 3" in render(profile="tiny", base_model="data/models/tiny/base")
 
 
 def test_recipe_rows_put_known_keys_first_and_keep_unknown_ones() -> None:
@@ -190,9 +182,27 @@ def test_script_writes_the_card_and_names_the_missing_stage(tmp_path, capsys) ->
 
     summary_path = tmp_path / "reports" / "latest" / "summary.json"
     summary_path.parent.mkdir(parents=True)
-    summary_path.write_text(
-        json.dumps({"models": [dict(SUMMARY["models"][1], name="aria-ft-sft")]})
-    )
+    data = json.loads(FIXTURE.read_text())
+    data["models"][1] |= {"name": "aria-ft-sft", "role": "sft"}
+    summary_path.write_text(json.dumps(data))
     generate_model_card.main(generate_model_card.CardConfig("aria-ft-sft", None, recipes), settings)
     card = ModelCard.load(settings.model_dir("aria-ft-sft") / "README.md")
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["exact_match"] == 94.67
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["exact_match"] == 80.67
+    assert "Figures measured on 2026-11-30" in card.text
+
+    summary_path.write_text(json.dumps(data | {"schema_version": 1}))
+    with pytest.raises(SystemExit, match=r"schema_version 1.*make benchmark"):
+        generate_model_card.main(cfg, settings)
+
+
+def test_script_states_the_tiny_base_parameters_from_its_build_file(tmp_path) -> None:
+    settings = Settings(
+        _env_file=None,
+        aria_profile="tiny",
+        aria_data_dir=tmp_path / "data",
+        aria_reports_dir=tmp_path / "reports",
+    )
+    assert generate_model_card.base_parameters(settings) is None
+    settings.model_dir("base").mkdir(parents=True)
+    (settings.model_dir("base") / "aria_build.json").write_text('{"parameters": 1234567}')
+    assert generate_model_card.base_parameters(settings) == 1234567
