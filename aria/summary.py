@@ -13,6 +13,9 @@ where it is. A field that newer runs add and older files lack is declared with a
 Each model's figures of its primary body (the seed's when measured) are also written at the model's
 top level (cards and plots of schema_version 1 read them there); in memory there is one copy,
 `ModelSummary.primary`, and reading checks that both copies agree.
+
+Over 400 lines because it is the schema: one dataclass per JSON object of the file, field lists
+only, plus the ~120 lines that read and write any of them.
 """
 
 from __future__ import annotations
