@@ -6,11 +6,13 @@ STAMP := .venv/.aria-installed
 export ARIA_PROFILE ?= tiny
 export NO_MKDOCS_2_WARNING := 1
 SRC ?=
+HEAD ?=
+REPLICAS ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-stop health docker-serve docker-serve-ft docker-stop docker-logs benchmark soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -58,8 +60,23 @@ serve-sft: $(STAMP) ## vLLM server on aria-ft-sft (validation)
 serve-ft: $(STAMP) ## vLLM server on aria-ft-dpo (production)
 	$(PY) -m serve.vllm_server --stage aria-ft-dpo $(ARGS)
 
+serve-ft-bg: $(STAMP) ## vLLM server on aria-ft-dpo in the background: returns once /health answers
+	$(PY) -m serve.vllm_server --stage aria-ft-dpo --background $(ARGS)
+
 serve-stop: $(STAMP) ## Stop the local vLLM server started by a serve target
 	$(PY) -m serve.vllm_server --stop
+
+ray-head: $(STAMP) ## Start the Ray head of a multi-node server (on the head node)
+	$(PY) -m serve.cluster head
+
+ray-worker: $(STAMP) ## Join this node to the Ray head at HEAD=<ip> (on each other node)
+	$(PY) -m serve.cluster worker --address "$(HEAD)"
+
+serve-cluster: $(STAMP) ## vLLM on aria-ft-dpo over the Ray cluster (TP per node × PP nodes)
+	$(PY) -m serve.cluster serve --stage aria-ft-dpo
+
+ray-stop: $(STAMP) ## Leave or end the Ray cluster on this node
+	$(PY) -m serve.cluster stop
 
 health: $(STAMP) ## /health, then a guided diagnostic with each body (the seed's verbatim, the project's)
 	$(PY) -m serve.health $(ARGS)
@@ -76,8 +93,17 @@ docker-stop: $(STAMP) ## Stop the Docker container
 docker-logs: $(STAMP) ## Follow the Docker container's logs
 	$(PY) -m serve.docker logs
 
+docker-replicas: $(STAMP) ## REPLICAS=N copies of aria-ft-dpo in Docker, each on its own GPUs, behind nginx
+	$(PY) -m serve.docker --stage aria-ft-dpo --replicas $(REPLICAS) compose-up
+
+docker-replicas-stop: $(STAMP) ## Stop the replicas and their nginx
+	$(PY) -m serve.docker compose-down
+
 benchmark: $(STAMP) ## Latency + quality of the served models, both bodies and both eval sets, against the release gate
 	$(PY) -m scripts.benchmark $(ARGS)
+
+load: $(STAMP) ## Capacity of the live server with vllm bench serve: Poisson rate sweep, highest rate under the SLO
+	$(PY) -m scripts.load $(ARGS)
 
 soak: $(STAMP) ## Bounded soak of the live server (e.g. 2000 requests at concurrency 32)
 	$(PY) -m scripts.soak $(ARGS)

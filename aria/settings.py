@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["medgemma", "tiny"]
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     vllm_cpu_kvcache_space: int = Field(2, ge=1)  # GiB of KV cache on a CPU server
     vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_pipeline_parallel_size: int = Field(1, ge=1)  # stages (nodes) the layers are split into
+    vllm_data_parallel_size: int = Field(1, ge=1)  # engine copies behind one endpoint
+    # mp: one host; ray: several nodes joined by `python -m serve.cluster` (ray start)
+    vllm_distributed_executor_backend: Literal["auto", "mp", "ray"] = "auto"
+    vllm_kv_cache_memory_bytes: int | None = Field(None, ge=1)  # fixed KV cache, GPU or CPU
+    ray_port: int = Field(6379, ge=1, le=65535)  # the Ray head's port on a multi-node server
     vllm_structured_output_backend: Literal["xgrammar", "guidance", "outlines"] = "xgrammar"
     vllm_request_timeout_s: float = Field(60.0, gt=0)
 
@@ -61,6 +67,12 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = None
     hf_model_repo: str | None = None
     hf_dataset_repo: str | None = None
+
+    @field_validator("vllm_kv_cache_memory_bytes", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`VLLM_KV_CACHE_MEMORY_BYTES=` (as in .env.example) means unset, not a bad integer."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def training_dir(self) -> Path:

