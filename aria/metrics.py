@@ -246,30 +246,37 @@ def cited_numbers(text: str) -> list[float]:
     return [float(m.group().replace(",", ".")) for m in _NUMBER.finditer(text)]
 
 
-def allowed_numbers(profile: Mapping[str, Any]) -> set[float]:
-    """Numbers a text about `profile` may cite: its measured values, its numeric context, and the
-    thresholds of the rules (absolute values: signs are not part of what cited_numbers reads)."""
+def allowed_numbers(profile: Mapping[str, Any], prompt: str | None = None) -> set[float]:
+    """Numbers a text about `profile` may cite: its measured values, its numeric context, the
+    thresholds of the rules, and every number the `prompt` shows (such as its percent of
+    threshold); absolute values, since signs are not part of what cited_numbers reads."""
     allowed = {abs(round(v, 6)) for v in validate_profile(profile).values()}
     for value in profile.values():
         if isinstance(value, int | float) and not isinstance(value, bool):
             allowed.add(abs(round(float(value), 6)))
     for rule in RULES:
         allowed.update(abs(round(t, 6)) for _, t in rule.thresholds)
+    if prompt:
+        allowed |= {abs(round(n, 6)) for n in cited_numbers(prompt)}
     return allowed
 
 
+def ungrounded_numbers(
+    text: str, profile: Mapping[str, Any], prompt: str | None = None
+) -> list[float]:
+    """The numbers `text` cites that are not allowed_numbers(profile, prompt), in order: made up."""
+    allowed = allowed_numbers(profile, prompt)
+    return [c for c in cited_numbers(text) if round(c, 6) not in allowed]
+
+
 def grounding(text: str, profile: Mapping[str, Any], prompt: str | None = None) -> dict[str, Any]:
-    """Which numbers of `text` come from the input (the profile, the rule thresholds, and every
-    number the `prompt` shows, such as its percent of threshold) and which do not.
+    """Which numbers of `text` come from the input (allowed_numbers) and which do not.
 
     `grounded_rate` is the share of cited numbers that are allowed (1.0 when nothing is cited);
     `ungrounded` lists the others: a number the model made up.
     """
-    allowed = allowed_numbers(profile)
-    if prompt:
-        allowed |= {abs(round(n, 6)) for n in cited_numbers(prompt)}
     cited = cited_numbers(text)
-    ungrounded = [c for c in cited if round(c, 6) not in allowed]
+    ungrounded = ungrounded_numbers(text, profile, prompt)
     return {
         "cited": len(cited),
         "ungrounded": ungrounded,

@@ -11,18 +11,17 @@ field and the fix; `aria.files.read_jsonl` turns that into `file:line: reason`. 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aria.domain import (
     CONFIDENCES,
     PATHOLOGIES,
-    RULES,
-    format_value,
     label,
     validate_profile,
 )
+from aria.metrics import allowed_numbers
+from aria.metrics import ungrounded_numbers as metric_ungrounded
 from aria.population import SLICES, canonical_measurements
 from aria.prompts import REPORT_TEMPLATE, render_measurements, render_prompt
 from aria.schema import parse_diagnostic
@@ -34,28 +33,17 @@ REJECTION_KINDS: tuple[str, ...] = (
     "ungrounded_value",
     "invalid_json",
 )
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
-
-
-def cited_numbers(text: str) -> list[str]:
-    """Every number written in `text`, as written (e.g. '9.1', '-0.5', '170')."""
-    return _NUMBER.findall(text)
 
 
 def grounded_numbers(profile: Mapping[str, Any]) -> set[float]:
-    """The numbers a text about `profile` may cite: the prompts' values and the rule's thresholds.
-
-    The report's prompt is the larger of the two inputs: it adds the context to the measurements.
-    """
-    allowed = {float(n) for n in cited_numbers(render_prompt(profile, REPORT_TEMPLATE))}
-    allowed |= {float(format_value(key, t)) for rule in RULES for key, t in rule.thresholds}
-    return allowed
+    """The numbers a text about `profile` may cite (aria.metrics.allowed_numbers): the report's
+    prompt is the larger input, showing every value, its percent of threshold and the context."""
+    return allowed_numbers(profile, render_prompt(profile, REPORT_TEMPLATE))
 
 
-def ungrounded_numbers(text: str, profile: Mapping[str, Any]) -> list[str]:
-    """Numbers cited in `text` that are neither in the input profile nor a threshold."""
-    allowed = grounded_numbers(profile)
-    return [n for n in cited_numbers(text) if float(n) not in allowed]
+def ungrounded_numbers(text: str, profile: Mapping[str, Any], prompt: str = "") -> list[float]:
+    """Numbers cited in `text` that are not in grounded_numbers(profile), nor in `prompt`."""
+    return metric_ungrounded(text, profile, render_prompt(profile, REPORT_TEMPLATE) + "\n" + prompt)
 
 
 def _require(record: Mapping[str, Any], keys: Iterable[str]) -> None:
@@ -132,7 +120,8 @@ def validate_sft_record(record: dict) -> dict:
             raise ValueError(f"the report does not name the label {record['label']!r}")
         bad = ungrounded_numbers(completion, profile)
         if bad:
-            raise ValueError(f"the report cites number(s) absent from the input: {', '.join(bad)}")
+            cited = ", ".join(f"{n:g}" for n in bad)
+            raise ValueError(f"the report cites number(s) absent from the input: {cited}")
     else:
         raise ValueError(f"kind {record['kind']!r} is not one of {', '.join(SFT_KINDS)}")
     return record
@@ -173,12 +162,8 @@ def validate_dpo_record(record: dict) -> dict:
         raise ValueError(
             "rejection_kind wrong_confidence needs the right label, a wrong confidence"
         )
-    if kind == "ungrounded_value":
-        allowed = {float(n) for n in cited_numbers(prompt)} | grounded_numbers(profile)
-        if all(float(n) in allowed for n in cited_numbers(wrong.justification)):
-            raise ValueError(
-                "rejection_kind ungrounded_value but every cited number is in the input"
-            )
+    if kind == "ungrounded_value" and not ungrounded_numbers(wrong.justification, profile, prompt):
+        raise ValueError("rejection_kind ungrounded_value but every cited number is in the input")
     return record
 
 

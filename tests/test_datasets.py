@@ -15,6 +15,7 @@ import pytest
 
 from aria.domain import (
     CONFIDENCES,
+    EXAMPLE_PROFILE,
     MEASUREMENT_KEYS,
     PATHOLOGIES,
     deciding_evidence,
@@ -24,6 +25,7 @@ from aria.domain import (
     runner_up,
 )
 from aria.files import read_jsonl
+from aria.metrics import cited_numbers, grounding
 from aria.population import (
     HARD_SLICE_WEIGHTS,
     NEAR_THRESHOLD_MAX_EXCEEDANCE,
@@ -35,11 +37,11 @@ from aria.population import (
     sample_profile,
     slice_counts,
 )
+from aria.prompts import REPORT_TEMPLATE, render_prompt
 from aria.records import (
     REJECTION_KINDS,
     VALIDATORS,
     check_no_leakage,
-    cited_numbers,
     dataset_stats,
     grounded_numbers,
     ungrounded_numbers,
@@ -266,7 +268,7 @@ def test_reports_are_grounded_and_sized(datasets) -> None:
         assert not ungrounded_numbers(text, r["profile"])
         # The only numbers are the deciding values and their thresholds: no context is copied.
         evidence = deciding_evidence(r["profile"], r["label"])
-        assert set(cited_numbers(text)) <= {n for e in evidence for n in e[1:]}
+        assert set(cited_numbers(text)) <= {float(n) for e in evidence for n in e[1:]}
 
 
 def test_report_reasons_first_then_names_the_label(population) -> None:
@@ -452,3 +454,17 @@ def test_grounded_numbers_include_thresholds() -> None:
     profile = sample_profile(random.Random(1), PATHOLOGIES[3], "clear")
     allowed = grounded_numbers(profile)
     assert 1.35 in allowed and 0.7 in allowed and float(profile["cadence_pas_min"]) in allowed
+
+
+def test_datasets_and_benchmark_read_numbers_alike() -> None:
+    # One reader (aria.metrics): a list marker is no citation, a French decimal comma is a point.
+    text = "1. Constats\n2) Inclinaison du tronc 9,1 ° pour un seuil de 7 ; cadence 170."
+    profile = dict(EXAMPLE_PROFILE, cadence_pas_min=170)
+    assert ungrounded_numbers(text, profile) == []
+    assert ungrounded_numbers("Inclinaison 9,4 °", profile) == [9.4]
+    report_prompt = render_prompt(profile, REPORT_TEMPLATE)
+    for candidate in (text, "valeur 12.5 et 130 % du seuil"):
+        assert (
+            ungrounded_numbers(candidate, profile)
+            == grounding(candidate, profile, report_prompt)["ungrounded"]
+        )
