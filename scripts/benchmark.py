@@ -86,7 +86,7 @@ from aria.prompts import (
 from aria.references import reference_justification
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
 from aria.settings import get_settings
-from aria.summary import SCHEMA_VERSION, RunSummary, write_summary
+from aria.summary import ROLES, SCHEMA_VERSION, RunSummary, write_summary
 from scripts.benchmark_report import (
     field_orders_table,
     first_per_id,
@@ -96,7 +96,6 @@ from scripts.benchmark_report import (
     write_plots,
 )
 
-ROLES = ("base", "sft", "dpo")
 DEFAULT_PROMPT = "default"
 REPORT_PROMPT = "report"
 EVAL_SET = "eval"  # data/eval/eval.jsonl: held out from the training data's own draws

@@ -29,8 +29,7 @@ import time
 from dataclasses import dataclass
 
 from aria.settings import get_settings
-
-ROLES = {"base": "base", "aria-ft-sft": "sft", "aria-ft-dpo": "dpo"}
+from aria.summary import STAGE_ROLES
 
 
 @dataclass
@@ -54,12 +53,12 @@ def target_specs(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
     dpo_limit = f",limit={cfg.limit}" if cfg.limit else ""
     no_orders = ",orders=0" if cfg.field_orders else ""
     dpo_orders = f",orders={cfg.orders_limit}" if cfg.field_orders else ""
-    return [
-        f"base={urls['base']},base,sets=eval,limit={cfg.base_limit},reports=0{no_orders}",
-        f"sft={urls['aria-ft-sft']},aria-ft-sft,sets=eval,limit={cfg.sft_limit},"
-        f"reports={cfg.sft_reports}{no_orders}",
-        f"dpo={urls['aria-ft-dpo']},aria-ft-dpo{dpo_limit},reports={cfg.report_sample}{dpo_orders}",
-    ]
+    asked = {
+        "base": f",sets=eval,limit={cfg.base_limit},reports=0{no_orders}",
+        "aria-ft-sft": f",sets=eval,limit={cfg.sft_limit},reports={cfg.sft_reports}{no_orders}",
+        "aria-ft-dpo": f"{dpo_limit},reports={cfg.report_sample}{dpo_orders}",
+    }
+    return [f"{STAGE_ROLES[s]}={urls[s]},{s}{asked[s]}" for s in STAGE_ROLES]
 
 
 def benchmark_args(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
@@ -107,7 +106,7 @@ def main(cfg: DemoConfig) -> int:
     try:
         print("\n━━ serving base, SFT and DPO side by side ━━", flush=True)
         started = time.monotonic()
-        for i, stage in enumerate(ROLES):
+        for i, stage in enumerate(STAGE_ROLES):
             servers.append(
                 start_server(
                     model=settings.model_dir(stage),
@@ -119,11 +118,11 @@ def main(cfg: DemoConfig) -> int:
                     log_path=settings.aria_data_dir / "logs" / f"demo-{stage}.log",
                 )
             )
-        for server, stage in zip(servers, ROLES, strict=True):
+        for server, stage in zip(servers, STAGE_ROLES, strict=True):
             ready = server.wait_ready(timeout=900)
             print(f"  {stage} ready after {ready:.0f} s at {server.base_url}", flush=True)
         timings["serve"] = time.monotonic() - started
-        urls = {stage: server.base_url for server, stage in zip(servers, ROLES, strict=True)}
+        urls = {stage: server.base_url for server, stage in zip(servers, STAGE_ROLES, strict=True)}
         args = benchmark_args(cfg, urls)
         print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
         started = time.monotonic()
