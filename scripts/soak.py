@@ -28,6 +28,7 @@ import numpy as np
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import MEASUREMENTS, RULES
 from aria.files import atomic_write_json
+from aria.metrics import percentile
 from aria.settings import Settings, get_settings
 from serve.vllm_server import pid_alive, pid_path, read_pid
 
@@ -113,16 +114,11 @@ def memory_trend(samples: list[tuple[float, int, float]]) -> dict:
 
 
 def latency_summary(latencies: list[float]) -> dict:
-    """P50/P90/P99/max latency in seconds."""
+    """P50/P90/P99/max latency in seconds (percentiles: aria.metrics.percentile)."""
     if not latencies:
         return {}
-    arr = np.array(latencies)
-    return {
-        "p50_s": round(float(np.percentile(arr, 50)), 4),
-        "p90_s": round(float(np.percentile(arr, 90)), 4),
-        "p99_s": round(float(np.percentile(arr, 99)), 4),
-        "max_s": round(float(arr.max()), 4),
-    }
+    quantiles = {f"p{q}_s": round(percentile(latencies, q), 4) for q in (50, 90, 99)}
+    return quantiles | {"max_s": round(max(latencies), 4)}
 
 
 def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
