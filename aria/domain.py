@@ -30,6 +30,11 @@ class Measurement:
     decimals: int  # how many decimals the prompts and datasets show
     low_exclusive: bool = False
 
+    def in_range(self, value: float) -> bool:
+        """True when `value` is physically possible for this measurement (low to high)."""
+        too_low = value <= self.low if self.low_exclusive else value < self.low
+        return not too_low and value <= self.high
+
 
 # Bounds are what a motion-capture system can physically report, not what is healthy.
 MEASUREMENTS: tuple[Measurement, ...] = (
@@ -120,8 +125,7 @@ def validate_profile(profile: Mapping[str, Any]) -> dict[str, float]:
         value = float(raw)
         if not math.isfinite(value):
             raise ValueError(f"measurement '{m.key}' must be finite, got {raw!r}")
-        too_low = value <= m.low if m.low_exclusive else value < m.low
-        if too_low or value > m.high:
+        if not m.in_range(value):
             low_bracket = "]" if m.low_exclusive else "["
             raise ValueError(
                 f"measurement '{m.key}' = {value:g} is physically impossible: "

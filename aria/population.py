@@ -387,9 +387,4 @@ def outside_profile(rng: random.Random) -> dict[str, float]:
 
 def is_physical(profile: Mapping[str, Any]) -> bool:
     """True when every measurement lies inside its physical bounds (aria.domain.MEASUREMENTS)."""
-    for key in MEASUREMENT_KEYS:
-        m = MEASUREMENT_BY_KEY[key]
-        v = float(profile[key])
-        if (v <= m.low if m.low_exclusive else v < m.low) or v > m.high:
-            return False
-    return True
+    return all(MEASUREMENT_BY_KEY[key].in_range(float(profile[key])) for key in MEASUREMENT_KEYS)

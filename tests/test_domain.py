@@ -155,3 +155,20 @@ def test_context_keys_never_change_the_label():
 
 def test_rules_cover_each_pathology_once():
     assert [r.pathology for r in RULES] == list(PATHOLOGIES)
+
+
+def test_one_range_check_for_validation_and_sampling() -> None:
+    from aria.domain import EXAMPLE_PROFILE, MEASUREMENT_BY_KEY
+    from aria.population import is_physical
+
+    stride, hsi = MEASUREMENT_BY_KEY["longueur_foulee"], MEASUREMENT_BY_KEY["heel_strike_index"]
+    assert not stride.in_range(0.0) and stride.in_range(0.01) and stride.in_range(3.0)
+    assert hsi.in_range(0.0) and hsi.in_range(1.0) and not hsi.in_range(1.01)
+    for value in (0.0, 0.01, 3.0, 3.01):
+        profile = dict(EXAMPLE_PROFILE, longueur_foulee=value)
+        try:
+            validate_profile(profile)
+            valid = True
+        except ValueError:
+            valid = False
+        assert is_physical(profile) is valid is stride.in_range(value)
