@@ -499,6 +499,17 @@ class GateFailure(Schema):
 
 
 @dataclass
+class ServingMemory(Schema):
+    """Memory of the local server's process tree (serve.memory): GPU memory through NVML on a
+    GPU (`gpu_nvml`), resident memory on a CPU (`cpu_rss`); GB are 10^9 bytes."""
+
+    gb: float
+    source: str
+    pid: int
+    processes: int
+
+
+@dataclass
 class Gate(Schema):
     """The release gate on the production model; passed is None when no model could be chosen."""
 
@@ -513,6 +524,9 @@ class Gate(Schema):
     checked: list[GateCheck]
     failures: list[GateFailure]
     reason: str | None = field(default=None, metadata=OPTIONAL)
+    # Checked (body "serving") wherever measured; None against a remote endpoint.
+    serving_memory: ServingMemory | None = field(default=None, metadata=OPTIONAL)
+    serving_note: str | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass

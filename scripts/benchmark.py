@@ -95,6 +95,7 @@ from scripts.benchmark_report import (
     reports_table,
     write_plots,
 )
+from serve.memory import serving_gate
 
 DEFAULT_PROMPT = "default"
 REPORT_PROMPT = "report"
@@ -1407,6 +1408,15 @@ def main(cfg: BenchmarkConfig) -> int:
             measured, gate_spec["thresholds"], gate_spec["bodies"]
         )
         gate = {"model": production["name"], "role": production["role"], **gate_head, **result}
+        # The seed's serving memory < 10 GB, on our local server's process tree when there is one.
+        serving = serving_gate(settings, production["base_url"], cfg.gate_config)
+        for key in ("checked", "failures"):
+            gate[key] += [
+                {**c, "body": "serving", "message": f"[serving] {c['message']}"}
+                for c in serving[key]
+            ]
+        gate["passed"] = gate["passed"] and serving["passed"] is not False
+        gate["serving_memory"], gate["serving_note"] = serving["memory"], serving["note"]
 
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -1448,6 +1458,12 @@ def main(cfg: BenchmarkConfig) -> int:
         print(summary["comparison"]["recommendation"]["text"])
     for n in notes:
         print(f"note: {n}")
+    if gate.get("serving_note"):
+        memory = gate.get("serving_memory")
+        shown = f"{memory['gb']:.2f} GB, " if memory else ""
+        checks = [c["message"] for c in gate["checked"] if c["body"] == "serving"]
+        print(f"serving memory: {shown}{gate['serving_note']}{'; ' if checks else ''}", end="")
+        print("; ".join(checks))
     if gate["passed"] is False:
         print(f"release gate FAILED for {gate['role']} ({gate['model']}):", file=sys.stderr)
         for f in gate["failures"]:
@@ -1506,6 +1522,7 @@ def one_line_summary(summary: dict, run_dir: Path) -> dict:
             "passed": summary["gate"]["passed"],
             "by_body": summary["gate"]["by_body"],
             "failures": [f["message"] for f in summary["gate"]["failures"]],
+            "serving_memory_gb": (summary["gate"].get("serving_memory") or {}).get("gb"),
         },
     }
 

@@ -1,0 +1,141 @@
+"""Memory of a serving process tree: GPU memory through NVML where there is a GPU, else RSS.
+
+    >>> from serve.memory import serving_memory
+    >>> serving_memory(pid)          # the vLLM API server's pid (data/run/vllm-<port>.pid)
+    {'gb': 1.53, 'source': 'cpu_rss', 'pid': 4242, 'processes': 3}
+
+vLLM's API server starts its EngineCore (and, with tensor parallel, its workers) as children, so
+the figure covers the whole tree. On a GPU it is the sum of NVML's per-process used GPU memory
+over the tree (what the model, its KV cache and CUDA graphs hold, whatever share of the card
+VLLM_GPU_MEMORY_UTILIZATION reserved for others); on a CPU it is the resident memory (RSS) of the
+tree. The seed's "serving VRAM < 10 GB" is checked on this figure by the benchmark's gate
+(`serving` in configs/release_gate.yaml). GB here are 10^9 bytes, as in the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import psutil
+
+from aria.settings import Settings
+
+Source = Literal["gpu_nvml", "cpu_rss"]
+GB = 1e9
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its live descendants; raises psutil.NoSuchProcess if `pid` is gone."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def tree_rss_bytes(processes: Iterable[psutil.Process]) -> int:
+    """Sum of the resident memory of `processes` (those that exited meanwhile count 0)."""
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def nvml_process_bytes(pids: set[int]) -> int | None:
+    """GPU memory NVML reports for `pids` over every GPU; None without NVML or a GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        total, seen = 0, False
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory is not None:
+                    total += proc.usedGpuMemory
+                    seen = True
+        return total if seen else None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def serving_memory(pid: int) -> dict[str, Any] | None:
+    """{gb, source, pid, processes} for the server whose API process is `pid`; None if gone.
+
+    GPU memory when NVML sees any process of the tree on a GPU, else the tree's RSS.
+    """
+    try:
+        processes = process_tree(pid)
+    except psutil.NoSuchProcess:
+        return None
+    pids = {p.pid for p in processes}
+    gpu = nvml_process_bytes(pids)
+    source: Source = "gpu_nvml" if gpu is not None else "cpu_rss"
+    used = gpu if gpu is not None else tree_rss_bytes(processes)
+    return {"gb": round(used / GB, 3), "source": source, "pid": pid, "processes": len(pids)}
+
+
+def serving_thresholds(gate_doc: Any) -> list[dict[str, Any]]:
+    """The gate's `serving` thresholds (on `serving_memory_gb`), validated like the others."""
+    from aria import metrics
+
+    if not isinstance(gate_doc, dict) or not gate_doc.get("serving"):
+        return []
+    return metrics.validate_gate(gate_doc["serving"])
+
+
+def evaluate_serving_gate(
+    memory: dict[str, Any] | None, thresholds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The serving thresholds checked on the measured figure: {passed, checked, failures, note}.
+
+    Where no figure exists (no local server process: a remote endpoint), nothing is checked and
+    `passed` is None with a note saying why; a measured figure is always checked.
+    """
+    from aria import metrics
+
+    if not thresholds:
+        return {"passed": None, "checked": [], "failures": [], "note": "no serving threshold"}
+    if memory is None:
+        return {
+            "passed": None,
+            "checked": [],
+            "failures": [],
+            "note": "serving memory not measured: no local server process (data/run/vllm-<port>.pid)",
+        }
+    result = metrics.evaluate_gate({"serving_memory_gb": memory["gb"]}, thresholds)
+    return {**result, "note": f"{memory['source']} of pid {memory['pid']}'s process tree"}
+
+
+def local_server_pid(settings: Settings, base_url: str) -> int | None:
+    """The pid of our vLLM server behind `base_url` (its data/run/vllm-<port>.pid), when that
+    URL is on this machine and the process runs; None otherwise."""
+    from serve.vllm_server import is_vllm_process, pid_alive, pid_path, read_pid
+
+    url = urlsplit(base_url)
+    if url.hostname not in LOOPBACK or url.port is None:
+        return None
+    pid = read_pid(pid_path(settings, url.port))
+    if pid is None or not pid_alive(pid) or not is_vllm_process(pid):
+        return None
+    return pid
+
+
+def serving_gate(settings: Settings, base_url: str, gate_path: Path) -> dict[str, Any]:
+    """Measure the server behind `base_url` and check the gate's `serving` thresholds on it:
+    {memory (serving_memory's dict or None), passed, checked, failures, note}."""
+    import yaml
+
+    thresholds = serving_thresholds(yaml.safe_load(gate_path.read_text(encoding="utf-8")))
+    pid = local_server_pid(settings, base_url)
+    memory = serving_memory(pid) if pid is not None else None
+    return {"memory": memory, **evaluate_serving_gate(memory, thresholds)}
