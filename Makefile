@@ -41,7 +41,7 @@ train-sft: $(STAMP) ## SFT QLoRA NF4 on the profile's base, then merge to bf16 a
 	$(PY) -m training.train_sft $(ARGS)
 
 merge-sft: $(STAMP) ## Merge the last SFT adapter into a bf16 base again (with the parity check)
-	$(PY) -m scripts.merge_sft $(ARGS)
+	$(PY) -m training.merge $(ARGS)
 
 train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo (production)
 	$(PY) -m training.train_dpo $(ARGS)

@@ -418,33 +418,6 @@ def test_merge_that_drifts_is_not_published(tiny_sft_run, tmp_path: Path, monkey
 
 
 @pytest.mark.engine
-def test_merge_script_refuses_a_4bit_base(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quantized = tmp_path / "base-4bit"
-    AutoModelForCausalLM.from_pretrained(
-        tiny_sft_run.base,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32
-        ),
-    ).save_pretrained(quantized)
-    shutil.copy(tiny_sft_run.base / "tokenizer.json", quantized)
-    from scripts.merge_sft import MergeConfig, main
-
-    with pytest.raises(SystemExit, match="quantized"):
-        main(
-            MergeConfig(
-                base=str(quantized),
-                adapter=tiny_sft_run.checkpoints,
-                out=tmp_path / "m",
-                probes_from=dataset_dir / "training" / "sft.jsonl",
-            )
-        )
-    assert not (tmp_path / "m").exists()
-
-
-@pytest.mark.engine
 def test_short_dpo_on_the_sft_merge(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
     from tests.fixtures_training import TINY_DPO_RECIPE
     from training.train_dpo import main

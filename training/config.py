@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.merge import DEFAULT_PARITY_TOLERANCE
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 STAGE_NAMES = ("sft", "dpo")
 # The linear layers LoRA adapts: every projection of Gemma 3's language model.
@@ -82,7 +84,11 @@ class SFTScriptArguments:
         default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
     )
     parity_tolerance: float = field(
-        default=0.5, metadata={"help": "max |logit| difference allowed between adapter and merge"}
+        default=DEFAULT_PARITY_TOLERANCE,
+        metadata={
+            "help": "max |logit diff| between adapter and merge, as a share of the largest |logit| "
+            "(training/merge.py)"
+        },
     )
 
 
@@ -112,7 +118,11 @@ class DPOScriptArguments:
         default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
     )
     parity_tolerance: float = field(
-        default=0.5, metadata={"help": "max |logit| difference allowed between adapter and merge"}
+        default=DEFAULT_PARITY_TOLERANCE,
+        metadata={
+            "help": "max |logit diff| between adapter and merge, as a share of the largest |logit| "
+            "(training/merge.py)"
+        },
     )
 
 
@@ -142,10 +152,25 @@ def _parse(parser: Any, args: list[str]) -> tuple[Any, ...]:
         if "bf16/gpu" not in str(error):
             raise
         recipe = args[args.index("--config") + 1] if "--config" in args else "the recipe"
-        raise SystemExit(
-            f"{recipe} trains in bf16 mixed precision, which needs a GPU with bf16: run it on a GPU "
-            "machine, or use ARIA_PROFILE=tiny on CPU (or add --use_cpu true to try it on CPU)"
-        ) from None
+        raise SystemExit(no_bf16_message(recipe)) from None
+
+
+def no_bf16_message(recipe: str) -> str:
+    """Why a bf16 recipe cannot train here, and the fix for this machine (GPU without bf16, CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        return (
+            f"{recipe} trains in bf16 mixed precision and this GPU ({gpu}) has no bf16 (T4, V100 "
+            "lack it). Gemma 3 overflows in float16, so train in float32 compute: add "
+            '`ARGS="--bf16 false --dtype float32"` (slower, more memory), or use a GPU with '
+            "bf16 (A10, L4, A100, H100). Merges then run on the CPU; serve with VLLM_DTYPE=float32."
+        )
+    return (
+        f"{recipe} trains in bf16 mixed precision, which needs a GPU with bf16: run it on a GPU "
+        "machine, or use ARIA_PROFILE=tiny on CPU (or add --use_cpu true to try it on CPU)"
+    )
 
 
 def _with_recipe(stage: str, argv: list[str] | None) -> list[str]:

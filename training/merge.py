@@ -8,16 +8,24 @@ The base is loaded in bf16, never in 4 bits: merging into a quantized base round
 into NF4 and ruins it, so a quantized base is refused. Before anything is published, the adapter
 model (base + unmerged LoRA) and the merged model score the same sequences (probe prompts plus
 the adapter model's greedy answers); the merge is published only if the greedy tokens agree
-(no flip where the adapter model's top-1 margin exceeds the tolerance) AND the logits differ by
-at most the tolerance. Both are needed: on a barely trained model every position is a near-tie,
-so token agreement alone would pass any drift. The numbers are written next to the model
-(merge_parity.json).
+(no flip where the adapter model's top-1 margin exceeds tolerance x scale) AND the max |logit
+difference| is at most tolerance x scale, where scale is the largest |logit| of the adapter model
+on those positions. A relative bound means the same on the tiny model and on MedGemma's 262k
+vocabulary (an absolute one grows with the logits' size). Both parts are needed: on a barely
+trained model every position is a near-tie, so token agreement alone would pass any drift.
+The adapter's keys must all load into the base (a missing or unexpected key is an error: the
+check would otherwise compare the base with itself and pass). The merge, the parity check and
+the quick eval run on CUDA when the GPU has bf16, on CPU otherwise (`compute_device`).
+The numbers are written next to the model (merge_parity.json).
+
+    python -m training.merge                         # make merge-sft: the last SFT adapter again
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +34,11 @@ from aria.files import atomic_dir, atomic_write_json
 END_OF_TURN = "<end_of_turn>"
 PARITY_FILE = "merge_parity.json"
 PARITY_NEW_TOKENS = 64
-DEFAULT_TOLERANCE = 0.5
+PARITY_PROBES = 4
+# What a re-merge (make merge-sft) carries over from the folder it replaces.
+KEPT_ON_REMERGE = ("training_metrics.json", "loss.png", "runs", "README.md")
+# max |logit diff| / max |logit| allowed; the one default of every recipe and of `make merge-sft`.
+DEFAULT_PARITY_TOLERANCE = 0.05
 
 
 class MergeParityError(RuntimeError):
@@ -59,15 +71,61 @@ def is_multimodal(name_or_path: str) -> bool:
     return "vision_config" in model_config_dict(name_or_path)
 
 
-def load_bf16(name_or_path: str, token: str | None = None):
-    """The model in bf16 with eager attention (Gemma 3's recommended attention for training)."""
+def compute_device() -> str:
+    """Where merges, parity checks and quick evals run: "cuda" on a GPU with bf16, else "cpu".
+
+    A GPU without bf16 (T4, V100) would emulate the bf16 merge or overflow in fp16; the CPU
+    computes it exactly (slower), so those GPUs merge on the CPU.
+    """
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "cuda"
+    return "cpu"
+
+
+def load_bf16(name_or_path: str, token: str | None = None, device: str | None = None):
+    """The model in bf16 with eager attention (Gemma 3's recommended attention for training),
+    placed on `device` (default: `compute_device()`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     auto = AutoModelForImageTextToText if is_multimodal(name_or_path) else AutoModelForCausalLM
     return auto.from_pretrained(
-        name_or_path, dtype=torch.bfloat16, attn_implementation="eager", token=token
+        name_or_path,
+        dtype=torch.bfloat16,
+        attn_implementation="eager",
+        token=token,
+        device_map=device or compute_device(),
     )
+
+
+class AdapterKeyError(RuntimeError):
+    """The adapter's weights do not match the base's LoRA layers; nothing was merged."""
+
+
+def check_adapter_keys(model, adapter_dir: Path) -> int:
+    """The number of LoRA tensors loaded; AdapterKeyError when the adapter file and the model's
+    LoRA layers do not hold the same keys (a base other than the one trained on, renamed layers)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.exists():
+        raise AdapterKeyError(
+            f"{adapter_dir} has no adapter_model.safetensors: retrain the adapter"
+        )
+    with safe_open(str(weights), "pt") as f:
+        stored = set(f.keys())
+    expected = set(get_peft_model_state_dict(model).keys())
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise AdapterKeyError(
+            f"the LoRA adapter in {adapter_dir} does not fit its base: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}. Merge it into the "
+            "base it was trained on (adapter_config.json's base_model_name_or_path)"
+        )
+    return len(stored)
 
 
 def eos_ids_with_end_of_turn(tokenizer, generation_config) -> list[int]:
@@ -119,27 +177,33 @@ def teacher_forced_logits(model, input_ids, attention_mask):
 def parity_numbers(adapter_logits, merged_logits, mask, prompt_len: int, tolerance: float) -> dict:
     """Compare two models' logits on the probes and the adapter's greedy continuations.
 
-    The greedy next token is compared at every position (prompt included, so the check is never
-    vacuous when a continuation is empty). A flip counts against the merge only where the
-    adapter's own top-1/top-2 margin exceeds `tolerance`; flips at near-ties are reported but
-    allowed (bf16 rounding decides them). `prompt_len` splits the counts for the report.
+    scale is the adapter model's largest |logit| on the compared positions; the bounds are
+    relative to it. The greedy next token is compared at every position (prompt included, so the
+    check is never vacuous when a continuation is empty). A flip counts against the merge only
+    where the adapter's own top-1/top-2 margin exceeds `tolerance` x scale; flips at near-ties are
+    reported but allowed (bf16 rounding decides them). `passed` also needs max |logit diff| <=
+    `tolerance` x scale. `prompt_len` splits the counts for the report.
     """
     valid = mask.bool()
     max_diff = float((adapter_logits - merged_logits).abs()[valid].max())
+    scale = max(float(adapter_logits[valid].abs().max()), 1e-6)
     gen = valid.clone()
     gen[:, -1] = False  # the last position predicts past the sequence
     a_top = adapter_logits.topk(2, dim=-1)
     flips = (a_top.indices[..., 0] != merged_logits.argmax(-1)) & gen
     margin = a_top.values[..., 0] - a_top.values[..., 1]
-    decisive = flips & (margin > tolerance)
+    decisive = flips & (margin > tolerance * scale)
     n_gen = int(gen.sum())
     return {
         "max_abs_logit_diff": round(max_diff, 6),
+        "logit_scale": round(scale, 6),
+        "relative_logit_diff": round(max_diff / scale, 6),
         "continuation_tokens": int(gen[:, prompt_len:].sum()),
         "greedy_tokens_compared": n_gen,
         "greedy_token_agreement": round(1 - int(flips.sum()) / max(n_gen, 1), 6),
         "near_tie_flips": int((flips & ~decisive).sum()),
         "decisive_flips": int(decisive.sum()),
+        "passed": max_diff <= tolerance * scale and int(decisive.sum()) == 0,
     }
 
 
@@ -148,15 +212,16 @@ def merge_adapter(
     adapter_dir: Path,
     out_dir: Path,
     probes: list[list[dict]],
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = DEFAULT_PARITY_TOLERANCE,
     before_publish: Callable[[Path, dict], None] | None = None,
     token: str | None = None,
 ) -> dict:
     """Merge `adapter_dir` into the bf16 `base` and publish it at `out_dir` if parity holds.
 
-    Returns the parity report. Raises MergeParityError (and leaves `out_dir` untouched) when a
-    probe's greedy answer changes where the adapter model was decisive, or the max logit
-    difference exceeds `tolerance`.
+    Returns the parity report. Raises AdapterKeyError when the adapter's keys do not load into
+    the base, MergeParityError (and leaves `out_dir` untouched) when a probe's greedy answer
+    changes where the adapter model was decisive, or the max logit difference exceeds
+    `tolerance` x the logits' scale (see `parity_numbers`).
     `before_publish(tmp_dir, report)` may add files (metrics, quick eval) before the rename.
     """
     from peft import PeftConfig, PeftModel
@@ -173,15 +238,17 @@ def merge_adapter(
             "it; retrain without lora_modules_to_save"
         )
 
+    device = compute_device()
     tokenizer = AutoTokenizer.from_pretrained(base, token=token)
-    model = PeftModel.from_pretrained(load_bf16(base, token), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_bf16(base, token, device), str(adapter_dir))
     model.eval()
+    lora_tensors = check_adapter_keys(model, adapter_dir)
     try:
         generation_config = GenerationConfig.from_pretrained(base, token=token)
     except OSError:  # a base without generation_config.json
         generation_config = GenerationConfig.from_model_config(model.config)
     eos_ids = eos_ids_with_end_of_turn(tokenizer, generation_config)
-    inputs = probe_inputs(tokenizer, probes)
+    inputs = probe_inputs(tokenizer, probes).to(model.device)
 
     sequences, seq_mask = greedy_continuations(model, inputs, eos_ids, tokenizer.pad_token_id)
     adapter_logits = teacher_forced_logits(model, sequences, seq_mask)
@@ -193,18 +260,20 @@ def merge_adapter(
     report = {
         "base": str(base),
         "adapter": str(adapter_dir),
+        "lora_tensors_loaded": lora_tensors,
+        "device": device,
         "probes": len(probes),
         **numbers,
         "tolerance": tolerance,
         "new_tokens": PARITY_NEW_TOKENS,
-        "passed": numbers["max_abs_logit_diff"] <= tolerance and numbers["decisive_flips"] == 0,
     }
     if not report["passed"]:
         raise MergeParityError(
             f"merge parity failed, nothing published to {out_dir}: max |logit diff| "
-            f"{numbers['max_abs_logit_diff']:.4f} (tolerance {tolerance}), greedy token agreement "
-            f"{numbers['greedy_token_agreement']:.2%} with {numbers['decisive_flips']} flips where "
-            f"the adapter model's top-1 margin exceeds the tolerance"
+            f"{numbers['max_abs_logit_diff']:.4f} = {numbers['relative_logit_diff']:.2%} of the "
+            f"logits' scale {numbers['logit_scale']:.2f} (tolerance {tolerance:.2%}), greedy token "
+            f"agreement {numbers['greedy_token_agreement']:.2%} with {numbers['decisive_flips']} "
+            "flips where the adapter model's top-1 margin exceeds tolerance x scale"
         )
 
     generation_config.eos_token_id = eos_ids
@@ -223,3 +292,73 @@ def merge_adapter(
         if before_publish is not None:
             before_publish(tmp, report)
     return report
+
+
+def parity_probes(rows) -> list[list[dict]]:
+    """The parity check's probe prompts: the first PARITY_PROBES `prompt`s of dataset rows."""
+    return [rows[i]["prompt"] for i in range(min(PARITY_PROBES, len(rows)))]
+
+
+def keep_training_files(previous: Path) -> Callable[[Path, dict], None]:
+    """A `before_publish` that carries KEPT_ON_REMERGE over from the `previous` merged folder,
+    with the new parity report in its training_metrics.json."""
+    from training.curves import METRICS_FILE
+
+    def carry(tmp: Path, report: dict) -> None:
+        for name in KEPT_ON_REMERGE:
+            source = Path(previous) / name
+            if source.is_dir():
+                shutil.copytree(source, tmp / name)
+            elif source.exists():
+                shutil.copy2(source, tmp / name)
+        metrics_path = tmp / METRICS_FILE
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            metrics["merge_parity"] = report
+            atomic_write_json(metrics_path, metrics)
+
+    return carry
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Merge the last SFT adapter again as the recipe's merge does: its base, adapter, output
+    folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure."""
+    from training.config import parse_sft_args
+    from training.preflight import hub_token, require_dataset, require_model
+    from training.train_sft import load_splits, sft_record
+
+    # The merge trains nothing: bf16 mixed precision (refused on a CPU by the Trainer) is moot.
+    args = list(sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args = parse_sft_args([*args, "--bf16", "false"])
+    base = require_model(model_args.model_name_or_path, "base")
+    adapter, out = Path(training_args.output_dir), Path(script_args.merged_dir)
+    sft_path = require_dataset(Path(script_args.sft_path))
+    train_set, eval_set = load_splits(
+        sft_path, sft_record, script_args.eval_size, training_args.seed
+    )
+    probes = parity_probes(eval_set if eval_set is not None else train_set)
+    try:
+        report = merge_adapter(
+            base,
+            adapter,
+            out,
+            probes,
+            script_args.parity_tolerance,
+            keep_training_files(out),
+            hub_token(),
+        )
+    except (MergeParityError, AdapterKeyError) as error:
+        raise SystemExit(str(error)) from None
+    print(f"merged {adapter} into {base} → {out} (on {report['device']})")
+    print(
+        f"parity: greedy token agreement {report['greedy_token_agreement']}, decisive flips "
+        f"{report['decisive_flips']}, max |logit diff| {report['max_abs_logit_diff']} = "
+        f"{report['relative_logit_diff']:.2%} of {report['logit_scale']} "
+        f"(tolerance {report['tolerance']:.2%})"
+    )
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

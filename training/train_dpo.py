@@ -54,7 +54,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     from trl import DPOTrainer
 
     from training.curves import METRICS_FILE
-    from training.merge import merge_adapter
+    from training.merge import merge_adapter, parity_probes
     from training.preflight import refuse_when_vllm_holds_gpu, require_dataset, require_model
 
     sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft")
@@ -93,7 +93,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     train_seconds = time.perf_counter() - started
     del trainer, model
 
-    probes = [row["prompt"] for row in (eval_set or train_set).select(range(4))]
+    probes = parity_probes(eval_set if eval_set is not None else train_set)
     metrics = {
         "stage": "aria-ft-dpo",
         "base": sft_model,

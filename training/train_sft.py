@@ -186,7 +186,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     from trl import SFTTrainer
 
     from training.curves import METRICS_FILE
-    from training.merge import merge_adapter
+    from training.merge import merge_adapter, parity_probes
     from training.preflight import (
         hub_token,
         refuse_when_vllm_holds_gpu,
@@ -253,7 +253,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     train_seconds = time.perf_counter() - started
     del trainer, model
 
-    probes = [row["prompt"] for row in (eval_set or train_set).select(range(4))]
+    probes = parity_probes(eval_set if eval_set is not None else train_set)
     metrics = {
         "stage": "aria-ft-sft",
         "base": base,
