@@ -3,7 +3,8 @@
     python -m training.build_tiny_model            # make tiny-model → data/models/tiny/base
 
 The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a CPU in minutes.
-Its base is a Gemma 3 with small dimensions (hidden 256, 4 layers, about 3M parameters), randomly
+Its base is a Gemma 3 with small dimensions (hidden 256, 4 layers; the parameter count follows the
+learned vocabulary: the build prints it and writes it to aria_build.json), randomly
 initialised from a fixed seed and saved in bf16 safetensors; its tokenizer is a byte-level BPE
 (every text encodes) trained with `tokenizers` on our own dataset text, with digits split one per
 token so that numbers are read digit by digit, each measurement key one token, Gemma's special
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import DataError, atomic_dir, read_jsonl
+from training.merge import END_OF_TURN
 
 # Gemma's special tokens, with Gemma's ids for pad/eos/bos/unk (the Gemma 3 config defaults).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -42,9 +44,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<bos>",
     "<unk>",
     "<start_of_turn>",
-    "<end_of_turn>",
+    END_OF_TURN,
 )
-END_OF_TURN = "<end_of_turn>"
 VOCAB_SIZE = 2048
 # The pre-tokenizer's word split: GPT-2's regular expression with `_` counted as a letter.
 WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+| ?\p{N}+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
