@@ -106,13 +106,23 @@ class Settings(BaseSettings):
         return self.base_model() if stage == "base" else str(self.model_dir(stage))
 
     @property
+    def root_url(self) -> str:
+        """http://host:port of the configured server, where /health lives."""
+        return server_url(self.vllm_host, self.vllm_port)
+
+    @property
     def base_url(self) -> str:
-        """The OpenAI-compatible base URL of the local server."""
-        return f"http://{self.vllm_host}:{self.vllm_port}/v1"
+        """The OpenAI-compatible base URL of the configured server (root_url + /v1)."""
+        return f"{self.root_url}/v1"
 
     def api_key_value(self) -> str:
         """The API key in clear, for the HTTP header only; never print it. 'EMPTY' when unset."""
         return self.vllm_api_key.get_secret_value() if self.vllm_api_key else "EMPTY"
+
+
+def server_url(host: str, port: int) -> str:
+    """http://host:port of a server, an IPv6 host in brackets (where /health lives)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def format_validation_error(error: ValidationError) -> str:

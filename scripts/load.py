@@ -126,7 +126,7 @@ def bench_command(
         "--backend",
         "openai-chat",
         "--base-url",
-        f"http://{settings.vllm_host}:{settings.vllm_port}",
+        settings.root_url,
         "--endpoint",
         "/v1/chat/completions",
         "--model",
@@ -249,7 +249,7 @@ def check_server(settings: Settings) -> None:
     """Raise LoadError when /health does not answer 200 (start it: `make serve-ft-bg`)."""
     import httpx
 
-    url = f"http://{settings.vllm_host}:{settings.vllm_port}/health"
+    url = f"{settings.root_url}/health"
     try:
         ok = httpx.get(url, timeout=5.0).status_code == 200
     except Exception as error:  # httpx2 errors are neither httpx's nor ConnectionError

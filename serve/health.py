@@ -54,14 +54,9 @@ class HealthResult:
     details: dict
 
 
-def root_url(settings: Settings) -> str:
-    """http://host:port of the configured server (where /health lives)."""
-    return settings.base_url.removesuffix("/v1")
-
-
 def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
     """Run both checks against the configured server; never raises for a server-side failure."""
-    root = root_url(settings)
+    root = settings.root_url
     try:
         health = httpx.get(f"{root}/health", timeout=min(timeout_s, 10.0))
     except httpx.HTTPError as error:

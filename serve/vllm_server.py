@@ -43,7 +43,7 @@ from typing import IO, Literal
 
 from pydantic import SecretStr
 
-from aria.settings import STAGE_TARGETS, STAGES, Settings, get_settings
+from aria.settings import STAGE_TARGETS, STAGES, Settings, get_settings, server_url
 
 Engine = Literal["cpu", "gpu"]
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -303,8 +303,7 @@ class ServerHandle:
     @property
     def root_url(self) -> str:
         """http://host:port, where /health lives."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return server_url(self.host, self.port)
 
     @property
     def base_url(self) -> str:

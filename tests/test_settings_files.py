@@ -100,3 +100,15 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     path.write_text(json.dumps({"a": 5}) + "\n\n" + json.dumps({"a": 1}) + "\n")
     with pytest.raises(DataError, match=rf"{path}:3: a must be >= 2"):
         read_jsonl(path, positive)
+
+
+def test_one_root_url_for_settings_and_launched_servers() -> None:
+    from aria.settings import server_url
+    from serve.vllm_server import ServerHandle
+
+    settings = Settings(_env_file=None, vllm_host="::1", vllm_port=8005)
+    assert settings.root_url == "http://[::1]:8005" == server_url("::1", 8005)
+    assert settings.base_url == "http://[::1]:8005/v1"
+    assert server_url("127.0.0.1", 8001) == "http://127.0.0.1:8001"
+    handle = ServerHandle(None, "::1", 8005, "aria-ft", "m", None, Path("log"))  # type: ignore[arg-type]
+    assert (handle.root_url, handle.base_url) == (settings.root_url, settings.base_url)
