@@ -36,8 +36,10 @@ SCHEMA_VERSION = 2
 STAGE_ROLES: dict[str, str] = {"base": "base", "aria-ft-sft": "sft", "aria-ft-dpo": "dpo"}
 ROLES: tuple[str, ...] = tuple(STAGE_ROLES.values())
 # Field metadata: the JSON key when it is not the attribute's name ("from" is a Python keyword),
-# and OPTIONAL for a key that is left out while None.
+# OPTIONAL for a key that is left out while None, and FLAT for a dataclass whose keys sit in the
+# enclosing object (the JSON has no key of its own for it).
 OPTIONAL = {"optional": True}
+FLAT = {"flat": True}
 
 
 class SummaryError(ValueError):
@@ -99,14 +101,20 @@ def _load_dataclass(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise SummaryError(f"{where}: expected an object for {cls.__name__}, got {value!r}")
     hints = _hints(cls)
-    declared = {_json_key(f): f for f in fields(cls) if f.init}
-    unknown = [k for k in value if k not in declared]
+    flat = [f for f in fields(cls) if f.metadata.get("flat")]
+    flat_keys = {f.name: [_json_key(g) for g in fields(hints[f.name])] for f in flat}
+    declared = {_json_key(f): f for f in fields(cls) if f.init and f not in flat}
+    taken = set(declared).union(*flat_keys.values())
+    unknown = [k for k in value if k not in taken]
     if unknown:
         raise SummaryError(
             f"{where}: key {unknown[0]!r} is not in the schema ({cls.__name__}); declare it in "
             "aria.summary (with a default if older files lack it)"
         )
     kwargs = {}
+    for f in flat:
+        part = {k: value[k] for k in flat_keys[f.name] if k in value}
+        kwargs[f.name] = _load_dataclass(hints[f.name], part, where)
     for key, f in declared.items():
         if key in value:
             kwargs[f.name] = _load(hints[f.name], value[key], f"{where}.{key}")
@@ -136,6 +144,9 @@ def _dump_fields(value: Any) -> dict[str, Any]:
     for f in fields(value):
         item = getattr(value, f.name)
         if item is None and f.metadata.get("optional"):
+            continue
+        if f.metadata.get("flat"):
+            out |= _dump(item)
             continue
         out[_json_key(f)] = _dump(item)
     return out
@@ -205,13 +216,10 @@ class Calibration(Schema):
 
 
 @dataclass
-class Justification(Schema):
-    """The justification's verdict rates and its grounding means."""
+class TextMeans(Schema):
+    """Grounding and hallucination means over texts (justifications or reports), as keys of the
+    object that holds them."""
 
-    n: int
-    grounded_rate: float | None
-    code_trace_rate: float | None
-    readable_rate: float | None
     grounded_rate_mean: float | None
     with_ungrounded_rate: float | None
     anchoring_mean: float | None
@@ -219,6 +227,17 @@ class Justification(Schema):
     length_ratio_mean: float | None
     hallucinated_rate: float | None
     keyword_coverage_mean: float | None
+
+
+@dataclass
+class Justification(Schema):
+    """The justification's verdict rates and its text means."""
+
+    n: int
+    grounded_rate: float | None
+    code_trace_rate: float | None
+    readable_rate: float | None
+    text: TextMeans = field(metadata=FLAT)
 
 
 @dataclass
@@ -290,13 +309,7 @@ class ReportSummary(Schema):
     cut_by_length_rate: float | None
     problems: dict[str, int]
     text_n: int
-    grounded_rate_mean: float | None
-    with_ungrounded_rate: float | None
-    anchoring_mean: float | None
-    insertion_rate_mean: float | None
-    length_ratio_mean: float | None
-    hallucinated_rate: float | None
-    keyword_coverage_mean: float | None
+    text: TextMeans = field(metadata=FLAT)
     similarity_mean: float | None
     errors: dict[str, int]
 
@@ -472,8 +485,8 @@ class Comparison(Schema):
 
 
 @dataclass
-class GateCheck(Schema):
-    """One threshold checked on one body."""
+class GateRow(Schema):
+    """What a gate check and a gate failure share: the threshold on one body and the measure."""
 
     body: str
     metric: str
@@ -481,19 +494,19 @@ class GateCheck(Schema):
     target: float | None
     measured: float | None
     passed: bool
+
+
+@dataclass
+class GateCheck(GateRow):
+    """One threshold checked on one body."""
+
     message: str
 
 
 @dataclass
-class GateFailure(Schema):
+class GateFailure(GateRow):
     """A check that failed, and how far on the wrong side (`by`; None when not measured)."""
 
-    body: str
-    metric: str
-    op: str
-    target: float | None
-    measured: float | None
-    passed: bool
     by: float | None
     message: str
 
