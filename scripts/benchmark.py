@@ -1441,18 +1441,19 @@ def main(cfg: BenchmarkConfig) -> int:
         "comparison": compare(models, records_by_body),
         "gate": gate,
     }
-    plots = write_plots(run_dir, models, records_by_slug) if cfg.plots else []
-    write_summary(run_dir / "summary.json", RunSummary.from_dict(summary))  # checks the schema
-    atomic_write_text(run_dir / "report.md", render_report(summary, plots))
+    typed = RunSummary.from_dict(summary)  # checks the schema before anything is written
+    plots = write_plots(run_dir, typed.models, records_by_slug) if cfg.plots else []
+    write_summary(run_dir / "summary.json", typed)
+    atomic_write_text(run_dir / "report.md", render_report(typed, plots))
     point_latest(cfg.reports_dir, run_id)
 
-    print(models_table(models))
-    if any(m["report"] for m in models):
+    print(models_table(typed.models))
+    if any(m.report for m in typed.models):
         print()
-        print(reports_table(models))
-    if any(m["field_orders"] for m in models):
+        print(reports_table(typed.models))
+    if any(m.field_orders for m in typed.models):
         print()
-        print(field_orders_table(models))
+        print(field_orders_table(typed.models))
     print(f"\nwinner: {summary['comparison']['winner']}; report: {run_dir / 'report.md'}")
     if summary["comparison"]["recommendation"]:
         print(summary["comparison"]["recommendation"]["text"])

@@ -120,3 +120,15 @@ def test_bad_json_names_the_line(tmp_path) -> None:
     path.write_text('{"schema_version": 2,\n oops}')
     with pytest.raises(SummaryError, match=r"summary\.json:2: not valid JSON"):
         read_summary(path)
+
+
+def test_the_report_renders_from_the_typed_summary() -> None:
+    from scripts.benchmark_report import models_table, render_report
+
+    summary = read_summary(FIXTURE)
+    text = render_report(summary, ["latency.png"])
+    assert text.startswith("# Benchmark 20261130-152205\n")
+    assert f"finished {summary.finished_at}" in text
+    assert "Model **aria-ft-dpo** (dpo): **FAILED**" in text
+    assert "| dpo | aria-ft-dpo | seed | 300 | 100.0% |" in models_table(summary.models)
+    assert text.endswith("![latency.png](latency.png)\n")
