@@ -12,7 +12,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ dataset-card: $(STAMP) ## Render data/training/README.md, the Hugging Face datas
 
 tiny-model: $(STAMP) ## Build the tiny Gemma 3 base and its tokenizer in data/models/tiny/base
 	$(PY) -m training.build_tiny_model $(ARGS)
+
+convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked
+	$(PY) -m training.convert_base $(ARGS)
 
 train-sft: $(STAMP) ## SFT QLoRA NF4 on the profile's base, then merge to bf16 aria-ft-sft
 	$(PY) -m training.train_sft $(ARGS)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     aria_profile: Profile = "tiny"
     aria_data_dir: Path = Path("data")
     aria_reports_dir: Path = Path("reports")
+    # The multimodal MedGemma that `make convert-base` turns into the text-only base: a Hub id
+    # or a local Gemma3ForConditionalGeneration folder; default: google/medgemma-4b-it.
+    aria_base_source: str | None = None
 
     # --- serving (names of the seed)
     vllm_host: str = "127.0.0.1"
@@ -101,9 +104,14 @@ class Settings(BaseSettings):
             return MEDGEMMA_HUB_ID
         return str(self.model_dir("base"))
 
+    def base_source(self) -> str:
+        """What `make convert-base` converts: ARIA_BASE_SOURCE, or the MedGemma Hub id."""
+        return self.aria_base_source or MEDGEMMA_HUB_ID
+
     def stage_model(self, stage: str) -> str:
-        """A path or Hub id for a stage; `base` is the Hub id on medgemma."""
-        return self.base_model() if stage == "base" else str(self.model_dir(stage))
+        """The local folder of a stage; on medgemma `base` is the text-only conversion of
+        `base_source()` (make convert-base), on tiny the built tiny model (make tiny-model)."""
+        return str(self.model_dir(stage))
 
     @property
     def root_url(self) -> str:

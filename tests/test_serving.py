@@ -144,9 +144,10 @@ def test_no_api_key_means_no_flag(tmp_path):
     assert "--api-key" not in build_command(settings, "base", "cpu").argv
 
 
-def test_medgemma_base_is_served_from_the_hub_id(tmp_path):
+def test_medgemma_base_is_served_from_the_converted_folder(tmp_path):
     settings = make_settings(tmp_path, aria_profile="medgemma")
-    assert flag(build_command(settings, "base", "gpu").argv, "--model") == "google/medgemma-4b-it"
+    folder = make_model(settings, "base")  # make convert-base: the text-only MedGemma
+    assert flag(build_command(settings, "base", "gpu").argv, "--model") == str(folder)
 
 
 def test_vllm_model_overrides_the_stage(tmp_path):
@@ -281,7 +282,7 @@ def test_docker_run_command(tmp_path):
 
 
 def test_docker_without_gpus_and_with_hub_model(tmp_path):
-    settings = make_settings(tmp_path, aria_profile="medgemma")
+    settings = make_settings(tmp_path, aria_profile="medgemma", vllm_model="google/medgemma-4b-it")
     argv = docker.build_run_command(settings, "base", gpus=None).argv
     assert "--gpus" not in argv
     assert flag(argv, "--model") == "google/medgemma-4b-it"

@@ -22,11 +22,12 @@ def test_defaults_are_the_tiny_profile_and_the_seed_port(monkeypatch, tmp_path):
     assert s.base_url == "http://127.0.0.1:8001/v1"
 
 
-def test_medgemma_profile_uses_the_hub_id(monkeypatch, tmp_path):
+def test_medgemma_profile_trains_on_the_converted_base(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ARIA_PROFILE", "medgemma")
     s = Settings()
-    assert s.stage_model("base") == "google/medgemma-4b-it"
+    assert s.stage_model("base") == "data/models/medgemma/base"  # make convert-base
+    assert s.base_source() == "google/medgemma-4b-it"
     assert s.stage_model("aria-ft-sft") == "data/models/medgemma/aria-ft-sft"
 
 

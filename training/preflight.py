@@ -10,6 +10,7 @@ that DPO starts from are missing.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -37,11 +38,17 @@ def require_model(name_or_path: str, stage: str) -> str:
     `stage` is the ARIA stage the model is (`base`, `aria-ft-sft`), used to name its make target.
     """
     if is_local_model(name_or_path):
-        if not (Path(name_or_path) / "config.json").exists():
-            target = STAGE_TARGETS.get(stage, "make tiny-model")
+        config = Path(name_or_path) / "config.json"
+        if not config.exists():
             raise SystemExit(
                 f"model folder {name_or_path} is missing or incomplete (no config.json): "
-                f"run `{target}` first"
+                f"{missing_model_fix(stage)}"
+            )
+        if stage == "base" and "vision_config" in json.loads(config.read_text()):
+            raise SystemExit(
+                f"{name_or_path} is a multimodal Gemma 3: ARIA trains and serves the text-only "
+                "Gemma3ForCausalLM. Convert it first: make convert-base "
+                f"ARIA_BASE_SOURCE={name_or_path} (then train on data/models/<profile>/base)"
             )
         return name_or_path
     if hub_token() is None and not _in_hub_cache(name_or_path):
@@ -51,6 +58,16 @@ def require_model(name_or_path: str, stage: str) -> str:
             "in .env or the environment (or use ARIA_PROFILE=tiny and `make tiny-model`)"
         )
     return name_or_path
+
+
+def missing_model_fix(stage: str) -> str:
+    """What to run when a stage's folder is missing: `base` is built on tiny, converted on
+    medgemma; `source` is the multimodal checkpoint that convert-base reads."""
+    if stage == "source":
+        return "set ARIA_BASE_SOURCE to a MedGemma folder or a Hub id (google/medgemma-4b-it)"
+    if stage == "base" and get_settings().aria_profile == "medgemma":
+        return "run `make convert-base` first (ARIA_BASE_SOURCE: a Hub id or a MedGemma folder)"
+    return f"run `{STAGE_TARGETS.get(stage, 'make tiny-model')}` first"
 
 
 def hub_token() -> str | None:
