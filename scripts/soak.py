@@ -8,6 +8,11 @@ Sends `--requests` guided diagnostics (aria.client, no retries: every failure co
 data/run/vllm-<port>.pid and its EngineCore children) to show it stays flat. Prints a table, writes
 reports/soak.json and ends with one JSON line. Exit code 0 only when every request succeeded with a
 schema-valid diagnostic and memory did not grow.
+
+It also samples the server's Prometheus `/metrics` (text format, parsed here): KV-cache usage
+(`vllm:kv_cache_usage_perc`), the queue (`vllm:num_requests_waiting`), the batch
+(`vllm:num_requests_running`) and preemptions (`vllm:num_preemptions_total`, counted over the
+soak). A full KV cache, a growing queue or preemptions say the load is past what one replica holds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import ipaddress
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -93,6 +99,88 @@ def server_rss_mib(pid: int) -> float | None:
     return total / 2**20
 
 
+# The engine's gauges and counters the soak reads from /metrics (summed over engines).
+ENGINE_METRICS = {
+    "kv_cache_usage": "vllm:kv_cache_usage_perc",
+    "requests_waiting": "vllm:num_requests_waiting",
+    "requests_running": "vllm:num_requests_running",
+    "preemptions_total": "vllm:num_preemptions_total",
+}
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$"
+)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format → {metric name: [(labels, value), ...]}; comments are skipped.
+
+    Raises ValueError naming the line when a sample line does not parse.
+    """
+    families: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            raise ValueError(f"/metrics line {number} is not a Prometheus sample: {line[:80]!r}")
+        labels = {
+            k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+            for k, v in _LABEL.findall(match["labels"] or "")
+        }
+        families.setdefault(match["name"], []).append((labels, float(match["value"])))
+    return families
+
+
+def engine_metrics(text: str) -> dict[str, float | None]:
+    """The ENGINE_METRICS of one /metrics scrape, each summed over engines (None if absent)."""
+    families = parse_prometheus(text)
+    return {
+        key: sum(v for _, v in families[name]) if name in families else None
+        for key, name in ENGINE_METRICS.items()
+    }
+
+
+def engine_trend(samples: list[dict[str, float | None]]) -> dict:
+    """Peak KV-cache use, peak and last queue, peak batch, and the preemptions during the soak."""
+    if not samples:
+        return {"samples": 0}
+
+    def values(key: str) -> list[float]:
+        return [s[key] for s in samples if s.get(key) is not None]
+
+    kv, waiting, running = (
+        values("kv_cache_usage"),
+        values("requests_waiting"),
+        values("requests_running"),
+    )
+    preempted = values("preemptions_total")
+    return {
+        "samples": len(samples),
+        "kv_cache_usage_max": round(max(kv), 4) if kv else None,
+        "requests_waiting_max": max(waiting) if waiting else None,
+        "requests_waiting_last": waiting[-1] if waiting else None,
+        "requests_running_max": max(running) if running else None,
+        "preemptions": preempted[-1] - preempted[0] if preempted else None,
+    }
+
+
+def scrape_metrics(root_url: str, api_key: str) -> dict[str, float | None] | None:
+    """One scrape of <root_url>/metrics → engine_metrics; None when it does not answer."""
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"{root_url}/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=5.0
+        )
+    except Exception:  # httpx2 errors are neither httpx's nor ConnectionError
+        return None
+    if response.status_code != 200:
+        return None
+    return engine_metrics(response.text)
+
+
 def memory_trend(samples: list[tuple[float, int, float]]) -> dict:
     """First/last/max RSS, growth between the first and last quarter, and whether it is flat."""
     if len(samples) < 4:
@@ -133,6 +221,8 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
     samples: list[tuple[float, int, float]] = []
+    engine_samples: list[dict[str, float | None]] = []
+    root_url = settings.base_url.removesuffix("/v1")
     invalid_examples: list[str] = []
     error_examples: list[str] = []
     done = 0
@@ -142,10 +232,13 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     deadline = started + cfg.max_seconds
 
     def sample_memory() -> None:
-        while not stop_sampling.is_set() and pid is not None:
-            rss = server_rss_mib(pid)
+        while not stop_sampling.is_set():
+            rss = server_rss_mib(pid) if pid is not None else None
             if rss is not None:
                 samples.append((time.monotonic() - started, done, rss))
+            scraped = scrape_metrics(root_url, settings.api_key_value())
+            if scraped is not None:
+                engine_samples.append(scraped)
             stop_sampling.wait(cfg.sample_every_s)
 
     def one(profile: dict) -> tuple[str, float | None, str | None]:
@@ -208,11 +301,16 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
         "throughput_rps": round(sent / wall, 2) if wall else 0.0,
         "latency": latency_summary(latencies),
         "memory": memory,
+        "engine": engine_trend(engine_samples),
         "invalid_examples": invalid_examples,
         "error_examples": error_examples,
         "rss_samples": [[round(t, 1), n, round(r, 1)] for t, n, r in samples],
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
 
 
 def print_table(summary: dict) -> None:
@@ -241,6 +339,14 @@ def print_table(summary: dict) -> None:
             f"{mem.get('rss_last_quarter_mib')} MiB (max {mem.get('rss_max_mib')})",
         ),
         ("memory flat", str(mem.get("flat"))),
+        ("KV-cache use, peak (/metrics)", _share(summary["engine"].get("kv_cache_usage_max"))),
+        (
+            "queue waiting, peak / last",
+            f"{summary['engine'].get('requests_waiting_max')} / "
+            f"{summary['engine'].get('requests_waiting_last')}",
+        ),
+        ("batch running, peak", str(summary["engine"].get("requests_running_max"))),
+        ("preemptions during the soak", str(summary["engine"].get("preemptions"))),
         ("PASSED", str(summary["passed"])),
     ]
     for name, value in rows:

@@ -149,3 +149,28 @@ def test_cli_patch_answers_vllm_with_the_cpu_label_and_leaves_others(monkeypatch
     patched = vllm_cli.patched_version_lookup(original, version)
     assert patched("vllm") == "0.32.0+cpu"
     assert patched("torch") == "2.13"
+
+
+def test_rows_count_the_answers_that_are_json_objects():
+    result = {"completed": 3, "failed": 0, "median_e2el_ms": 1, "p99_e2el_ms": 2}
+    texts = ['{"pathologie":"x"}', '{"pathologie":"x', "[]"]
+    assert load.rate_row(1, {**result, "generated_texts": texts}, SLO)["json_valid_rate"] == 1 / 3
+    assert load.rate_row(1, result, SLO)["json_valid_rate"] is None
+
+
+def test_closed_loop_cross_check_keeps_n_calls_in_flight(tmp_path):
+    argv = load.bench_command(
+        make_settings(tmp_path),
+        rate=float("inf"),
+        num_prompts=100,
+        dataset=tmp_path / "d.jsonl",
+        extra={"max_tokens": 256, "temperature": 0.1},
+        tokenizer="t",
+        slo=SLO,
+        result_dir=tmp_path,
+        seed=0,
+        max_concurrency=1,
+    )
+    assert argv[1:5] == ["-m", "scripts.vllm_cli", "bench", "serve"]
+    assert flag(argv, "--max-concurrency") == "1"
+    assert flag(argv, "--request-rate") == "inf"
