@@ -57,8 +57,10 @@ def test_twin_is_saved_like_the_hubs_medgemma(medgemma_twin: Path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-def test_conversion_is_text_only_with_logits_parity(medgemma_twin: Path, converted_twin: Path):
+def test_conversion_is_text_only_with_logits_parity(tiny_base_model: Path, converted_twin: Path):
+    import torch
     from safetensors import safe_open
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     report = json.loads((converted_twin / "conversion.json").read_text())
@@ -71,6 +73,15 @@ def test_conversion_is_text_only_with_logits_parity(medgemma_twin: Path, convert
         keys = list(f.keys())
     assert keys and all(k.startswith("model.") and "vision" not in k for k in keys)
     assert report["parameters_dropped"] > 0
+    # The twin's language model is the tiny base's: the conversion gives it back unchanged.
+    converted, text_base = (
+        load_file(converted_twin / "model.safetensors"),
+        load_file(tiny_base_model / "model.safetensors"),
+    )
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(converted[name], text_base[name])
+    embed = "model.embed_tokens.weight"
+    assert torch.equal(converted[embed][: text_base[embed].shape[0]], text_base[embed])
     tokenizer = AutoTokenizer.from_pretrained(converted_twin)
     assert tokenizer.chat_template
     eos = json.loads((converted_twin / "generation_config.json").read_text())["eos_token_id"]
@@ -130,3 +141,54 @@ def test_medgemma_base_is_the_converted_folder(monkeypatch, tmp_path: Path):
         assert settings_module.Settings().base_source() == "/models/medgemma-4b-it"
     finally:
         settings_module.get_settings.cache_clear()
+
+
+def _twin_argv(stage: str, model: Path, dataset_dir: Path, root: Path, quick_eval: int) -> list:
+    """The medgemma recipe of `stage`, shrunk only: 2 steps of one example, 2 held out, and the
+    CPU flag the Trainer needs to run a bf16 recipe without a GPU."""
+    recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "medgemma"
+    data = {"sft": "--sft_path", "dpo": "--dpo_path"}[stage]
+    return [
+        "--config", str(recipe / f"{stage}.yaml"),
+        "--model_name_or_path", str(model),
+        data, str(dataset_dir / "training" / f"{stage}.jsonl"),
+        "--eval_path", str(dataset_dir / "eval" / "eval.jsonl"),
+        "--output_dir", str(root / f"checkpoints-{stage}"),
+        "--merged_dir", str(root / f"aria-ft-{stage}"),
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "1",
+        "--gradient_accumulation_steps", "1",
+        "--eval_size", "2",
+        "--per_device_eval_batch_size", "2",
+        "--eval_steps", "2",
+        "--save_steps", "2",
+        "--logging_steps", "1",
+        "--quick_eval_size", str(quick_eval),
+        "--disable_tqdm", "true",
+        "--use_cpu", "true",
+    ]  # fmt: skip
+
+
+@pytest.mark.engine
+def test_medgemma_recipes_run_on_the_converted_twin(
+    converted_twin: Path, dataset_dir: Path, tmp_path: Path
+):
+    """The medgemma profile's chain on MedGemma's CPU twin: SFT QLoRA, merge, DPO, merge."""
+    from training.config import parse_dpo_args, parse_sft_args
+    from training.train_dpo import main as train_dpo
+    from training.train_sft import main as train_sft
+
+    sft = train_sft(*parse_sft_args(_twin_argv("sft", converted_twin, dataset_dir, tmp_path, 0)))
+    assert sft["global_step"] == 2 and sft["merge_parity"]["passed"]
+    merged_sft = tmp_path / "aria-ft-sft"
+    config = json.loads((merged_sft / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in config
+    dpo = train_dpo(*parse_dpo_args(_twin_argv("dpo", merged_sft, dataset_dir, tmp_path, 1)))
+    assert dpo["global_step"] == 2 and dpo["merge_parity"]["passed"]
+    assert dpo["quick_eval"]["n"] == 1
+    from transformers import AutoTokenizer
+
+    production = tmp_path / "aria-ft-dpo"
+    end_of_turn = AutoTokenizer.from_pretrained(production).convert_tokens_to_ids("<end_of_turn>")
+    eos = json.loads((production / "generation_config.json").read_text())["eos_token_id"]
+    assert end_of_turn in eos

@@ -8,7 +8,8 @@ model) with MedGemma's layout at toy sizes: config.json with a `vision_config` a
 `multi_modal_projector.*`; transformers renames them on load and back on save), a tokenizer with
 the chat template and the image tokens (`<start_of_image>`, `<image_soft_token>`,
 `<end_of_image>`), the processor's files and a generation config. Its language model takes the
-tiny base's tokenizer (`make tiny-model`), so the ARIA datasets tokenize as they do there. It lets
+tiny base's tokenizer and weights (`make tiny-model`), so the ARIA datasets tokenize as they do
+there and its logits have a trained model's scale rather than a random init's. It lets
 `make convert-base` and the medgemma profile's recipes run on a CPU (tests/test_convert_base.py).
 """
 
@@ -37,7 +38,8 @@ MM_TOKENS_PER_IMAGE = 4
 
 @dataclass
 class TwinConfig:
-    """Where the twin goes, which text base lends it its tokenizer and dimensions, the seed."""
+    """Where the twin goes, which text base lends it its tokenizer, dimensions and weights, the
+    seed of the vision tower and the image tokens' rows."""
 
     out_dir: Path
     text_base: Path | None = None  # default: data/models/tiny/base
@@ -118,6 +120,30 @@ def processor_files() -> dict[str, dict]:
     return {"processor_config.json": processor, "preprocessor_config.json": preprocessor}
 
 
+def copy_text_base_weights(model, text_base: Path) -> None:
+    """Give the twin's language model the text base's weights; the image tokens' embedding rows
+    are drawn like the tiny base's (a random Gemma init gives near-zero logits, unlike a
+    trained MedGemma). Converting the twin gives the text base back, plus those rows."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.build_tiny_model import EMBEDDING_INIT_STD
+
+    weights = load_file(Path(text_base) / "model.safetensors")
+    language_model = model.model.language_model
+    embed = weights.pop("model.embed_tokens.weight")
+    state = {k.removeprefix("model."): v for k, v in weights.items() if k != "lm_head.weight"}
+    with torch.no_grad():
+        rows = language_model.embed_tokens.weight
+        rows.normal_(0.0, EMBEDDING_INIT_STD)
+        rows[: embed.shape[0]] = embed.to(rows.dtype)
+    missing, unexpected = language_model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k != "embed_tokens.weight"]:
+        raise RuntimeError(
+            f"{text_base} is not a Gemma 3 text model: {missing[:3]} {unexpected[:3]}"
+        )
+
+
 def hub_weight_names(folder: Path) -> None:
     """Rename the saved weights to the Hub's MedGemma names where transformers' save differs.
 
@@ -151,7 +177,9 @@ def build_twin(out_dir: Path, text_base: Path, seed: int = 0) -> Path:
     tokenizer = twin_tokenizer(text_base)
     config = twin_config(text_base, tokenizer)
     torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)
+    model = Gemma3ForConditionalGeneration(config)
+    copy_text_base_weights(model, text_base)
+    model = model.to(torch.bfloat16)
     base_generation = json.loads((text_base / "generation_config.json").read_text())
     # The Hub's MedGemma stops on <eos> and <end_of_turn> too.
     model.generation_config = GenerationConfig(
