@@ -7,6 +7,9 @@ export ARIA_PROFILE ?= tiny
 export NO_MKDOCS_2_WARNING := 1
 SRC ?=
 HEAD ?=
+GPUS ?=
+ACCELERATE_CONFIG ?=
+ACCELERATE_ARGS ?=
 REPLICAS ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
@@ -40,14 +43,14 @@ tiny-model: $(STAMP) ## Build the tiny Gemma 3 base and its tokenizer in data/mo
 convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked
 	$(PY) -m training.convert_base $(ARGS)
 
-train-sft: $(STAMP) ## SFT QLoRA NF4 on the profile's base, then merge to bf16 aria-ft-sft
-	$(PY) -m training.train_sft $(ARGS)
+train-sft: $(STAMP) ## SFT QLoRA NF4 on the profile's base, then merge to bf16 aria-ft-sft (GPUS=N, ACCELERATE_CONFIG=)
+	$(PY) -m training.distributed sft --gpus "$(GPUS)" --accelerate-config "$(ACCELERATE_CONFIG)" --accelerate-args "$(ACCELERATE_ARGS)" -- $(ARGS)
 
 merge-sft: $(STAMP) ## Merge the last SFT adapter into a bf16 base again (with the parity check)
 	$(PY) -m training.merge $(ARGS)
 
-train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo (production)
-	$(PY) -m training.train_dpo $(ARGS)
+train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo (production; GPUS=N, ACCELERATE_CONFIG=)
+	$(PY) -m training.distributed dpo --gpus "$(GPUS)" --accelerate-config "$(ACCELERATE_CONFIG)" --accelerate-args "$(ACCELERATE_ARGS)" -- $(ARGS)
 
 train-all: train-sft train-dpo ## The whole training chain: SFT then DPO
 

@@ -261,17 +261,23 @@ def lora_config(model_args: Any):
     )
 
 
-def quantization_config(model_args: Any, compute_dtype: Any):
-    """NF4 (or the recipe's quant type) 4-bit config with the recipe's double quantization."""
+def quantization_config(model_args: Any, compute_dtype: Any, quant_storage: Any = None):
+    """NF4 (or the recipe's quant type) 4-bit config with the recipe's double quantization.
+
+    `quant_storage` (FSDP, ZeRO-3: the compute dtype) packs the 4-bit weights in a dtype the
+    sharding can flatten with the rest; None keeps bitsandbytes' uint8.
+    """
     from transformers import BitsAndBytesConfig
 
     if not model_args.load_in_4bit:
         raise SystemExit("load_in_4bit must be true: the ARIA recipes are QLoRA (4-bit base)")
+    storage = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **storage,
     )
 
 

@@ -70,7 +70,8 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     if eval_set is None:
         training_args.eval_strategy = "no"
     fingerprint = run_fingerprint(dpo_path, sft_model, training_args, model_args)
-    resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
+    with training_args.main_process_first(local=False, desc="the checkpoint folder"):
+        resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     model = load_quantized(sft_model, model_args, None)
     trainer = DPOTrainer(
@@ -88,6 +89,8 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     eval_metrics = trainer.evaluate() if eval_set is not None else {}
     trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return {"stage": "aria-ft-dpo", "rank": training_args.process_index}  # rank 0 merges
     log_history = trainer.state.log_history
     atomic_write_json(output_dir / "log_history.json", log_history)
     train_seconds = time.perf_counter() - started

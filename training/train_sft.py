@@ -134,6 +134,8 @@ def last_checkpoint(output_dir: Path, resume: bool, fingerprint: dict) -> str | 
     checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
     if checkpoint and resume and previous == fingerprint:
         return checkpoint
+    if checkpoint is None and previous == fingerprint:
+        return None  # a fresh start already prepared (by rank 0, when several processes train)
     if checkpoint and resume:
         print(f"not resuming from {checkpoint}: the data, base or recipe changed; starting over")
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -143,21 +145,31 @@ def last_checkpoint(output_dir: Path, resume: bool, fingerprint: dict) -> str | 
 
 
 def load_quantized(name_or_path: str, model_args, token: str | None):
-    """The base in 4 bits (the recipe's quant type), prepared for k-bit training."""
+    """The base in 4 bits (the recipe's quant type), prepared for k-bit training.
+
+    Under several processes (training/distributed.py): DDP puts it on each rank's own GPU;
+    FSDP and ZeRO-3 get it with the quant storage in the compute dtype and unprepared, to shard.
+    """
+    import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from training.distributed import rank_device_map, sharded_training
     from training.merge import is_multimodal
 
     dtype = compute_dtype(model_args)
+    sharded = sharded_training()
     auto = AutoModelForImageTextToText if is_multimodal(name_or_path) else AutoModelForCausalLM
     model = auto.from_pretrained(
         name_or_path,
-        quantization_config=quantization_config(model_args, dtype),
+        quantization_config=quantization_config(model_args, dtype, dtype if sharded else None),
         dtype=dtype,
         attn_implementation=model_args.attn_implementation or "eager",
         token=token,
+        device_map=rank_device_map(torch.cuda.is_available()),
     )
+    if sharded:
+        return model
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -223,7 +235,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
         training_args.train_sampling_strategy = "sequential"
     fingerprint = run_fingerprint(sft_path, base, training_args, model_args)
     fingerprint["label_loss_weight"] = script_args.label_loss_weight
-    resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
+    with training_args.main_process_first(local=False, desc="the checkpoint folder"):
+        resume_from = last_checkpoint(output_dir, script_args.resume, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(base, token=token)
     model = load_quantized(base, model_args, token)
     trainer_class = SFTTrainer
@@ -248,6 +261,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     eval_metrics = trainer.evaluate() if eval_set is not None else {}
     trainer.save_model(str(output_dir))  # the final adapter, merged below
+    if not trainer.is_world_process_zero():
+        return {"stage": "aria-ft-sft", "rank": training_args.process_index}  # rank 0 merges
     log_history = trainer.state.log_history
     atomic_write_json(output_dir / "log_history.json", log_history)
     train_seconds = time.perf_counter() - started
