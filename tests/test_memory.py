@@ -123,3 +123,28 @@ def test_rss_of_exited_processes_counts_zero():
     process.wait()
     time.sleep(0.1)
     assert memory.tree_rss_bytes([handle]) == 0
+
+
+def test_on_a_gpu_the_figure_is_nvmls_per_process_memory_of_the_tree(server_tree, monkeypatch):
+    """NVML's branch, with a stand-in pynvml: two GPUs, the tree's processes on both, others not."""
+    import types
+
+    child = psutil.Process(server_tree.pid).children()[0].pid
+    running = {
+        0: [(server_tree.pid, 3 * 10**9), (999_999, 50 * 10**9)],  # another job's process
+        1: [(child, 2 * 10**9)],
+    }
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [
+            types.SimpleNamespace(pid=p, usedGpuMemory=b) for p, b in running[h]
+        ],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    figure = memory.serving_memory(server_tree.pid)
+    assert figure["source"] == "gpu_nvml"
+    assert figure["gb"] == 5.0
