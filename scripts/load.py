@@ -44,7 +44,7 @@ from aria.prompts import diagnostic_request
 from aria.settings import Settings, get_settings
 
 BENCH_MODULE = "scripts.vllm_cli"
-DEFAULT_RATES = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class LoadError(RuntimeError):
@@ -101,7 +101,8 @@ def write_dataset(eval_path: Path, out: Path, model: str, body: str) -> dict:
         raise LoadError(f"{eval_path} is empty: run `make datasets`")
     lines, request = [], {}
     for record in records:
-        request = diagnostic_request(record["profile"], model, body=body)
+        profile = record.get("profile") or record.get("input") or record  # as the benchmark
+        request = diagnostic_request(profile, model, body=body)
         (message,) = request["messages"]  # one user message: the custom dataset's prompt
         lines.append(json.dumps({"prompt": message["content"]}, ensure_ascii=False))
     atomic_write_text(out, "\n".join(lines) + "\n")
@@ -362,6 +363,10 @@ def main(cfg: LoadConfig) -> int:
         print("\nno rate of the sweep met the SLO: try lower --rates")
     else:
         print(f"\nhighest rate under the SLO: {best:g} requests/s for one replica")
+        if best == max(cfg.rates):
+            print(
+                "the sweep's top rate still meets the SLO: capacity is at least that; add higher --rates"
+            )
         if cfg.target_rps is not None:
             print(f"{cfg.target_rps:g} requests/s need {summary['replicas_needed']} replica(s)")
     print(json.dumps(summary, ensure_ascii=False))
