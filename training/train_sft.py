@@ -329,7 +329,8 @@ def print_summary(metrics: dict, metrics_path: Path) -> None:
     print(
         f"  merge parity: greedy token agreement {parity.get('greedy_token_agreement')}, "
         f"decisive flips {parity.get('decisive_flips')}, "
-        f"max |logit diff| {parity.get('max_abs_logit_diff')} (tolerance {parity.get('tolerance')})"
+        f"max |logit diff| {parity.get('max_abs_logit_diff')} = {parity.get('relative_logit_diff')} "
+        f"of the logits' scale (tolerance {parity.get('tolerance')})"
     )
     if quick:
         print(
