@@ -127,7 +127,7 @@ def reference_report(profile: Mapping[str, Any]) -> str:
     value and threshold, keyed as the prompt shows them), so the report reasons before it names
     the pathology and a small model reuses what the diagnostic taught it. The runner's context is
     not repeated: the only numbers are the deciding values and their thresholds (copies are where
-    a small model errs). One wording per pathology: with two, a 2.7M-parameter model sampled at
+    a small model errs). One wording per pathology: with two, the tiny model sampled at
     temperature 0.3 spliced them into sentences that meant nothing.
     """
     pathology, confiance = label(dict(profile))
