@@ -109,10 +109,10 @@ benchmark: $(STAMP) ## Latency + quality of the served models, both bodies and b
 	$(PY) -m scripts.benchmark $(ARGS)
 
 load: $(STAMP) ## Capacity of the live server with vllm bench serve: Poisson rate sweep, highest rate under the SLO
-	$(PY) -m scripts.load $(ARGS)
+	$(PY) -m evaluation.load $(ARGS)
 
 soak: $(STAMP) ## Bounded soak of the live server (e.g. 2000 requests at concurrency 32)
-	$(PY) -m scripts.soak $(ARGS)
+	$(PY) -m evaluation.soak $(ARGS)
 
 model-card: $(STAMP) ## Render the model cards of aria-ft-sft and aria-ft-dpo with the latest benchmark
 	$(PY) -m scripts.generate_model_card $(ARGS)

@@ -4,7 +4,7 @@
     >>> summary = read_summary(Path("reports/latest/summary.json"))
     >>> summary.finished_at, summary.models[0].primary.exact_match, summary.gate.passed
 
-`scripts.benchmark` writes summary.json through `RunSummary.from_dict(...).to_dict()` and every
+`evaluation.runner` (python -m scripts.benchmark) writes summary.json through `RunSummary.from_dict(...).to_dict()` and every
 reader goes through `read_summary`, so the file and its readers cannot drift apart: a key the
 classes do not declare, a missing key or a value of the wrong type raises SummaryError naming
 where it is. A field that newer runs add and older files lack is declared with a default and

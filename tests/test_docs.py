@@ -96,3 +96,19 @@ def test_readme_lists_every_make_target() -> None:
     block = re.search(r"<!-- make-targets\b.*?-->\n(.*?)<!-- end make-targets -->", readme, re.S)
     assert block, "README.md lost its make-targets markers"
     assert set(re.findall(r"^\| `make ([a-zA-Z_-]+)` \|", block.group(1), re.M)) == targets
+
+
+def test_layout_sections_list_every_package_and_only_folders_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Layout\n\n```text\n(.*?)```", readme, re.S)
+    assert block, "README.md lost its Layout section (a ```text block under ## Layout)"
+    readme_rows = dict(re.findall(r"^(\w+)/ +(.*)$", block.group(1), re.M))
+    table = (DOCS / "architecture.md").read_text(encoding="utf-8").split("## Where the code lives")
+    assert len(table) == 2, "docs/architecture.md lost its `## Where the code lives` table"
+    architecture = set(re.findall(r"^\| `(\w+)/` \|", table[1], re.M))
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages <= set(readme_rows), "README.md's layout misses a package"
+    assert packages <= architecture, "docs/architecture.md's table misses a package"
+    # Generated folders (data/, reports/) may be absent from a fresh checkout.
+    listed = {n for n, what in readme_rows.items() if not what.startswith("generated")}
+    assert {n for n in listed | architecture if not (ROOT / n).is_dir()} == set()

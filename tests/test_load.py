@@ -10,7 +10,7 @@ import pytest
 
 from aria.prompts import diagnostic_request
 from aria.schema import SEED_DIAGNOSTIC_SCHEMA
-from scripts import load, vllm_cli
+from evaluation import load, vllm_cli
 from tests.test_serving import PROFILE, flag, make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_bench_command_is_an_open_loop_poisson_run_of_the_seed_body(tmp_path):
         result_dir=tmp_path,
         seed=3,
     )
-    assert argv[1:5] == ["-m", "scripts.vllm_cli", "bench", "serve"]
+    assert argv[1:5] == ["-m", "evaluation.vllm_cli", "bench", "serve"]
     assert flag(argv, "--backend") == "openai-chat"
     assert flag(argv, "--base-url") == "http://127.0.0.1:8031"
     assert flag(argv, "--model") == "aria-ft"
@@ -171,6 +171,6 @@ def test_closed_loop_cross_check_keeps_n_calls_in_flight(tmp_path):
         seed=0,
         max_concurrency=1,
     )
-    assert argv[1:5] == ["-m", "scripts.vllm_cli", "bench", "serve"]
+    assert argv[1:5] == ["-m", "evaluation.vllm_cli", "bench", "serve"]
     assert flag(argv, "--max-concurrency") == "1"
     assert flag(argv, "--request-rate") == "inf"

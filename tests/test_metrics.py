@@ -287,7 +287,7 @@ def test_reference_reports_pass_the_verdict():
     from aria.domain import label
     from aria.prompts import REPORT_TEMPLATE, render_prompt
     from aria.references import reference_report
-    from scripts.soak import soak_profiles
+    from evaluation.soak import soak_profiles
 
     for profile in soak_profiles(200, seed=5):
         verdict = metrics.report_verdict(
@@ -473,7 +473,8 @@ def test_gate_reads_the_trained_prompt_and_refuses_a_default_file(tmp_path: Path
     # context line the diagnostic prompt dropped) once scored the tiny DPO model 23 % instead of 81 %.
     from aria.domain import MEASUREMENTS, THRESHOLD_BY_KEY
     from aria.prompts import DIAGNOSTIC_TEMPLATE
-    from scripts.benchmark import BenchmarkConfig, SetupError, load_prompts
+    from evaluation.config import BenchmarkConfig, SetupError
+    from evaluation.inputs import load_prompts
 
     profile = {m.key: THRESHOLD_BY_KEY[m.key] for m in MEASUREMENTS}
     shipped = Path(__file__).resolve().parents[1] / "data" / "prompts"

@@ -28,7 +28,7 @@ from aria.references import reference_diagnostic, reference_report
 from aria.retry import is_transient
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
-from scripts.soak import is_loopback, memory_trend, soak_profiles
+from evaluation.soak import is_loopback, memory_trend, soak_profiles
 from serve import docker, health
 from serve.vllm_server import (
     API_SERVER_MODULE,
@@ -683,22 +683,22 @@ def run_benchmark(
     spec: str = "reports=4",
     printed: list | None = None,
 ) -> tuple[int, dict, dict]:
-    """scripts.benchmark.cli on the fake server, the target's KEY=VALUE fields `spec`; (exit
+    """evaluation.runner.cli (python -m scripts.benchmark) on the fake server, the target's KEY=VALUE fields `spec`; (exit
     code, summary.json, last JSON line); what it printed is appended to `printed`."""
     import contextlib
     import io
 
     from aria.settings import get_settings
-    from scripts import benchmark
+    from evaluation import runner, scoring
 
     monkeypatch.setenv("ARIA_PROFILE", "tiny")
     # Report similarity loads a sentence-transformers model: seconds this test does not need.
-    monkeypatch.setattr(benchmark.Embedder, "similarity", lambda self, a, b: None)
+    monkeypatch.setattr(scoring.Embedder, "similarity", lambda self, a, b: None)
     get_settings.cache_clear()
     eval_path = write_eval_sets(tmp_path / "eval")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = benchmark.cli(
+        code = runner.cli(
             [
                 "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,{spec}",
                 "--eval", str(eval_path), "--reports-dir", str(tmp_path / "reports"),
@@ -842,7 +842,7 @@ def test_field_orders_are_off_by_default_and_orders_0_skips_a_target(
 
 
 def test_target_spec_narrows_bodies_sets_and_sizes():
-    from scripts.benchmark import parse_target
+    from evaluation.config import parse_target
 
     t = parse_target("base=http://h:1/v1/,aria-base,bodies=seed,sets=eval,limit=60,reports=0")
     assert (t.role, t.base_url, t.served_name) == ("base", "http://h:1/v1", "aria-base")
@@ -862,7 +862,7 @@ def test_target_spec_narrows_bodies_sets_and_sizes():
 
 
 def test_demo_benchmarks_dpo_on_both_sets_and_reports_and_the_others_on_eval():
-    from scripts.benchmark import parse_target
+    from evaluation.config import parse_target
     from scripts.demo import DemoConfig, target_specs
 
     urls = {"base": "http://a/v1", "aria-ft-sft": "http://b/v1", "aria-ft-dpo": "http://c/v1"}
@@ -875,7 +875,8 @@ def test_demo_benchmarks_dpo_on_both_sets_and_reports_and_the_others_on_eval():
 
 
 def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_not_to():
-    from scripts.benchmark import config_from_args, make_parser, order_items
+    from evaluation.config import config_from_args, make_parser
+    from evaluation.inputs import order_items
     from scripts.demo import DemoConfig, benchmark_args
 
     urls = {"base": "http://a/v1", "aria-ft-sft": "http://b/v1", "aria-ft-dpo": "http://c/v1"}
@@ -888,7 +889,7 @@ def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_n
     )
     assert off.field_orders is False and all(t.orders is None for t in off.targets)
     # orders=60 keeps the 60 lowest ranks of eval.jsonl out of the DPO's 150 per set.
-    from scripts.benchmark import EvalItem
+    from evaluation.inputs import EvalItem
 
     items = [
         EvalItem(f"{s}-{r}", dict(PROFILE), "x", "y", [], set=s, rank=r)

@@ -37,7 +37,7 @@ from aria.schema import (
     diagnostic_json_schema,
     parse_diagnostic,
 )
-from scripts.soak import soak_profiles
+from evaluation.soak import soak_profiles
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
 from serve.vllm_server import free_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.soak import engine_metrics, engine_trend, parse_prometheus, scrape_metrics
+from evaluation.soak import engine_metrics, engine_trend, parse_prometheus, scrape_metrics
 
 SAMPLE = (Path(__file__).parent / "fixtures" / "vllm_metrics.txt").read_text()
 

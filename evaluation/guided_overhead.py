@@ -1,6 +1,6 @@
 """Server start time and the cost of guided JSON, in one run on one fresh server.
 
-    python -m scripts.bench_guided_overhead --requests 30          # on VLLM_MODEL or the base
+    python -m evaluation.guided_overhead --requests 30          # on VLLM_MODEL or the base
 
 Starts a vLLM server (serve.vllm_server.start_server, a free port) on VLLM_MODEL or the
 profile's base model, measures process start → /health OK, then sends the same diagnostic
@@ -27,7 +27,7 @@ import httpx
 
 from aria.prompts import DIAGNOSTIC_BODIES, diagnostic_request
 from aria.settings import get_settings
-from scripts.soak import soak_profiles
+from evaluation.soak import soak_profiles
 from serve.vllm_server import free_port, resolve_model, start_server
 
 

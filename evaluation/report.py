@@ -1,6 +1,6 @@
 """The human side of a benchmark run: PNG plots and the Markdown report.
 
-Called by `scripts.benchmark` once a run is scored; it reads the typed summary (aria.summary) and
+Called by `evaluation.runner` (python -m scripts.benchmark) once a run is scored; it reads the typed summary (aria.summary) and
 the records and writes next to them. Pure rendering plus matplotlib (Agg), no network.
 """
 

@@ -1,0 +1,299 @@
+"""One benchmark run: send the passes (resuming from the records files), score, summarise,
+gate, and write summary.json, report.md and the plots atomically.
+
+    python -m scripts.benchmark --limit 50 --warmup 2     # = evaluation.runner.cli
+
+Exit codes: 0 gate passed (or no gate), 1 gate failed, 2 nothing measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from aria.files import append_jsonl, atomic_write_json, atomic_write_text
+from aria.settings import get_settings
+from aria.summary import SCHEMA_VERSION, RunSummary, write_summary
+from evaluation.config import (
+    OUTSIDE_SET,
+    BenchmarkConfig,
+    SetupError,
+    Target,
+    config_from_args,
+    make_parser,
+)
+from evaluation.gate import compare, load_gate, release_gate
+from evaluation.inputs import (
+    EvalItem,
+    eval_sets,
+    load_eval,
+    load_prompts,
+    order_items,
+    target_items,
+)
+from evaluation.passes import Pass, build_body, plan_passes
+from evaluation.records import load_records
+from evaluation.report import (
+    field_orders_table,
+    models_table,
+    render_report,
+    reports_table,
+    write_plots,
+)
+from evaluation.scoring import Embedder, reference_report_text, score_diagnostic, score_report
+from evaluation.summary import one_line_summary, summarize_target
+from evaluation.transport import preflight, send_chat
+
+
+async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedder) -> None:
+    """Send the pass's requests not yet recorded, `concurrency` at a time, recording each at once."""
+    from tqdm import tqdm
+
+    done = {r["id"] for r in load_records(p.path)}
+    todo = [it for it in p.items if it.id not in done]
+    if not todo:
+        return
+    url = f"{p.target.base_url}/chat/completions"
+    semaphore = asyncio.Semaphore(p.concurrency)
+    limits = httpx.Limits(max_connections=p.concurrency + 2)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    bar = tqdm(total=len(todo), desc=f"{p.path.stem} c={p.concurrency}", unit="req")
+
+    async def one(client: httpx.AsyncClient, item: EvalItem) -> None:
+        async with semaphore:
+            body, text, image_status = build_body(p, item)
+            started = time.time()
+            outcome = await send_chat(client, url, body, cfg.timeout_s)
+        record = {
+            "id": item.id,
+            "kind": p.kind,
+            "model": p.target.served_name,
+            "role": p.target.role,
+            "prompt": p.prompt,
+            "body": None if p.kind == "report" else p.body,
+            "set": item.set,
+            "concurrency": p.concurrency,
+            "input": item.profile,
+            "prompt_text": text,
+            "image": image_status,
+            "expected": {"pathologie": item.pathology, "confiance": item.confidence},
+            "slices": item.slices,
+            "status": outcome["status"],
+            "http_status": outcome["http_status"],
+            "error": outcome["error"],
+            "raw": outcome["content"],
+            "finish_reason": outcome["finish_reason"],
+            "latency": {
+                "e2e_ms": outcome["e2e_ms"],
+                "ttft_ms": outcome["ttft_ms"],
+                "output_tokens": outcome["output_tokens"],
+                "tokens_per_s": _rate(outcome["output_tokens"], outcome["e2e_ms"]),
+            },
+            "t_start": started,
+            "t_end": time.time(),
+        }
+        if p.kind == "report":
+            record["scores"] = score_report(item, outcome["content"], text, embedder)
+        else:
+            order = tuple(body["response_format"]["json_schema"]["schema"]["properties"])
+            record["field_order"] = list(order)
+            scores = score_diagnostic(item, outcome["content"], text, p.body, order)
+            record["parsed"] = {k: scores[k] for k in ("pathologie", "confiance")}
+            record["scores"] = scores
+            if outcome["status"] == "ok" and not scores["json_valid"]:
+                record["status"] = "unparsable"
+        append_jsonl(p.path, record)
+        bar.update(1)
+
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=cfg.timeout_s) as client:
+        await asyncio.gather(*(one(client, it) for it in todo))
+    bar.close()
+
+
+def _rate(tokens: int | None, ms: float | None) -> float | None:
+    return tokens / (ms / 1000) if tokens and ms else None
+
+
+def point_latest(reports_dir: Path, run_id: str) -> None:
+    """reports/latest -> run_id, replaced atomically (a new symlink renamed over the old one)."""
+    tmp = reports_dir / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_id, tmp)
+    os.replace(tmp, reports_dir / "latest")
+
+
+def main(cfg: BenchmarkConfig) -> int:
+    """Run the benchmark; returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    settings = get_settings()
+    api_key = settings.api_key_value()
+    gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
+    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg.reports_dir / run_id
+    if cfg.resume and not run_dir.exists():
+        raise SetupError(f"--resume {run_id}: {run_dir} does not exist")
+    items = load_eval(cfg, cfg.limit)
+    if (run_dir / "run.json").exists():
+        # Resume on exactly the items the run started with, whatever the flags say now.
+        wanted = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["item_ids"]
+        by_id = {it.id: it for it in load_eval(cfg)}
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise SetupError(
+                f"{run_dir}/run.json names ids absent from "
+                f"{', '.join(map(str, eval_sets(cfg).values()))}: {missing[:5]}"
+            )
+        items = [by_id[i] for i in wanted]
+    sets = eval_sets(cfg)
+    for t in cfg.targets:
+        unknown = [x for x in t.sets or [] if x not in sets]
+        if unknown:
+            raise SetupError(
+                f"--target {t.role}: set {unknown[0]!r} is not in this run (sets: "
+                f"{', '.join(sets)}); {OUTSIDE_SET} needs {cfg.eval_path.parent}/outside.jsonl "
+                "(make datasets) or --outside FILE"
+            )
+        if not target_items(t, items):
+            raise SetupError(
+                f"--target {t.role}: no eval item left for it (check sets= and limit=)"
+            )
+    templates = load_prompts(cfg, items[0].profile)
+    preflight(cfg, api_key)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "run.json").exists():
+        atomic_write_json(
+            run_dir / "run.json",
+            {
+                "run_id": run_id,
+                "started_at": started,
+                "item_ids": [it.id for it in items],
+                "sets": {name: str(path) for name, path in sets.items()},
+                "targets": [t.__dict__ for t in cfg.targets],
+                "bodies": cfg.bodies,
+                "prompts": list(templates),
+                "field_orders": cfg.field_orders,
+            },
+        )
+    records_dir = run_dir / "records"
+    notes: list[str] = []
+    embedder = Embedder()
+    # One seeded order of report profiles, mixing the sets; each target takes its first N.
+    report_order = sorted(items, key=lambda it: (it.rank, it.set))
+
+    def n_reports(t: Target) -> int:
+        return cfg.report_sample if t.reports is None else t.reports
+
+    for t in cfg.targets:
+        mine = target_items(t, items)
+        ids = {it.id for it in mine}
+        report_items = [it for it in report_order if it.id in ids][: n_reports(t)]
+        for p in plan_passes(cfg, t, templates, mine, report_items, records_dir):
+            asyncio.run(run_pass(p, api_key, cfg, embedder))
+
+    models, experiments = [], []
+    records_by_body: dict[tuple[str, str], list[dict]] = {}
+    records_by_slug: dict[str, list[dict]] = {}
+    for t in cfg.targets:
+        order_ids = {it.id for it in order_items(t, target_items(t, items))}
+        model, rows, records = summarize_target(
+            cfg, t, templates, records_dir, n_reports(t) > 0, order_ids
+        )
+        models.append(model)
+        experiments += rows
+        records_by_slug[t.slug] = records[model["primary_body"]]
+        for body, recs in records.items():
+            records_by_body[(t.slug, body)] = recs
+    if embedder.note:
+        notes.append(embedder.note)
+    if any(n_reports(t) for t in cfg.targets) and reference_report_text(items[0].profile)[1]:
+        notes.append(reference_report_text(items[0].profile)[1])
+    if any(m["images"]["skipped"] for m in models):
+        notes.append(
+            "eval images were skipped for targets without a vision tower (--vision forces)"
+        )
+
+    gate = release_gate(models, gate_spec, cfg.gate_config, settings)
+
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "started_at": started,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": settings.aria_profile,
+        "eval": {
+            "path": str(cfg.eval_path),
+            "sets": {name: str(path) for name, path in sets.items()},
+            "n_items": len(items),
+            "n_per_set": dict(Counter(it.set for it in items)),
+            "limit": cfg.limit,
+            "seed": cfg.seed,
+        },
+        "bodies": cfg.bodies,
+        "prompts": list(templates),
+        "slo_ms": cfg.slo_ms,
+        "notes": notes,
+        "models": models,
+        "experiments": experiments,
+        "comparison": compare(models, records_by_body),
+        "gate": gate,
+    }
+    typed = RunSummary.from_dict(summary)  # checks the schema before anything is written
+    plots = write_plots(run_dir, typed.models, records_by_slug) if cfg.plots else []
+    write_summary(run_dir / "summary.json", typed)
+    atomic_write_text(run_dir / "report.md", render_report(typed, plots))
+    point_latest(cfg.reports_dir, run_id)
+
+    print_outcome(typed, summary, run_dir)
+    return 1 if gate["passed"] is False else 0
+
+
+def print_outcome(typed: RunSummary, summary: dict, run_dir: Path) -> None:
+    """The console's end of a run: the tables, the winner and the notes, the serving memory,
+    the gate's failures on stderr, and the one-line JSON summary last."""
+    gate = summary["gate"]
+    print(models_table(typed.models))
+    if any(m.report for m in typed.models):
+        print()
+        print(reports_table(typed.models))
+    if any(m.field_orders for m in typed.models):
+        print()
+        print(field_orders_table(typed.models))
+    print(f"\nwinner: {summary['comparison']['winner']}; report: {run_dir / 'report.md'}")
+    if summary["comparison"]["recommendation"]:
+        print(summary["comparison"]["recommendation"]["text"])
+    for n in summary["notes"]:
+        print(f"note: {n}")
+    if gate.get("serving_note"):
+        memory = gate.get("serving_memory")
+        shown = f"{memory['gb']:.2f} GB, " if memory else ""
+        checks = [c["message"] for c in gate["checked"] if c["body"] == "serving"]
+        print(f"serving memory: {shown}{gate['serving_note']}{'; ' if checks else ''}", end="")
+        print("; ".join(checks))
+    if gate["passed"] is False:
+        print(f"release gate FAILED for {gate['role']} ({gate['model']}):", file=sys.stderr)
+        for f in gate["failures"]:
+            print(f"  {f['message']}", file=sys.stderr)
+    print(json.dumps(one_line_summary(summary, run_dir), ensure_ascii=False))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse flags, run, and turn setup problems into exit code 2 with a clear message."""
+    try:
+        cfg = config_from_args(make_parser().parse_args(argv))
+        return main(cfg)
+    except (SetupError, ValueError) as e:  # ValueError: a bad flag from config_from_args
+        print(f"benchmark: {e}", file=sys.stderr)
+        print(json.dumps({"error": str(e), "gate": {"passed": None}}, ensure_ascii=False))
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,0 +1,118 @@
+"""The benchmark's HTTP side: the /v1/models preflight and one streamed chat completion.
+
+`send_chat` never raises: its outcome names what happened (ok, timeout, connection_error,
+http_4xx, http_5xx, stream_error), so one failed request is recorded, not fatal. A failed request
+is not retried: a retry would hide the failure the benchmark reports and skew its latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from evaluation.config import BenchmarkConfig, SetupError
+
+
+def preflight(cfg: BenchmarkConfig, api_key: str) -> None:
+    """Check each target lists its served name on /v1/models; decide whether it sees images."""
+    for t in cfg.targets:
+        url = f"{t.base_url}/models"
+        try:
+            resp = httpx.get(url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        except httpx.HTTPError as e:
+            raise SetupError(
+                f"{t.role}: endpoint {t.base_url} is down ({type(e).__name__}); start it "
+                "(make serve-ft) or fix --target / VLLM_HOST / VLLM_PORT"
+            ) from None
+        if resp.status_code == 401:
+            raise SetupError(f"{t.role}: {url} refused the API key: set VLLM_API_KEY")
+        if resp.status_code != 200:
+            raise SetupError(f"{t.role}: {url} answered HTTP {resp.status_code}")
+        models = {m.get("id"): m for m in resp.json().get("data", [])}
+        if t.served_name not in models:
+            raise SetupError(
+                f"{t.role}: {t.base_url} does not serve {t.served_name!r} (it serves "
+                f"{', '.join(map(str, models)) or 'nothing'}): fix the served name in --target "
+                "or VLLM_SERVED_NAME"
+            )
+        if t.vision is None:
+            t.vision = (
+                cfg.vision if cfg.vision is not None else _has_vision_tower(models[t.served_name])
+            )
+
+
+def _has_vision_tower(model_card: dict) -> bool:
+    """True when the served model's local config.json declares a vision tower."""
+    config = Path(str(model_card.get("root", ""))) / "config.json"
+    try:
+        return "vision_config" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+async def send_chat(client: httpx.AsyncClient, url: str, body: dict, timeout_s: float) -> dict:
+    """One streamed chat completion; never raises: the outcome says what happened.
+
+    status: ok | timeout | connection_error | http_4xx | http_5xx | stream_error; finish_reason
+    is the stream's (`stop`, or `length` when max_tokens cut the answer), None if none came.
+    """
+    start = time.perf_counter()
+    out: dict[str, Any] = {"status": "ok", "http_status": None, "content": None, "error": None}
+    out |= {"e2e_ms": None, "ttft_ms": None, "output_tokens": None, "finish_reason": None}
+    body = body | {"stream": True, "stream_options": {"include_usage": True}}
+    parts: list[str] = []
+
+    async def consume() -> None:
+        async with client.stream("POST", url, json=body) as resp:
+            out["http_status"] = resp.status_code
+            if resp.status_code >= 400:
+                text = (await resp.aread()).decode("utf-8", "replace")
+                out["status"] = "http_5xx" if resp.status_code >= 500 else "http_4xx"
+                out["error"] = text[:300]
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:  # vLLM reports a refused request inside a 200 stream
+                    code = (
+                        (chunk["error"] or {}).get("code")
+                        if isinstance(chunk["error"], dict)
+                        else None
+                    )
+                    kind = {4: "http_4xx", 5: "http_5xx"}.get(int(code) // 100 if code else 0)
+                    out["status"], out["error"] = kind or "stream_error", str(chunk["error"])[:300]
+                    return
+                if chunk.get("usage"):
+                    out["output_tokens"] = chunk["usage"].get("completion_tokens")
+                for choice in chunk.get("choices", []):
+                    if choice.get("finish_reason"):
+                        out["finish_reason"] = choice["finish_reason"]
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        if out["ttft_ms"] is None:
+                            out["ttft_ms"] = (time.perf_counter() - start) * 1000
+                        parts.append(delta)
+
+    try:
+        await asyncio.wait_for(consume(), timeout_s)
+    except TimeoutError:
+        out["status"], out["error"] = "timeout", f"no complete answer within {timeout_s:g} s"
+    except httpx.TimeoutException:
+        out["status"], out["error"] = "timeout", f"no answer within {timeout_s:g} s"
+    except httpx.HTTPError as e:  # refused connection, reset, protocol error
+        out["status"], out["error"] = "connection_error", f"{type(e).__name__}: {e}"[:300]
+    except json.JSONDecodeError as e:
+        out["status"], out["error"] = "stream_error", f"bad SSE chunk: {e}"
+    out["e2e_ms"] = (time.perf_counter() - start) * 1000
+    if out["status"] == "ok":
+        out["content"] = "".join(parts)
+    return out
