@@ -22,6 +22,9 @@ a one-line JSON summary; vLLM's own result files stay in reports/load/<run-id>/.
 conditions of `make benchmark ARGS="--concurrency N"`: its median end-to-end latency is the
 cross-check of the benchmark's P50 on the same server (docs/serving.md).
 Exit codes: 0 a rate met the SLO, 1 none did, 2 nothing measured (server down, bad input).
+
+About 400 lines on purpose: one command's whole flow (the dataset, the `vllm bench serve` line,
+each rate's row, the sweep) read top to bottom; its pure parts are unit-tested in tests/test_load.py.
 """
 
 from __future__ import annotations
