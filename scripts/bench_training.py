@@ -145,7 +145,7 @@ def _bench_in(cfg: BenchConfig, profile: str, tmp: Path) -> dict:
     from aria.settings import get_settings
     from training.config import lora_config, parse_sft_args, recipe_path
     from training.preflight import require_model
-    from training.train_sft import adapter_in_compute_dtype, load_quantized
+    from training.stages import adapter_in_compute_dtype, load_quantized
 
     argv = ["--config", str(recipe_path("sft", profile)), "--output_dir", str(tmp / "out")]
     argv += ["--max_steps", str(cfg.warmup + cfg.steps), "--eval_strategy", "no"]

@@ -122,7 +122,7 @@ def test_adapter_follows_an_fp32_compute_dtype_only(recipe_dtype: str, kept: str
 
     import torch
 
-    from training.train_sft import adapter_in_compute_dtype
+    from training.stages import adapter_in_compute_dtype
 
     model = torch.nn.Linear(4, 4)
     model.weight.data = model.weight.data.to(torch.bfloat16)  # what TRL does to a QLoRA adapter
@@ -168,7 +168,8 @@ def test_batches_by_kind_keeps_reports_apart_in_a_seeded_order():
 
 
 def test_bad_sft_line_names_file_and_line(tmp_path: Path):
-    from training.train_sft import load_splits, sft_record
+    from training.stages import load_splits
+    from training.train_sft import sft_record
 
     good = {
         "prompt": [{"role": "user", "content": "q"}],

@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure."""
     from training.config import parse_sft_args
     from training.preflight import hub_token, require_dataset, require_model
-    from training.train_sft import load_splits, sft_record
+    from training.stages import load_splits
+    from training.train_sft import sft_record
 
     # The merge trains nothing: bf16 mixed precision (refused on a CPU by the Trainer) is moot.
     args = list(sys.argv[1:] if argv is None else argv)
