@@ -11,7 +11,7 @@ or DeepSpeed ZeRO-3, as in the alignment-handbook); several nodes add accelerate
 --num_machines/--machine_rank/--main_process_ip after `--accelerate-args`. CPU processes run
 under torchrun with ACCELERATE_USE_CPU=true, so the Trainer joins a gloo process group.
 
-What the stages do differently under several processes (training/train_sft.py, train_dpo.py):
+What the stages do differently under several processes (training/stages.py, for both stages):
 the checkpoint folder is decided by rank 0 first; the 4-bit base goes on each rank's own GPU
 (DDP) or is left to FSDP/ZeRO-3 to shard, with the quant storage in the compute dtype and no
 `prepare_model_for_kbit_training` (it would upcast and pin the weights each rank must shard);
