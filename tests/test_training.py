@@ -99,6 +99,23 @@ def test_no_config_flag_loads_the_active_profiles_recipe(monkeypatch):
     assert training_args.output_dir == "/nowhere/data/checkpoints/tiny/sft"
 
 
+def test_settings_passed_in_give_the_recipe_and_the_paths(monkeypatch):
+    # An entry point resolves the settings once; the parser must not read the environment again.
+    from aria.settings import Settings, get_settings
+
+    monkeypatch.setenv("ARIA_PROFILE", "medgemma")
+    monkeypatch.setenv("ARIA_DATA_DIR", "/elsewhere")
+    get_settings.cache_clear()
+    try:
+        settings = Settings(aria_profile="tiny", aria_data_dir=Path("/given"))
+        _, dpo, dpo_model = parse_dpo_args(["--max_steps", "2"], settings)
+    finally:
+        get_settings.cache_clear()
+    assert dpo.output_dir == "/given/checkpoints/tiny/dpo"
+    assert dpo_model.model_name_or_path == "/given/models/tiny/aria-ft-sft"
+    assert dpo_model.dtype == "float32"  # tiny/dpo.yaml (medgemma/dpo.yaml: bf16)
+
+
 def test_modules_to_save_is_refused():
     path = str(recipe_path("sft", "tiny"))
     with pytest.raises(SystemExit, match="modules_to_save"):

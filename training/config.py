@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aria.settings import Settings, get_settings
 from training.merge import DEFAULT_PARITY_TOLERANCE
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -126,22 +127,15 @@ class DPOScriptArguments:
     )
 
 
-def recipe_path(stage: str, profile: str | None = None) -> Path:
-    """training/recipes/<profile>/<stage>.yaml; the profile defaults to ARIA_PROFILE."""
+def recipe_path(stage: str, profile: str) -> Path:
+    """training/recipes/<profile>/<stage>.yaml."""
     if stage not in STAGE_NAMES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
-    if profile is None:
-        from aria.settings import get_settings
-
-        profile = get_settings().aria_profile
     return RECIPES_DIR / profile / f"{stage}.yaml"
 
 
-def checkpoints_dir(stage: str) -> Path:
+def checkpoints_dir(stage: str, settings: Settings) -> Path:
     """data/checkpoints/<profile>/<stage>: adapters, checkpoints and TensorBoard runs of a stage."""
-    from aria.settings import get_settings
-
-    settings = get_settings()
     return settings.aria_data_dir / "checkpoints" / settings.aria_profile / stage
 
 
@@ -173,52 +167,58 @@ def no_bf16_message(recipe: str) -> str:
     )
 
 
-def _with_recipe(stage: str, argv: list[str] | None) -> list[str]:
+def _with_recipe(stage: str, argv: list[str] | None, profile: str) -> list[str]:
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in args:
-        args = ["--config", str(recipe_path(stage)), *args]
+        args = ["--config", str(recipe_path(stage, profile)), *args]
     return args
 
 
-def parse_sft_args(argv: list[str] | None = None) -> tuple[SFTScriptArguments, Any, Any]:
-    """(script args, SFTConfig, ModelConfig) from the profile's sft.yaml (or --config) and flags."""
+def parse_sft_args(
+    argv: list[str] | None = None, settings: Settings | None = None
+) -> tuple[SFTScriptArguments, Any, Any]:
+    """(script args, SFTConfig, ModelConfig) from the profile's sft.yaml (or --config) and flags;
+    `settings` (default: aria.settings.get_settings()) give the profile and the default paths."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from aria.settings import get_settings
-
-    settings = get_settings()
+    settings = settings or get_settings()
     parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
     parser.set_defaults(
         model_name_or_path=settings.stage_model("base"),
-        output_dir=str(checkpoints_dir("sft")),
+        output_dir=str(checkpoints_dir("sft", settings)),
         merged_dir=str(settings.model_dir("aria-ft-sft")),
         eval_path=str(settings.eval_path),
     )
-    script_args, training_args, model_args = _parse(parser, _with_recipe("sft", argv))
+    script_args, training_args, model_args = _parse(
+        parser, _with_recipe("sft", argv, settings.aria_profile)
+    )
     if script_args.sft_path is None:
         script_args.sft_path = str(settings.training_dir / script_args.sft_file)
     check_lora_args(model_args)
     return script_args, training_args, model_args
 
 
-def parse_dpo_args(argv: list[str] | None = None) -> tuple[DPOScriptArguments, Any, Any]:
-    """(script args, DPOConfig, ModelConfig) from the profile's dpo.yaml (or --config) and flags."""
+def parse_dpo_args(
+    argv: list[str] | None = None, settings: Settings | None = None
+) -> tuple[DPOScriptArguments, Any, Any]:
+    """(script args, DPOConfig, ModelConfig) from the profile's dpo.yaml (or --config) and flags;
+    `settings` (default: aria.settings.get_settings()) give the profile and the default paths."""
     from trl import DPOConfig, ModelConfig, TrlParser
 
-    from aria.settings import get_settings
-
-    settings = get_settings()
+    settings = settings or get_settings()
     parser = TrlParser((DPOScriptArguments, DPOConfig, ModelConfig))
     parser.set_defaults(
         model_name_or_path=settings.stage_model("aria-ft-sft"),
-        output_dir=str(checkpoints_dir("dpo")),
+        output_dir=str(checkpoints_dir("dpo", settings)),
         dpo_path=str(settings.training_dir / "dpo.jsonl"),
         merged_dir=str(settings.model_dir("aria-ft-dpo")),
         eval_path=str(settings.eval_path),
     )
-    script_args, training_args, model_args = _parse(parser, _with_recipe("dpo", argv))
+    script_args, training_args, model_args = _parse(
+        parser, _with_recipe("dpo", argv, settings.aria_profile)
+    )
     check_lora_args(model_args)
     return script_args, training_args, model_args
 
