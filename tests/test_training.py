@@ -370,7 +370,7 @@ def test_short_sft_trains_and_publishes_a_bf16_merge(tiny_sft_run):
     assert tiny_sft_run.metrics["global_step"] == 4
     parity = json.loads((tiny_sft_run.merged / "merge_parity.json").read_text())
     assert parity["passed"] and parity["decisive_flips"] == 0
-    assert parity["max_abs_logit_diff"] <= parity["tolerance"]
+    assert parity["relative_logit_diff"] <= parity["tolerance"]  # a share of the logits' scale
     with safe_open(tiny_sft_run.merged / "model.safetensors", "pt") as f:
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118
     assert dtypes == {"torch.bfloat16"}
