@@ -37,7 +37,35 @@ NOT_LANGUAGE_MODEL = ("vision_tower", "multi_modal_projector")
 
 
 @dataclass
-class SFTScriptArguments:
+class PublishArguments:
+    """Resume, merge, parity and quick-eval settings of both stages (SFT and DPO)."""
+
+    merged_dir: str | None = field(
+        default=None,
+        metadata={"help": "where the merged bf16 model goes (default: aria-ft-sft or aria-ft-dpo)"},
+    )
+    resume: bool = field(
+        default=True,
+        metadata={"help": "resume from the last checkpoint in output_dir; false starts over"},
+    )
+    quick_eval_size: int = field(
+        default=-1,
+        metadata={"help": "eval.jsonl examples scored after merging (-1: all, 0: skip)"},
+    )
+    eval_path: str | None = field(
+        default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
+    )
+    parity_tolerance: float = field(
+        default=DEFAULT_PARITY_TOLERANCE,
+        metadata={
+            "help": "max |logit diff| between adapter and merge, as a share of the largest |logit| "
+            "(training/merge.py)"
+        },
+    )
+
+
+@dataclass
+class SFTScriptArguments(PublishArguments):
     """Data, evaluation and publication settings of `python -m training.train_sft`."""
 
     sft_path: str | None = field(
@@ -70,31 +98,10 @@ class SFTScriptArguments:
             "(training/label_loss.py)"
         },
     )
-    merged_dir: str | None = field(
-        default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-sft)"}
-    )
-    resume: bool = field(
-        default=True,
-        metadata={"help": "resume from the last checkpoint in output_dir; false starts over"},
-    )
-    quick_eval_size: int = field(
-        default=-1,
-        metadata={"help": "eval.jsonl examples scored after merging (-1: all, 0: skip)"},
-    )
-    eval_path: str | None = field(
-        default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
-    )
-    parity_tolerance: float = field(
-        default=DEFAULT_PARITY_TOLERANCE,
-        metadata={
-            "help": "max |logit diff| between adapter and merge, as a share of the largest |logit| "
-            "(training/merge.py)"
-        },
-    )
 
 
 @dataclass
-class DPOScriptArguments:
+class DPOScriptArguments(PublishArguments):
     """Data, evaluation and publication settings of `python -m training.train_dpo`."""
 
     dpo_path: str | None = field(
@@ -103,27 +110,6 @@ class DPOScriptArguments:
     eval_size: int = field(
         default=40,
         metadata={"help": "triplets of dpo.jsonl held out for evaluation during training"},
-    )
-    merged_dir: str | None = field(
-        default=None, metadata={"help": "where the merged bf16 model goes (default: aria-ft-dpo)"}
-    )
-    resume: bool = field(
-        default=True,
-        metadata={"help": "resume from the last checkpoint in output_dir; false starts over"},
-    )
-    quick_eval_size: int = field(
-        default=-1,
-        metadata={"help": "eval.jsonl examples scored after merging (-1: all, 0: skip)"},
-    )
-    eval_path: str | None = field(
-        default=None, metadata={"help": "quick-eval set (default: data/eval/eval.jsonl)"}
-    )
-    parity_tolerance: float = field(
-        default=DEFAULT_PARITY_TOLERANCE,
-        metadata={
-            "help": "max |logit diff| between adapter and merge, as a share of the largest |logit| "
-            "(training/merge.py)"
-        },
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aria.files import DataError, atomic_write_json, read_jsonl
-from training.config import compute_dtype, quantization_config
+from training.config import PublishArguments, compute_dtype, quantization_config
 
 RUN_FINGERPRINT = "aria_run.json"  # what the checkpoints in output_dir were trained on
 # The recipe's knobs a checkpoint must match to be resumed (with the data, base and LoRA rank).
@@ -249,7 +249,7 @@ def merge_and_publish(
     eval_set,
     metrics: dict,
     run: TrainedRun,
-    script_args,
+    script_args: PublishArguments,
     title: str,
     token: str | None = None,
 ) -> dict:
@@ -278,7 +278,7 @@ def complete_merged_folder(
     metrics: dict,
     log_history: list[dict],
     output_dir: Path,
-    script_args,
+    script_args: PublishArguments,
     title: str,
 ) -> None:
     """Fill a merged model's folder before it is published (SFT and DPO alike).
