@@ -192,8 +192,39 @@ def _cap(pathology: str) -> float:
     return min(_MAX_EXCEEDANCE[k] for k, _ in RULE_BY_PATHOLOGY[pathology].thresholds)
 
 
-def _constraints(rng: random.Random, target: str, slice_name: str) -> dict[str, _Constraint]:
-    """Exceedance constraints of every rule for one draw (confidence bands drawn in proportion)."""
+# An independent draw places every rule the population's laws would draw at an exceedance drawn
+# uniformly within this distance below its cap (just under the threshold, or under the label's
+# own exceedance when nothing fires): each measurement on its own, with no correlation to learn.
+INDEPENDENT_SPREAD = 0.45
+
+
+def _independent(
+    rng: random.Random, plan: dict[str, _Constraint], target: str
+) -> dict[str, _Constraint]:
+    """`plan` with each rule that the population law would draw placed at one exceedance, uniform
+    within INDEPENDENT_SPREAD under its cap."""
+    independent = {}
+    for pathology, c in plan.items():
+        if c.exact or pathology == target:
+            independent[pathology] = c
+        else:
+            e = rng.uniform(c.high - INDEPENDENT_SPREAD, c.high)
+            independent[pathology] = _Constraint(e, e)
+    return independent
+
+
+def _constraints(
+    rng: random.Random, target: str, slice_name: str, independent: bool = False
+) -> dict[str, _Constraint]:
+    """Exceedance constraints of every rule for one draw (confidence bands drawn in proportion);
+    `independent` places the rules that do not decide uniformly under their caps
+    (`_independent`)."""
+    plan = _slice_plan(rng, target, slice_name)
+    return _independent(rng, plan, target) if independent else plan
+
+
+def _slice_plan(rng: random.Random, target: str, slice_name: str) -> dict[str, _Constraint]:
+    """What the slice fixes: the label's exceedance, a second rule's, a cap for the others."""
     cap = _cap(target)
     others = [p for p in PATHOLOGIES if p != target]
     if slice_name == "clear":
@@ -344,8 +375,15 @@ def slice_of(profile: Mapping[str, Any]) -> str | None:
     return "clear" if fired else "none_fire"
 
 
-def sample_profile(rng: random.Random, target: str, slice_name: str) -> dict[str, Any]:
+def sample_profile(
+    rng: random.Random, target: str, slice_name: str, independent: bool = False
+) -> dict[str, Any]:
     """A rounded, realistic profile whose rule label is `target` and whose slice is `slice_name`.
+
+    `independent`: the measurements that do not decide are drawn one by one, uniformly under their
+    caps (see `_independent`), instead of by the population's correlated laws, so that no
+    correlation between measurements can stand in for the rule. The context stays the
+    population's.
 
     Measurements come first (table order), then the CONTEXT_KEYS. Raises RuntimeError if no draw
     fits after many tries (it does not happen with the shipped laws).
@@ -355,7 +393,7 @@ def sample_profile(rng: random.Random, target: str, slice_name: str) -> dict[str
     if slice_name not in SLICES:
         raise ValueError(f"unknown slice {slice_name!r}; expected one of {', '.join(SLICES)}")
     for _ in range(500):
-        plan = _constraints(rng, target, slice_name)
+        plan = _constraints(rng, target, slice_name, independent)
         profile = _draw(rng, target, plan)
         speed = profile["vitesse_kmh"]
         if not 6.0 <= speed <= 22.0:  # walking pace or sprint: not an endurance runner

@@ -26,6 +26,7 @@ from typing import Any
 
 from aria.domain import (
     CONFIDENCES,
+    CONTEXT_KEYS,
     MEASUREMENT_BY_KEY,
     PATHOLOGIES,
     deciding_evidence,
@@ -69,6 +70,15 @@ REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the 
 # spread evenly over the five other orders, so that a client's schema in any order gets a right
 # answer (xgrammar writes the properties in the schema's order; docs/training.md).
 CANONICAL_ORDER_SHARE = 0.5
+# Share of reports whose prompt has no context line (the runner's age, pace, pain...): a client
+# may send the measurements alone, and a model that only saw reports with context answered those
+# with JSON (docs/training.md).
+REPORT_NO_CONTEXT_SHARE = 0.5
+# Share of the tiny profile's extra runners whose measurements that do not decide are drawn
+# independently (aria.population.sample_profile): the population's laws correlate them (valgus
+# and adduction, step length and heel strike), and a model can learn those correlations instead
+# of comparing each measurement with its threshold (docs/training.md).
+INDEPENDENT_SHARE = 0.5
 
 
 def answer_order(rng: random.Random) -> tuple[str, ...]:
@@ -98,11 +108,17 @@ class GenerateConfig:
 
 
 def _fresh_profile(
-    rng: random.Random, target: str, slice_name: str, seen: set[tuple[float, ...]]
+    rng: random.Random,
+    target: str,
+    slice_name: str,
+    seen: set[tuple[float, ...]],
+    independent_share: float = 0.0,
 ) -> dict[str, Any]:
-    """A profile whose measurements no earlier record has: resample on collision."""
+    """A profile whose measurements no earlier record has: resample on collision. A share
+    `independent_share` of the draws are independent (`aria.population.sample_profile`)."""
     for _ in range(1000):
-        profile = sample_profile(rng, target, slice_name)
+        independent = bool(independent_share) and rng.random() < independent_share
+        profile = sample_profile(rng, target, slice_name, independent)
         key = canonical_measurements(profile)
         if key not in seen:
             seen.add(key)
@@ -191,17 +207,21 @@ def _sft_records(
     seen: set[tuple[float, ...]],
     report_share: float = REPORT_SHARE,
     slice_weights: dict[str, float] | None = None,
+    independent_share: float = 0.0,
 ) -> list[dict]:
-    """`n` SFT records on fresh profiles, `report_share` of them reports, balanced, shuffled."""
+    """`n` SFT records on fresh profiles, `report_share` of them reports (REPORT_NO_CONTEXT_SHARE
+    of those without the context line), balanced, shuffled."""
     n_report = round(n * report_share)
     sft: list[dict] = []
     for kind, n_kind in (("diagnostic", n - n_report), ("report", n_report)):
         for target, slice_name in balanced_plan(n_kind, slice_weights):
-            profile = _fresh_profile(rng, target, slice_name, seen)
+            profile = _fresh_profile(rng, target, slice_name, seen, independent_share)
             if kind == "diagnostic":
                 prompt = diagnostic_messages(profile)
                 answer = reference_diagnostic(profile).to_json(answer_order(rng))
             else:
+                if rng.random() < REPORT_NO_CONTEXT_SHARE:
+                    profile = {k: v for k, v in profile.items() if k not in CONTEXT_KEYS}
                 prompt = report_messages(profile)
                 answer = reference_report(profile)
             sft.append(
@@ -285,7 +305,9 @@ def build_datasets(
     # (it answered the report call with JSON fragments). More of the hard slices: the tiny model
     # gets the clear ones right early.
     n_extra = max(cfg.n_sft_extended - len(sft), 0)
-    extra = _sft_records(rng, n_extra, seen, slice_weights=HARD_SLICE_WEIGHTS)
+    extra = _sft_records(
+        rng, n_extra, seen, slice_weights=HARD_SLICE_WEIGHTS, independent_share=INDEPENDENT_SHARE
+    )
     for r in sft + extra:
         validate_sft_record(r)
     for r in dpo:
@@ -330,6 +352,8 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
     stats["generation"] = {
         **{k: v for k, v in asdict(cfg).items() if k != "out_dir"},
         "report_share": REPORT_SHARE,
+        "report_no_context_share": REPORT_NO_CONTEXT_SHARE,
+        "independent_share": INDEPENDENT_SHARE,
         "command": "python -m scripts.generate_datasets"
         + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}"
         + f" --n-sft-extended {cfg.n_sft_extended} --n-outside {cfg.n_outside}",

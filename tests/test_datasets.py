@@ -36,6 +36,7 @@ from aria.population import (
     is_physical,
     sample_profile,
     slice_counts,
+    slice_of,
 )
 from aria.prompts import REPORT_TEMPLATE, render_prompt
 from aria.records import (
@@ -385,6 +386,38 @@ def test_sample_profile_hits_its_target_and_is_rounded() -> None:
             assert canonical_measurements(profile) == tuple(profile[k] for k in list(profile)[:7])
     with pytest.raises(ValueError, match="slice"):
         sample_profile(rng, PATHOLOGIES[0], "easy")
+
+
+def _correlation(profiles: list[dict], a: str, b: str) -> float:
+    return statistics.correlation([p[a] for p in profiles], [p[b] for p in profiles])
+
+
+def test_independent_draws_keep_label_and_slice_and_drop_the_correlations() -> None:
+    rng = random.Random(5)
+    plan = [(t, s) for t, s in balanced_plan(600) if t == "Lombalgie mécanique"]
+    independent = [sample_profile(rng, t, s, independent=True) for t, s in plan]
+    usual = [sample_profile(rng, t, s) for t, s in plan]
+    for (target, slice_name), profile in zip(plan, independent, strict=True):
+        assert label(profile)[0] == target and slice_of(profile) == slice_name
+        assert is_physical(profile)
+    # Knee valgus and hip adduction go together in the population, not in independent draws.
+    assert _correlation(usual, "valgus_genou", "adduction_hanche") > 0.3
+    assert abs(_correlation(independent, "valgus_genou", "adduction_hanche")) < 0.2
+
+
+def test_extended_set_is_half_independent_and_reports_come_with_and_without_context(
+    tmp_path: Path,
+) -> None:
+    _, extra, *_ = build_datasets(GenerateConfig(**SMALL, n_outside=8, out_dir=tmp_path))
+    diagnostics = [r["profile"] for r in extra if r["kind"] == "diagnostic"]
+    assert len(diagnostics) > 20
+    assert _correlation(diagnostics, "valgus_genou", "adduction_hanche") < 0.3
+    sft, *_ = build_datasets(GenerateConfig(n_sft=400, n_dpo=12, n_eval=12, n_sft_extended=0))
+    reports = [r for r in sft if r["kind"] == "report"]
+    with_context = sum("Contexte :" in r["prompt"][0]["content"] for r in reports)
+    assert 0.25 * len(reports) < with_context < 0.75 * len(reports)
+    for r in reports:  # the record's profile is what the prompt shows
+        assert ("age" in r["profile"]) == ("Contexte :" in r["prompt"][0]["content"])
 
 
 # --- copy-datasets -------------------------------------------------------------------------
