@@ -29,13 +29,13 @@ check-gpu: $(STAMP) ## Report GPU, VRAM, CUDA, bf16 and a ✓/✗ checklist of t
 	$(PY) -m scripts.check_gpu
 
 datasets: $(STAMP) ## Generate data/training/{sft,sft_extended,dpo}.jsonl and data/eval/{eval,outside}.jsonl (seeded)
-	$(PY) -m scripts.generate_datasets $(ARGS)
+	$(PY) -m preparation.generate_datasets $(ARGS)
 
 copy-datasets: $(STAMP) ## Import JSONL datasets from SRC=folder through the same validation
-	$(PY) -m scripts.copy_datasets --src "$(SRC)" $(ARGS)
+	$(PY) -m preparation.copy_datasets --src "$(SRC)" $(ARGS)
 
 dataset-card: $(STAMP) ## Render data/training/README.md, the Hugging Face dataset card
-	$(PY) -m scripts.generate_dataset_card $(ARGS)
+	$(PY) -m preparation.generate_dataset_card $(ARGS)
 
 tiny-model: $(STAMP) ## Build the tiny Gemma 3 base and its tokenizer in data/models/tiny/base
 	$(PY) -m training.build_tiny_model $(ARGS)
@@ -55,7 +55,7 @@ train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo 
 train-all: train-sft train-dpo ## The whole training chain: SFT then DPO
 
 bench-training: $(STAMP) ## Tokens/s, s/step and peak memory of the SFT step (table + JSON)
-	$(PY) -m scripts.bench_training $(ARGS)
+	$(PY) -m training.bench_training $(ARGS)
 
 serve: $(STAMP) ## vLLM server on the profile's base model (foreground)
 	$(PY) -m serve.vllm_server --stage base $(ARGS)
@@ -115,13 +115,13 @@ soak: $(STAMP) ## Bounded soak of the live server (e.g. 2000 requests at concurr
 	$(PY) -m evaluation.soak $(ARGS)
 
 model-card: $(STAMP) ## Render the model cards of aria-ft-sft and aria-ft-dpo with the latest benchmark
-	$(PY) -m scripts.generate_model_card $(ARGS)
+	$(PY) -m publishing.generate_model_card $(ARGS)
 
 hf-push-model: $(STAMP) ## Push aria-ft-dpo and its card to HF_MODEL_REPO (--dry-run in ARGS)
-	$(PY) -m scripts.hf_push model $(ARGS)
+	$(PY) -m publishing.hf_push model $(ARGS)
 
 hf-push-datasets: $(STAMP) ## Push data/training and its card to HF_DATASET_REPO (--dry-run in ARGS)
-	$(PY) -m scripts.hf_push datasets $(ARGS)
+	$(PY) -m publishing.hf_push datasets $(ARGS)
 
 doc: $(STAMP) ## Build the docs site into site/ (mkdocs --strict)
 	$(PY) -m mkdocs build --strict --site-dir site

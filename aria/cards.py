@@ -6,7 +6,7 @@
     >>> text.startswith("---")
     True
 
-Pure: no file is read here. `scripts.generate_model_card` reads reports/latest/summary.json
+Pure: no file is read here. `publishing.generate_model_card` reads reports/latest/summary.json
 (aria.summary.read_summary), the recipe YAML files and the tiny base's parameter count and hands
 them over, so every branch is unit-tested without files.
 """

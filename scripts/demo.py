@@ -92,7 +92,7 @@ def main(cfg: DemoConfig) -> int:
         (settings.training_dir / name).exists() for name in data_files
     )
     if cfg.fresh or not data_ready:
-        timings["datasets"] = run_stage("datasets", "scripts.generate_datasets")
+        timings["datasets"] = run_stage("datasets", "preparation.generate_datasets")
     if cfg.fresh or not (settings.model_dir("base") / "config.json").exists():
         timings["tiny-model"] = run_stage("tiny base model", "training.build_tiny_model")
     if cfg.fresh or not (settings.model_dir("aria-ft-sft") / "config.json").exists():

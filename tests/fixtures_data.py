@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.generate_datasets import GenerateConfig, main
+from preparation.generate_datasets import GenerateConfig, main
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from aria.cards import (
 )
 from aria.settings import MEDGEMMA_HUB_ID, Settings
 from aria.summary import read_summary
-from scripts import generate_model_card
+from publishing import generate_model_card
 
 # The tiny demo's benchmark of 2026-11-30 (base and dpo): real figures, read as the script reads them.
 FIXTURE = Path(__file__).parent / "fixtures" / "summary_v2.json"

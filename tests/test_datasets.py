@@ -52,10 +52,10 @@ from aria.records import (
 )
 from aria.references import reference_justification, reference_report
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, parse_diagnostic
-from scripts import copy_datasets
-from scripts.generate_dataset_card import render_dataset_card, size_category
-from scripts.generate_datasets import REPORT_SHARE, GenerateConfig, build_datasets
-from scripts.generate_datasets import main as generate
+from preparation import copy_datasets
+from preparation.generate_dataset_card import render_dataset_card, size_category
+from preparation.generate_datasets import REPORT_SHARE, GenerateConfig, build_datasets
+from preparation.generate_datasets import main as generate
 
 SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48, "n_sft_extended": 120}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from aria.settings import Settings
-from scripts import hf_push
-from scripts.hf_push import PushConfig, excluded_by, plan_folder
+from publishing import hf_push
+from publishing.hf_push import PushConfig, excluded_by, plan_folder
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:

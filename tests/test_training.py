@@ -485,7 +485,7 @@ def test_tiny_model_accepts_the_default_serving_length(tiny_base_model: Path) ->
     assert config["max_position_embeddings"] >= Settings.model_fields["vllm_max_model_len"].default
 
 
-# --- the training benchmark (scripts/bench_training.py)
+# --- the training benchmark (training/bench_training.py)
 
 
 def test_config_only_bench_model_has_medgemma_4b_text_dimensions():
@@ -493,7 +493,7 @@ def test_config_only_bench_model_has_medgemma_4b_text_dimensions():
     import torch
     from transformers import Gemma3ForCausalLM
 
-    from scripts.bench_training import gemma3_4b_text_config
+    from training.bench_training import gemma3_4b_text_config
 
     config = gemma3_4b_text_config()
     with torch.device("meta"):
@@ -507,7 +507,7 @@ def test_config_only_bench_model_has_medgemma_4b_text_dimensions():
 @pytest.mark.engine
 def test_training_bench_times_real_qlora_steps(monkeypatch, capsys, tmp_path: Path):
     """A shrunk config-only model trains a few real NF4 + LoRA steps; the JSON line comes last."""
-    import scripts.bench_training as bench
+    import training.bench_training as bench
 
     small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
     small |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}

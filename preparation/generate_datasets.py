@@ -1,7 +1,7 @@
 """Generate the SFT, DPO and eval datasets from the labelling rule (seeded, deterministic).
 
-    python -m scripts.generate_datasets                 # make datasets
-    python -m scripts.generate_datasets --seed 7 --n-sft 300 --out-dir /tmp/aria-data
+    python -m preparation.generate_datasets                 # make datasets
+    python -m preparation.generate_datasets --seed 7 --n-sft 300 --out-dir /tmp/aria-data
 
 Writes, atomically, under --out-dir (default: ARIA_DATA_DIR, i.e. data/):
 - training/sft.jsonl: TRL conversational prompt-completion records, ~88% diagnostic JSON, ~12% report;
@@ -354,7 +354,7 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
         "report_share": REPORT_SHARE,
         "report_no_context_share": REPORT_NO_CONTEXT_SHARE,
         "independent_share": INDEPENDENT_SHARE,
-        "command": "python -m scripts.generate_datasets"
+        "command": "python -m preparation.generate_datasets"
         + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}"
         + f" --n-sft-extended {cfg.n_sft_extended} --n-outside {cfg.n_outside}",
         "sft_extended_records": len(sft) + len(extra),

@@ -1,7 +1,7 @@
 """Write the Hugging Face model card (README.md) into each trained stage folder.
 
-    python -m scripts.generate_model_card                      # what `make model-card` runs (all stages)
-    python -m scripts.generate_model_card --stage aria-ft-dpo  # one stage
+    python -m publishing.generate_model_card                      # what `make model-card` runs (all stages)
+    python -m publishing.generate_model_card --stage aria-ft-dpo  # one stage
 
 Reads the latest benchmark (reports/latest/summary.json, optional), the profile's recipes
 (training/recipes/<profile>/{sft,dpo}.yaml) and, for tiny, the base's parameter count

@@ -1,8 +1,8 @@
 """Tokens/s, seconds per step and peak memory of the SFT step (QLoRA NF4) for a profile.
 
-    python -m scripts.bench_training                         # make bench-training (ARIA_PROFILE)
-    python -m scripts.bench_training --steps 20 --batch-size 16 --seq-len 192
-    python -m scripts.bench_training --config-only --profile medgemma   # GPU: MedGemma 4B text dims
+    python -m training.bench_training                         # make bench-training (ARIA_PROFILE)
+    python -m training.bench_training --steps 20 --batch-size 16 --seq-len 192
+    python -m training.bench_training --config-only --profile medgemma   # GPU: MedGemma 4B text dims
 
 It runs the profile's SFT recipe (4-bit base, LoRA, completion-only loss) on synthetic
 pre-tokenised sequences of a fixed length, so the numbers measure the engine and not the data.

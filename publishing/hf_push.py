@@ -1,9 +1,9 @@
 """Publish the production model or the datasets to the Hugging Face Hub, in one commit plus a tag.
 
-    python -m scripts.hf_push model --dry-run      # what `make hf-push-model ARGS=--dry-run` runs
-    python -m scripts.hf_push model                # push data/models/<profile>/aria-ft-dpo
-    python -m scripts.hf_push datasets             # push data/training + data/eval and the dataset card
-    python -m scripts.hf_push model --revision v1.0 --public
+    python -m publishing.hf_push model --dry-run      # what `make hf-push-model ARGS=--dry-run` runs
+    python -m publishing.hf_push model                # push data/models/<profile>/aria-ft-dpo
+    python -m publishing.hf_push datasets             # push data/training + data/eval and the dataset card
+    python -m publishing.hf_push model --revision v1.0 --public
 
 The repo (HF_MODEL_REPO or HF_DATASET_REPO) is created private unless --public, then every file
 that may go up is sent in a single commit and tagged (v<date>-<git short sha> unless --revision).
@@ -213,7 +213,7 @@ def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
             repo_id,
             [CommitOperationAdd(f.path_in_repo, str(f.local_path)) for f in files],
             commit_message=f"ARIA {cfg.target} release {tag}",
-            commit_description=f"{len(files)} files, {human_size(total)}; `python -m scripts.hf_push`",
+            commit_description=f"{len(files)} files, {human_size(total)}; `python -m publishing.hf_push`",
             repo_type=repo_type,
         ),
         "commit",

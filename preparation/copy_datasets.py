@@ -1,6 +1,6 @@
 """Import sft.jsonl / dpo.jsonl / eval.jsonl from a folder, through the generator's own validation.
 
-    python -m scripts.copy_datasets --src /path/to/folder      # make copy-datasets SRC=/path/to/folder
+    python -m preparation.copy_datasets --src /path/to/folder      # make copy-datasets SRC=/path/to/folder
 
 The folder holds the files flat (`sft.jsonl`, `dpo.jsonl`, `eval.jsonl`) or in the data layout
 (`training/sft.jsonl`, `training/dpo.jsonl`, `eval/eval.jsonl`); at least one must be there. Every

@@ -1,6 +1,6 @@
 """Render data/training/README.md, the Hugging Face dataset card of the ARIA datasets.
 
-    python -m scripts.generate_dataset_card          # make dataset-card (after make datasets)
+    python -m preparation.generate_dataset_card          # make dataset-card (after make datasets)
 
 The card's YAML metadata (language, license, task categories, tags, size category, one config per
 file) comes from huggingface_hub's DatasetCardData; its body gives the counts per label, split,
