@@ -8,6 +8,10 @@ justification and a report, the release gate over both diagnostic bodies.
 Pure Python and numpy (no torch), so the benchmark's numbers are unit-tested in milliseconds.
 Every function takes plain lists and dicts and returns JSON-serialisable values (no NaN: a
 quantity that cannot be computed is None).
+
+Over 400 lines: it is the one place where each figure of summary.json and each gate check is
+defined (five sections: latency, accuracy, text verdicts, guided JSON, gate), so that the
+benchmark, the soak, the dataset validators and the model card read the same definitions.
 """
 
 from __future__ import annotations
