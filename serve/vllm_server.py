@@ -20,6 +20,10 @@ Tests and the demo use the importable API:
     handle.wait_ready(timeout=300)      # polls /health; handle.start_seconds is then measured
     ...                                 # handle.base_url is the OpenAI base URL
     handle.stop()
+
+Over 400 lines: the command (settings to vLLM's flags on either engine) and the process around it
+(pid file, log, port check, readiness, stop) are one launcher that `make serve*`, the demo, the
+tests and serve.cluster share.
 """
 
 from __future__ import annotations
@@ -450,8 +454,8 @@ def start_server(
 ) -> ServerHandle:
     """Start a vLLM server on `model` in the background (same command as `make serve`).
 
-    Returns immediately; call `.wait_ready(timeout)` then use `.base_url`, and `.stop()` at the end.
-    Raises ModelMissingError or PortTakenError before starting anything.
+    Returns immediately; call `.wait_ready(timeout)` then use `.base_url`, and `.stop()` at the end
+    (which removes the pid file written at data/run/vllm-<port>.pid). Raises ModelMissingError or PortTakenError before starting anything.
     """
     base = settings or get_settings()
     update: dict = {
@@ -475,6 +479,9 @@ def start_server(
         model=str(model),
         log_path=Path(log_path) if log_path else log_path_for(cfg, port),
         extra_env=extra_env,
+        # The pid file lets the benchmark find the server's process tree and gate its memory
+        # (serve.memory), for the demo's servers as for `make serve-ft-bg`'s.
+        pid_file=pid_path(cfg, port),
     )
 
 

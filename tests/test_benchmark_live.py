@@ -88,6 +88,8 @@ def test_run_writes_summary_report_plots_and_json_last_line(lenient_run):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["run_id"] == "lenient"
     assert last["gate"]["passed"] is True
+    # The session's server wrote its pid file (start_server), so the gate measured its memory.
+    assert 0 < last["gate"]["serving_memory_gb"] < 10
 
     run_dir = reports / "lenient"
     assert (reports / "latest").resolve() == run_dir.resolve()
