@@ -31,6 +31,14 @@ STAGE_TARGETS: dict[str, str] = {
 }
 
 
+def stage_target(stage: str, profile: str) -> str:
+    """The make target that produces `stage` on `profile`: the medgemma base is converted from
+    MedGemma's multimodal checkpoint (`make convert-base`), the tiny one built."""
+    if stage == "base" and profile == "medgemma":
+        return "make convert-base"
+    return STAGE_TARGETS[stage]
+
+
 class Settings(BaseSettings):
     """Settings shared by every target; field names are the environment variables, case-insensitive."""
 

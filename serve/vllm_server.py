@@ -47,7 +47,7 @@ from typing import IO, Literal
 
 from pydantic import SecretStr
 
-from aria.settings import STAGE_TARGETS, STAGES, Settings, get_settings, server_url
+from aria.settings import STAGES, Settings, get_settings, server_url, stage_target
 
 Engine = Literal["cpu", "gpu"]
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -134,7 +134,8 @@ def resolve_model(settings: Settings, stage: str) -> str:
             )
         raise ModelMissingError(
             f"no model in {model} (stage {stage} of profile {settings.aria_profile}): "
-            f"run `{STAGE_TARGETS[stage]}` first, or set VLLM_MODEL to a model folder"
+            f"run `{stage_target(stage, settings.aria_profile)}` first, or set VLLM_MODEL to a "
+            "model folder"
         )
     return model
 

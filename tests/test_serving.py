@@ -165,6 +165,12 @@ def test_missing_model_folder_names_the_make_target(tmp_path, stage):
         build_command(settings, stage, "cpu")
 
 
+def test_missing_medgemma_base_names_the_conversion(tmp_path):
+    settings = make_settings(tmp_path, aria_profile="medgemma")
+    with pytest.raises(ModelMissingError, match="`make convert-base`"):
+        build_command(settings, "base", "cpu")
+
+
 def test_missing_vllm_model_names_the_variable(tmp_path):
     settings = make_settings(tmp_path, vllm_model=str(tmp_path / "nope" / "model"))
     with pytest.raises(ModelMissingError, match="VLLM_MODEL="):

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, get_settings
+from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, get_settings, stage_target
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -65,9 +65,13 @@ def missing_model_fix(stage: str) -> str:
     medgemma; `source` is the multimodal checkpoint that convert-base reads."""
     if stage == "source":
         return "set ARIA_BASE_SOURCE to a MedGemma folder or a Hub id (google/medgemma-4b-it)"
-    if stage == "base" and get_settings().aria_profile == "medgemma":
-        return "run `make convert-base` first (ARIA_BASE_SOURCE: a Hub id or a MedGemma folder)"
-    return f"run `{STAGE_TARGETS.get(stage, 'make tiny-model')}` first"
+    profile = get_settings().aria_profile
+    if stage == "base" and profile == "medgemma":
+        return (
+            f"run `{stage_target(stage, profile)}` first "
+            "(ARIA_BASE_SOURCE: a Hub id or a MedGemma folder)"
+        )
+    return f"run `{stage_target(stage, profile) if stage in STAGE_TARGETS else 'make tiny-model'}` first"
 
 
 def hub_token() -> str | None:
