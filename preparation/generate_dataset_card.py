@@ -127,12 +127,12 @@ course à pied à partir de sept mesures biomécaniques, et à rédiger un rappo
 | config | fichier | format |
 |---|---|---|
 | `sft` | `sft.jsonl` | TRL *prompt-completion* conversationnel (`prompt`, `completion`, `kind` diagnostic ou report) |
-| `sft_extended` | `sft_extended.jsonl` | `sft.jsonl` suivi de diagnostics supplémentaires, surtout des cas difficiles (le profil `tiny` s'entraîne dessus) |
+| `sft_extended` | `sft_extended.jsonl` | `sft.jsonl` suivi d'exemples supplémentaires (diagnostics et rapports), surtout des cas difficiles, la moitié avec des mesures tirées indépendamment (le profil `tiny` s'entraîne dessus) |
 | `dpo` | `dpo.jsonl` | TRL préférences (`prompt`, `chosen`, `rejected`, `rejection_kind`) |
 | `eval` | `eval.jsonl` | `id`, `profile`, `label`, `confidence`, `slice` (jamais vus à l'entraînement) |
 
-Chaque enregistrement garde son `profile` (mesures et contexte), son `label`, sa `confidence` et
-sa `slice`.
+Chaque enregistrement garde son `profile` (les mesures, et le contexte quand le prompt le montre :
+la moitié des rapports n'en ont pas), son `label`, sa `confidence` et sa `slice`.
 
 ## Répartition par pathologie
 
