@@ -20,6 +20,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from aria.domain import EXAMPLE_PROFILE
+from aria.metrics import as_percent
 from aria.prompts import diagnostic_request, report_request
 from aria.settings import MEDGEMMA_HUB_ID
 from aria.summary import STAGE_ROLES, ModelSummary, RunSummary
@@ -125,11 +126,6 @@ def _format_setting(value: Any) -> str:
     return str(value)
 
 
-def _percent(value: float | None) -> str:
-    """A rate in [0, 1] as a percentage, or an em dash when the benchmark did not report it."""
-    return "—" if value is None else f"{100 * value:.1f} %"
-
-
 def _millis(value: float | None) -> str:
     """A latency in ms, or an em dash when the benchmark did not report it."""
     return "—" if value is None else f"{value:.0f}"
@@ -211,8 +207,8 @@ def _benchmark_section(summary: RunSummary | None, stage: str) -> list[str]:
         name = f"**{m.name}** (this model)" if m is this else m.name
         figures, latency = m.primary, m.primary.latency_ms
         lines.append(
-            f"| {name} | {m.role} | {_percent(figures.exact_match)} "
-            f"| {_percent(figures.json_valid_rate)} | {_millis(latency.p50)} "
+            f"| {name} | {m.role} | {as_percent(figures.exact_match)} "
+            f"| {as_percent(figures.json_valid_rate)} | {_millis(latency.p50)} "
             f"| {_millis(latency.p95)} | {_millis(latency.p99)} |"
         )
     lines.append("")

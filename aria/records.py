@@ -20,11 +20,11 @@ from aria.domain import (
     label,
     validate_profile,
 )
-from aria.metrics import allowed_numbers
-from aria.metrics import ungrounded_numbers as metric_ungrounded
 from aria.population import SLICES, canonical_measurements
 from aria.prompts import REPORT_TEMPLATE, render_measurements, render_prompt
 from aria.schema import parse_diagnostic
+from aria.verdicts import allowed_numbers
+from aria.verdicts import ungrounded_numbers as verdict_ungrounded
 
 SFT_KINDS: tuple[str, ...] = ("diagnostic", "report")
 REJECTION_KINDS: tuple[str, ...] = (
@@ -36,14 +36,16 @@ REJECTION_KINDS: tuple[str, ...] = (
 
 
 def grounded_numbers(profile: Mapping[str, Any]) -> set[float]:
-    """The numbers a text about `profile` may cite (aria.metrics.allowed_numbers): the report's
+    """The numbers a text about `profile` may cite (aria.verdicts.allowed_numbers): the report's
     prompt is the larger input, showing every value, its percent of threshold and the context."""
     return allowed_numbers(profile, render_prompt(profile, REPORT_TEMPLATE))
 
 
 def ungrounded_numbers(text: str, profile: Mapping[str, Any], prompt: str = "") -> list[float]:
     """Numbers cited in `text` that are not in grounded_numbers(profile), nor in `prompt`."""
-    return metric_ungrounded(text, profile, render_prompt(profile, REPORT_TEMPLATE) + "\n" + prompt)
+    return verdict_ungrounded(
+        text, profile, render_prompt(profile, REPORT_TEMPLATE) + "\n" + prompt
+    )
 
 
 def _require(record: Mapping[str, Any], keys: Iterable[str]) -> None:

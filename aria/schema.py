@@ -23,6 +23,10 @@ lower bound is 0 because guided decoding was seen to emit an empty justification
 pattern (1 answer in 100, untrained model, concurrent requests): the validator must accept all
 that the engine can emit, or "100% schema-valid" breaks. The benchmark scores the reason's
 content (grounding, keyword coverage); the reference answers are never empty.
+
+Whether an answer conforms is checked here too, without pydantic: `conforms_to_schema` reads a
+flat object schema (the seed's or S), `is_json_prefix` accepts a guided answer cut by max_tokens
+when what was written follows the field order (the health check and the benchmark use both).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Sequence
-from typing import Literal
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -137,3 +142,102 @@ def worst_case_diagnostic_bytes() -> int:
 def parse_diagnostic(text: str) -> Diagnostic:
     """Parse and validate a model's answer; raises pydantic.ValidationError or ValueError."""
     return Diagnostic.model_validate_json(text)
+
+
+# ---------------------------------------------------------------- conformance of guided JSON
+
+
+def conforms_to_schema(obj: Any, schema: Mapping[str, Any]) -> bool:
+    """Whether `obj` satisfies a flat object schema such as the seed's diagnostic schema.
+
+    Supports what the diagnostic schemas use: `type` object/string, `properties`, `required`,
+    `additionalProperties: false`, `enum` and `pattern` (searched as Python regex).
+    """
+    if not isinstance(obj, dict):
+        return False
+    properties = schema.get("properties", {})
+    if any(key not in obj for key in schema.get("required", ())):
+        return False
+    if schema.get("additionalProperties") is False and set(obj) - set(properties):
+        return False
+    for key, rule in properties.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        if rule.get("type") == "string" and not isinstance(value, str):
+            return False
+        if "enum" in rule and value not in rule["enum"]:
+            return False
+        if "pattern" in rule and not (isinstance(value, str) and re.search(rule["pattern"], value)):
+            return False
+    return True
+
+
+def _read_string(text: str, i: int) -> tuple[str | None, int, bool]:
+    """(raw content, index after it, closed) of the JSON string starting at text[i]; content None
+    when text[i] does not open a string."""
+    if i >= len(text) or text[i] != '"':
+        return None, i, False
+    j = i + 1
+    while j < len(text):
+        if text[j] == "\\":
+            j += 2
+            continue
+        if text[j] == '"':
+            return text[i + 1 : j], j + 1, True
+        j += 1
+    return text[i + 1 :], len(text), False
+
+
+def is_json_prefix(text: str, order: Sequence[str]) -> bool:
+    """Whether `text` is a JSON object of string values whose keys come exactly in `order`, or a
+    beginning of one (what guided decoding returns when max_tokens cuts it).
+
+    A complete text must close the object after the last key of `order`; a cut text may stop
+    anywhere, even inside a key or a value.
+    """
+    n = len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= n or text[i] != "{":
+        return False
+    i, k = i + 1, 0  # k: how many keys are complete
+    while True:
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] == "}" and k == 0:
+            return not order and skip(i + 1) == n
+        if k >= len(order):
+            return False
+        key, i, closed = _read_string(text, i)
+        if key is None or (closed and key != order[k]):
+            return False
+        if not closed:
+            return order[k].startswith(key)
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] != ":":
+            return False
+        value, i, closed = _read_string(text, skip(i + 1))
+        if i >= n and value is None:
+            return True  # cut right after the colon
+        if value is None:
+            return False
+        if not closed:
+            return True
+        k += 1
+        i = skip(i)
+        if i >= n:
+            return True
+        if text[i] == "}":
+            return k == len(order) and skip(i + 1) == n
+        if text[i] != "," or k >= len(order):
+            return False
+        i += 1

@@ -1,30 +1,176 @@
 """The release gate and the comparison of the served models.
 
-`load_gate` reads configs/release_gate.yaml; `release_gate` checks the production model on every
-body and the serving memory; `compare` pairs base -> sft -> dpo with bootstrap deltas.
+    >>> from evaluation.gate import evaluate_gate
+    >>> evaluate_gate({"exact_match": 0.62}, [{"metric": "exact_match", "op": ">=", "target": 0.8}])["passed"]
+    False
+
+Thresholds are {metric, op, target} checked on measured figures (`evaluate_gate`, per body in
+`evaluate_gate_bodies`); `load_gate` reads configs/release_gate.yaml and its profile overrides
+(`resolve_gate`); `release_gate` checks the production model on every body and the serving
+memory of the local server (serve.memory measures it); `compare` pairs base -> sft -> dpo with
+bootstrap deltas, names a winner and the fine-tuning verdict.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from aria import metrics
+from aria.metrics import paired_bootstrap_delta
+from aria.prompts import DIAGNOSTIC_BODIES
 from aria.settings import Settings
 from evaluation.config import SetupError
 from evaluation.report import first_per_id
-from serve.memory import serving_gate
+from serve.memory import local_server_pid, serving_memory
+
+# ---------------------------------------------------------------- thresholds
+
+_OPS = {
+    ">=": lambda measured, target: measured >= target,
+    ">": lambda measured, target: measured > target,
+    "<=": lambda measured, target: measured <= target,
+    "<": lambda measured, target: measured < target,
+}
+
+
+def validate_gate(thresholds: Any) -> list[dict[str, Any]]:
+    """Check a gate's thresholds (a list of {metric, op, target}); raises ValueError naming the entry."""
+    if not isinstance(thresholds, list) or not thresholds:
+        raise ValueError("the gate needs a non-empty list `thresholds` of {metric, op, target}")
+    for i, t in enumerate(thresholds):
+        if not isinstance(t, Mapping) or set(t) - {"metric", "op", "target", "why"}:
+            raise ValueError(f"thresholds[{i}] must be a mapping with metric, op, target (+ why)")
+        if not isinstance(t.get("metric"), str):
+            raise ValueError(
+                f"thresholds[{i}].metric must be a metric name, got {t.get('metric')!r}"
+            )
+        if t.get("op") not in _OPS:
+            raise ValueError(
+                f"thresholds[{i}].op must be one of {', '.join(_OPS)}, got {t.get('op')!r}"
+            )
+        target = t.get("target")
+        if isinstance(target, bool) or not isinstance(target, int | float):
+            raise ValueError(f"thresholds[{i}].target must be a number, got {target!r}")
+    return [dict(t) for t in thresholds]
+
+
+def evaluate_gate(
+    measured: Mapping[str, float | None], thresholds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Compare measured metrics with the gate's thresholds.
+
+    Returns {passed, checked, failures}; each failure names the metric, the op and target, the
+    measured value, `by` (how far it is on the wrong side, in the metric's unit; None when the
+    metric was not measured) and a one-line `message`.
+    """
+    checked: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for t in thresholds:
+        metric, op, target = t["metric"], t["op"], float(t["target"])
+        value = measured.get(metric)
+        if value is None:
+            ok, by = False, None
+            message = f"{metric} was not measured (target {op} {target:g})"
+        else:
+            ok = _OPS[op](value, target)
+            by = abs(value - target) if not ok else 0.0
+            message = (
+                f"{metric} = {value:.4g} meets {op} {target:g}"
+                if ok
+                else f"{metric} = {value:.4g} misses {op} {target:g} by {by:.4g}"
+            )
+        row = {"metric": metric, "op": op, "target": target, "measured": value, "passed": ok}
+        checked.append(row | {"message": message})
+        if not ok:
+            failures.append(row | {"by": by, "message": message})
+    return {"passed": not failures, "checked": checked, "failures": failures}
+
+
+def resolve_gate(doc: Any, profile: str) -> dict[str, Any]:
+    """The gate a run applies: {bodies, thresholds, overridden} from a gate config document.
+
+    The document holds `thresholds` (applied to every body of `bodies`, default all of
+    DIAGNOSTIC_BODIES) and optional `profiles: {profile: {thresholds: [...]}}`: for `profile`, an
+    entry replaces the threshold on the same metric, or adds one. `overridden` lists the metrics a
+    profile changed. Raises ValueError naming the entry at fault.
+    """
+    if not isinstance(doc, Mapping):
+        raise ValueError("the gate config must be a mapping with `thresholds`")
+    thresholds = validate_gate(doc.get("thresholds"))
+    bodies = doc.get("bodies", list(DIAGNOSTIC_BODIES))
+    if (
+        not isinstance(bodies, list)
+        or not bodies
+        or any(b not in DIAGNOSTIC_BODIES for b in bodies)
+    ):
+        raise ValueError(
+            f"`bodies` must be a non-empty list of {', '.join(DIAGNOSTIC_BODIES)}, got {bodies!r}"
+        )
+    profiles = doc.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise ValueError("`profiles` must map a profile name to {thresholds: [...]}")
+    overridden: list[str] = []
+    override = profiles.get(profile)
+    if override is not None:
+        if not isinstance(override, Mapping):
+            raise ValueError(f"profiles.{profile} must be a mapping with `thresholds`")
+        for t in validate_gate(override.get("thresholds")):
+            kept = [x for x in thresholds if x["metric"] != t["metric"]]
+            thresholds = [*kept, t]
+            overridden.append(t["metric"])
+    return {"bodies": list(bodies), "thresholds": thresholds, "overridden": overridden}
+
+
+def evaluate_gate_bodies(
+    measured_by_body: Mapping[str, Mapping[str, float | None]],
+    thresholds: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+) -> dict[str, Any]:
+    """The gate over several diagnostic bodies: every threshold must hold on every body of
+    `bodies`, and a body that was not measured fails.
+
+    Returns {passed, by_body {body: passed}, checked, failures}; each row is evaluate_gate's with a
+    `body` key and its message prefixed by `[body]`.
+    """
+    checked: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    by_body: dict[str, bool] = {}
+    for body in bodies:
+        measured = measured_by_body.get(body)
+        if measured is None:
+            message = f"[{body}] the {body} body was not measured (benchmark it: --bodies {body})"
+            row = {"body": body, "metric": "body", "op": "measured", "target": None}
+            row |= {"measured": None, "passed": False}
+            checked.append(row | {"message": message})
+            failures.append(row | {"by": None, "message": message})
+            by_body[body] = False
+            continue
+        result = evaluate_gate(measured, thresholds)
+        by_body[body] = result["passed"]
+        checked += [
+            {"body": body, **c, "message": f"[{body}] {c['message']}"} for c in result["checked"]
+        ]
+        failures += [
+            {"body": body, **f, "message": f"[{body}] {f['message']}"} for f in result["failures"]
+        ]
+    return {"passed": not failures, "by_body": by_body, "checked": checked, "failures": failures}
+
+
+# ---------------------------------------------------------------- the gate of a run
 
 
 def load_gate(path: Path, profile: str) -> dict:
     """The gate for `profile` from YAML ({bodies, thresholds, overridden}, see
-    metrics.resolve_gate); raises SetupError naming the file and the problem."""
+    resolve_gate); raises SetupError naming the file and the problem."""
     if not path.exists():
         raise SetupError(f"{path} does not exist: pass --gate-config FILE")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return metrics.resolve_gate(doc, profile)
+        return resolve_gate(doc, profile)
     except (yaml.YAMLError, ValueError, AttributeError) as e:
         raise SetupError(f"{path}: {e}") from None
 
@@ -49,79 +195,41 @@ def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float
     return flat
 
 
-def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> dict:
-    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict.
+def serving_thresholds(gate_doc: Any) -> list[dict[str, Any]]:
+    """The gate's `serving` thresholds (on `serving_memory_gb`), validated like the others."""
+    if not isinstance(gate_doc, dict) or not gate_doc.get("serving"):
+        return []
+    return validate_gate(gate_doc["serving"])
 
-    Each pair is compared on the first body of DIAGNOSTIC_BODIES that both measured, on the
-    items both were asked (`records` maps (slug, body) to the first prompt's records).
+
+def evaluate_serving_gate(
+    memory: dict[str, Any] | None, thresholds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The serving thresholds checked on the measured figure: {passed, checked, failures, note}.
+
+    Where no figure exists (no local server process: a remote endpoint), nothing is checked and
+    `passed` is None with a note saying why; a measured figure is always checked.
     """
-    by_role = {m["role"]: m for m in models}
-
-    def common_body(a: dict, b: dict) -> str | None:
-        return next((x for x in a["bodies"] if x in b["bodies"]), None)
-
-    deltas = []
-    for a, b in (("base", "sft"), ("sft", "dpo"), ("base", "dpo")):
-        if a not in by_role or b not in by_role:
-            continue
-        body = common_body(by_role[a], by_role[b])
-        if body is None:
-            continue
-        ra = {r["id"]: r for r in first_per_id(records[(by_role[a]["slug"], body)])}
-        rb = {r["id"]: r for r in first_per_id(records[(by_role[b]["slug"], body)])}
-        common = [i for i in ra if i in rb]
-        hits_a = [float(ra[i]["scores"]["correct"]) for i in common]
-        hits_b = [float(rb[i]["scores"]["correct"]) for i in common]
-        sa, sb = by_role[a]["bodies"][body], by_role[b]["bodies"][body]
-        deltas.append(
-            {
-                "from": a,
-                "to": b,
-                "body": body,
-                "n_paired": len(common),
-                "exact_match": metrics.paired_bootstrap_delta(hits_a, hits_b),
-                "per_pathology": _group_deltas(sa["per_pathology"], sb["per_pathology"]),
-                "per_slice": _group_deltas(sa["per_slice"], sb["per_slice"]),
-            }
-        )
-    recommendation = None
-    tuned = next((r for r in ("dpo", "sft") if r in by_role), None)
-    body = common_body(by_role["base"], by_role[tuned]) if "base" in by_role and tuned else None
-    if body and by_role["base"]["bodies"][body]["exact_match"] is not None:
-        base_s, tuned_s = by_role["base"]["bodies"][body], by_role[tuned]["bodies"][body]
-        gain = 100 * ((tuned_s["exact_match"] or 0) - base_s["exact_match"])
-        band = metrics.recommendation_band(gain)
-        verdict = {
-            "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
-            "moderate": "fine-tuning is moderate (5 to 10 points): look at the weakest category",
-            "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
-        }[band]
-        weakest = min(
-            tuned_s["per_pathology"].items(),
-            key=lambda kv: kv[1]["accuracy"],
-            default=(None, None),
-        )[0]
-        text = f"{tuned} vs base ({body} body): {gain:+.1f} points of exact match; {verdict}."
-        if weakest:
-            text += f" Weakest pathology for {tuned}: {weakest}."
-        recommendation = {
-            "from": "base",
-            "to": tuned,
-            "body": body,
-            "gain_points": gain,
-            "band": band,
-            "text": text,
+    if not thresholds:
+        return {"passed": None, "checked": [], "failures": [], "note": "no serving threshold"}
+    if memory is None:
+        return {
+            "passed": None,
+            "checked": [],
+            "failures": [],
+            "note": "serving memory not measured: no local server process (data/run/vllm-<port>.pid)",
         }
-    # Roles are unique in a run while served names may repeat: the winner is named by its role.
-    return {
-        "winner": metrics.pick_winner([{**m, "name": m["role"]} for m in models]),
-        "deltas": deltas,
-        "recommendation": recommendation,
-    }
+    result = evaluate_gate({"serving_memory_gb": memory["gb"]}, thresholds)
+    return {**result, "note": f"{memory['source']} of pid {memory['pid']}'s process tree"}
 
 
-def _group_deltas(a: dict, b: dict) -> dict[str, float]:
-    return {k: b[k]["accuracy"] - a[k]["accuracy"] for k in b if k in a}
+def serving_gate(settings: Settings, base_url: str, gate_path: Path) -> dict[str, Any]:
+    """Measure the server behind `base_url` and check the gate's `serving` thresholds on it:
+    {memory (serving_memory's dict or None), passed, checked, failures, note}."""
+    thresholds = serving_thresholds(yaml.safe_load(gate_path.read_text(encoding="utf-8")))
+    pid = local_server_pid(settings, base_url)
+    memory = serving_memory(pid) if pid is not None else None
+    return {"memory": memory, **evaluate_serving_gate(memory, thresholds)}
 
 
 def release_gate(
@@ -155,9 +263,7 @@ def release_gate(
             body: flat_metrics(summary, production["cold_ms"])
             for body, summary in production["bodies"].items()
         }
-        result = metrics.evaluate_gate_bodies(
-            measured, gate_spec["thresholds"], gate_spec["bodies"]
-        )
+        result = evaluate_gate_bodies(measured, gate_spec["thresholds"], gate_spec["bodies"])
         gate = {"model": production["name"], "role": production["role"], **gate_head, **result}
         # The seed's serving memory < 10 GB, on our local server's process tree when there is one.
         serving = serving_gate(settings, production["base_url"], gate_config)
@@ -169,3 +275,114 @@ def release_gate(
         gate["passed"] = gate["passed"] and serving["passed"] is not False
         gate["serving_memory"], gate["serving_note"] = serving["memory"], serving["note"]
     return gate
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def recommendation_band(gain_points: float) -> str:
+    """The fine-tuning verdict of a gain in percentage points of exact match.
+
+    `effective` above 10 points, `moderate` from 5 to 10 inclusive, `insufficient` below 5.
+    """
+    if gain_points > 10:
+        return "effective"
+    if gain_points >= 5:
+        return "moderate"
+    return "insufficient"
+
+
+def pick_winner(models: Sequence[Mapping[str, Any]]) -> str | None:
+    """The name of the best model: highest exact match, then JSON-valid rate, then lowest P50.
+
+    Each model is a dict with `name`, `exact_match`, `json_valid_rate` and `latency_ms.p50`;
+    a model with no exact match (nothing answered) cannot win.
+    """
+    candidates = [m for m in models if m.get("exact_match") is not None]
+    if not candidates:
+        return None
+
+    def key(m: Mapping[str, Any]) -> tuple[float, float, float]:
+        p50 = (m.get("latency_ms") or {}).get("p50")
+        return (
+            -round(m["exact_match"], 6),
+            -round(m.get("json_valid_rate") or 0.0, 6),
+            p50 if p50 is not None else math.inf,
+        )
+
+    return min(candidates, key=key)["name"]
+
+
+def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> dict:
+    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict.
+
+    Each pair is compared on the first body of DIAGNOSTIC_BODIES that both measured, on the
+    items both were asked (`records` maps (slug, body) to the first prompt's records).
+    """
+    by_role = {m["role"]: m for m in models}
+
+    def common_body(a: dict, b: dict) -> str | None:
+        return next((x for x in a["bodies"] if x in b["bodies"]), None)
+
+    deltas = []
+    for a, b in (("base", "sft"), ("sft", "dpo"), ("base", "dpo")):
+        if a not in by_role or b not in by_role:
+            continue
+        body = common_body(by_role[a], by_role[b])
+        if body is None:
+            continue
+        ra = {r["id"]: r for r in first_per_id(records[(by_role[a]["slug"], body)])}
+        rb = {r["id"]: r for r in first_per_id(records[(by_role[b]["slug"], body)])}
+        common = [i for i in ra if i in rb]
+        hits_a = [float(ra[i]["scores"]["correct"]) for i in common]
+        hits_b = [float(rb[i]["scores"]["correct"]) for i in common]
+        sa, sb = by_role[a]["bodies"][body], by_role[b]["bodies"][body]
+        deltas.append(
+            {
+                "from": a,
+                "to": b,
+                "body": body,
+                "n_paired": len(common),
+                "exact_match": paired_bootstrap_delta(hits_a, hits_b),
+                "per_pathology": _group_deltas(sa["per_pathology"], sb["per_pathology"]),
+                "per_slice": _group_deltas(sa["per_slice"], sb["per_slice"]),
+            }
+        )
+    recommendation = None
+    tuned = next((r for r in ("dpo", "sft") if r in by_role), None)
+    body = common_body(by_role["base"], by_role[tuned]) if "base" in by_role and tuned else None
+    if body and by_role["base"]["bodies"][body]["exact_match"] is not None:
+        base_s, tuned_s = by_role["base"]["bodies"][body], by_role[tuned]["bodies"][body]
+        gain = 100 * ((tuned_s["exact_match"] or 0) - base_s["exact_match"])
+        band = recommendation_band(gain)
+        verdict = {
+            "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
+            "moderate": "fine-tuning is moderate (5 to 10 points): look at the weakest category",
+            "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
+        }[band]
+        weakest = min(
+            tuned_s["per_pathology"].items(),
+            key=lambda kv: kv[1]["accuracy"],
+            default=(None, None),
+        )[0]
+        text = f"{tuned} vs base ({body} body): {gain:+.1f} points of exact match; {verdict}."
+        if weakest:
+            text += f" Weakest pathology for {tuned}: {weakest}."
+        recommendation = {
+            "from": "base",
+            "to": tuned,
+            "body": body,
+            "gain_points": gain,
+            "band": band,
+            "text": text,
+        }
+    # Roles are unique in a run while served names may repeat: the winner is named by its role.
+    return {
+        "winner": pick_winner([{**m, "name": m["role"]} for m in models]),
+        "deltas": deltas,
+        "recommendation": recommendation,
+    }
+
+
+def _group_deltas(a: dict, b: dict) -> dict[str, float]:
+    return {k: b[k]["accuracy"] - a[k]["accuracy"] for k in b if k in a}

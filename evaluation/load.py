@@ -41,10 +41,10 @@ from pathlib import Path
 
 import yaml
 
-from aria import metrics
 from aria.files import atomic_write_json, atomic_write_text, read_jsonl
 from aria.prompts import diagnostic_request
 from aria.settings import Settings, get_settings
+from evaluation.gate import resolve_gate
 
 BENCH_MODULE = "evaluation.vllm_cli"
 DEFAULT_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -83,7 +83,7 @@ class LoadConfig:
 def slo_from_gate(path: Path, profile: str) -> Slo:
     """The P50 and P99 latency targets of the release gate for `profile`."""
     try:
-        gate = metrics.resolve_gate(yaml.safe_load(path.read_text(encoding="utf-8")), profile)
+        gate = resolve_gate(yaml.safe_load(path.read_text(encoding="utf-8")), profile)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise LoadError(f"{path}: {error}; pass --gate-config FILE") from None
     targets = {t["metric"]: float(t["target"]) for t in gate["thresholds"]}

@@ -1,6 +1,6 @@
 """Per-record scoring of an answer: validity, label and confidence, the justification, reports.
 
-The maths live in aria.metrics (pure, unit-tested); this module applies them to one record.
+The verdicts live in aria.verdicts (pure, unit-tested); this module applies them to one record.
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import json
 import os
 from typing import Any
 
-from aria import metrics
+from aria import verdicts
 from aria.domain import CONFIDENCES, PATHOLOGIES
 from aria.references import reference_justification
-from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
+from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, conforms_to_schema, parse_diagnostic
 from evaluation.inputs import EvalItem
 
 
 def _confidence_of(value: Any) -> str | None:
-    folded = metrics._fold(value) if isinstance(value, str) else None
-    return next((c for c in CONFIDENCES if metrics._fold(c) == folded), None)
+    folded = verdicts.fold(value) if isinstance(value, str) else None
+    return next((c for c in CONFIDENCES if verdicts.fold(c) == folded), None)
 
 
 def score_diagnostic(
@@ -48,7 +48,7 @@ def score_diagnostic(
     if not scores["json_valid"]:
         return scores
     if body == "seed":
-        scores["schema_valid"] = metrics.conforms_to_schema(obj, SEED_DIAGNOSTIC_SCHEMA)
+        scores["schema_valid"] = conforms_to_schema(obj, SEED_DIAGNOSTIC_SCHEMA)
     else:
         try:
             parse_diagnostic(content)
@@ -63,26 +63,26 @@ def score_diagnostic(
     scores["canonical_label"] = raw_label in PATHOLOGIES
     scores["confiance"] = conf
     scores["correct"] = raw_label == item.pathology
-    scores["correct_lenient"] = metrics.normalise_pathology(raw_label) == item.pathology
+    scores["correct_lenient"] = verdicts.normalise_pathology(raw_label) == item.pathology
     scores["confidence_correct"] = conf == item.confidence
     if justification is not None:
         reference = reference_justification(item.profile, item.pathology)
         scores["justification"] = text_scores(
             justification, item, prompt_text, reference
-        ) | metrics.justification_verdict(justification, item.profile, prompt_text)
+        ) | verdicts.justification_verdict(justification, item.profile, prompt_text)
     return scores
 
 
 def text_scores(text: str, item: EvalItem, prompt_text: str, reference: str) -> dict:
     """Grounding of numbers in the input, hallucination against the prompt and the reference,
     deciding-keyword coverage."""
-    ground = metrics.grounding(text, item.profile, prompt_text)
+    ground = verdicts.grounding(text, item.profile, prompt_text)
     source = f"{prompt_text}\n{reference}"
     return {
         "grounded_rate": ground["grounded_rate"],
         "ungrounded": ground["ungrounded"],
-        **metrics.hallucination_scores(text, source, reference),
-        "keyword_coverage": metrics.keyword_coverage(text, item.pathology),
+        **verdicts.hallucination_scores(text, source, reference),
+        "keyword_coverage": verdicts.keyword_coverage(text, item.pathology),
     }
 
 
@@ -129,13 +129,13 @@ class Embedder:
 
 
 def score_report(item: EvalItem, content: str | None, prompt_text: str, embedder: Embedder) -> dict:
-    """The report's verdict (prose, names the rule's pathology, grounded: metrics.report_verdict),
+    """The report's verdict (prose, names the rule's pathology, grounded: verdicts.report_verdict),
     hallucination and keyword coverage, and similarity to the reference."""
     if not content:
         return {"answered": False}
     reference, note = reference_report_text(item.profile)
     scores = {"answered": True, "reference_note": note}
     scores |= text_scores(content, item, prompt_text, reference)
-    scores["verdict"] = metrics.report_verdict(content, item.profile, item.pathology, prompt_text)
+    scores["verdict"] = verdicts.report_verdict(content, item.profile, item.pathology, prompt_text)
     scores["similarity"] = embedder.similarity(content, reference)
     return scores

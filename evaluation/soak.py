@@ -34,7 +34,7 @@ import numpy as np
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import MEASUREMENTS, RULES
 from aria.files import atomic_write_json
-from aria.metrics import percentile
+from aria.metrics import as_percent, percentile
 from aria.settings import Settings, get_settings
 from serve.vllm_server import pid_alive, pid_path, read_pid
 
@@ -309,10 +309,6 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     }
 
 
-def _share(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f} %"
-
-
 def print_table(summary: dict) -> None:
     """One screen for people."""
     from rich.console import Console
@@ -339,7 +335,10 @@ def print_table(summary: dict) -> None:
             f"{mem.get('rss_last_quarter_mib')} MiB (max {mem.get('rss_max_mib')})",
         ),
         ("memory flat", str(mem.get("flat"))),
-        ("KV-cache use, peak (/metrics)", _share(summary["engine"].get("kv_cache_usage_max"))),
+        (
+            "KV-cache use, peak (/metrics)",
+            as_percent(summary["engine"].get("kv_cache_usage_max"), missing="-"),
+        ),
         (
             "queue waiting, peak / last",
             f"{summary['engine'].get('requests_waiting_max')} / "

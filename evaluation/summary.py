@@ -23,18 +23,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _share(flags: list[bool]) -> float | None:
-    """Share of True in `flags`, None when empty."""
-    return sum(map(bool, flags)) / len(flags) if flags else None
-
-
 def _justification_summary(rows: list[dict]) -> dict:
     """The justification's verdict rates (grounded, code trace, readable) and the text means."""
     return {
         "n": len(rows),
-        "grounded_rate": _share([r["grounded"] for r in rows]),
-        "code_trace_rate": _share([r["code_trace"] for r in rows]),
-        "readable_rate": _share([r["readable"] for r in rows]),
+        "grounded_rate": metrics.share([r["grounded"] for r in rows]),
+        "code_trace_rate": metrics.share([r["code_trace"] for r in rows]),
+        "readable_rate": metrics.share([r["readable"] for r in rows]),
         **_text_summary(rows),
     }
 
@@ -79,12 +74,12 @@ def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = Tr
         "n": len(records),
         "json_valid_rate": _mean([float(s["json_valid"]) for s in scores]),
         "schema_valid_rate": _mean([float(s["schema_valid"]) for s in scores]),
-        "cut_by_length_rate": _share([r.get("finish_reason") == "length" for r in records]),
-        "key_order_rate": _share([s["key_order"] for s in scores]),
-        "canonical_label_rate": _share([s["canonical_label"] for s in scores]),
+        "cut_by_length_rate": metrics.share([r.get("finish_reason") == "length" for r in records]),
+        "key_order_rate": metrics.share([s["key_order"] for s in scores]),
+        "canonical_label_rate": metrics.share([s["canonical_label"] for s in scores]),
         "exact_match": em,
         "exact_match_ci95": list(ci) if ci else None,
-        "exact_match_lenient": _share([s["correct_lenient"] for s in scores]),
+        "exact_match_lenient": metrics.share([s["correct_lenient"] for s in scores]),
         "confidence_accuracy": metrics.confidence_accuracy(
             [r["expected"]["confiance"] for r in records], [s["confiance"] for s in scores]
         ),
@@ -137,11 +132,11 @@ def summarize_reports(records: list[dict]) -> dict | None:
     out = {
         "n": len(records),
         "answered": len(rows),
-        "prose_rate": _share([v.get("prose", False) for v in verdicts]),
-        "names_pathology_rate": _share([v.get("names_pathology", False) for v in verdicts]),
-        "grounded_rate": _share([v.get("grounded", False) for v in verdicts]),
-        "passed_rate": _share([v.get("passed", False) for v in verdicts]),
-        "cut_by_length_rate": _share([r.get("finish_reason") == "length" for r in records]),
+        "prose_rate": metrics.share([v.get("prose", False) for v in verdicts]),
+        "names_pathology_rate": metrics.share([v.get("names_pathology", False) for v in verdicts]),
+        "grounded_rate": metrics.share([v.get("grounded", False) for v in verdicts]),
+        "passed_rate": metrics.share([v.get("passed", False) for v in verdicts]),
+        "cut_by_length_rate": metrics.share([r.get("finish_reason") == "length" for r in records]),
         "problems": dict(problems),
     }
     out |= {f"text_{k}" if k == "n" else k: v for k, v in _text_summary(rows).items()}

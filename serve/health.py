@@ -27,9 +27,14 @@ from dataclasses import dataclass
 import httpx
 
 from aria.domain import EXAMPLE_PROFILE
-from aria.metrics import conforms_to_schema, is_json_prefix
 from aria.prompts import diagnostic_request
-from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, parse_diagnostic
+from aria.schema import (
+    FIELD_ORDER,
+    SEED_DIAGNOSTIC_SCHEMA,
+    conforms_to_schema,
+    is_json_prefix,
+    parse_diagnostic,
+)
 from aria.settings import Settings, get_settings
 
 EXIT_OK = 0

@@ -9,13 +9,12 @@ the figure covers the whole tree. On a GPU it is the sum of NVML's per-process u
 over the tree (what the model, its KV cache and CUDA graphs hold, whatever share of the card
 VLLM_GPU_MEMORY_UTILIZATION reserved for others); on a CPU it is the resident memory (RSS) of the
 tree. The seed's "serving VRAM < 10 GB" is checked on this figure by the benchmark's gate
-(`serving` in configs/release_gate.yaml). GB here are 10^9 bytes, as in the seed.
+(evaluation.gate, `serving` in configs/release_gate.yaml). GB here are 10^9 bytes, as in the seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -84,38 +83,6 @@ def serving_memory(pid: int) -> dict[str, Any] | None:
     return {"gb": round(used / GB, 3), "source": source, "pid": pid, "processes": len(pids)}
 
 
-def serving_thresholds(gate_doc: Any) -> list[dict[str, Any]]:
-    """The gate's `serving` thresholds (on `serving_memory_gb`), validated like the others."""
-    from aria import metrics
-
-    if not isinstance(gate_doc, dict) or not gate_doc.get("serving"):
-        return []
-    return metrics.validate_gate(gate_doc["serving"])
-
-
-def evaluate_serving_gate(
-    memory: dict[str, Any] | None, thresholds: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The serving thresholds checked on the measured figure: {passed, checked, failures, note}.
-
-    Where no figure exists (no local server process: a remote endpoint), nothing is checked and
-    `passed` is None with a note saying why; a measured figure is always checked.
-    """
-    from aria import metrics
-
-    if not thresholds:
-        return {"passed": None, "checked": [], "failures": [], "note": "no serving threshold"}
-    if memory is None:
-        return {
-            "passed": None,
-            "checked": [],
-            "failures": [],
-            "note": "serving memory not measured: no local server process (data/run/vllm-<port>.pid)",
-        }
-    result = metrics.evaluate_gate({"serving_memory_gb": memory["gb"]}, thresholds)
-    return {**result, "note": f"{memory['source']} of pid {memory['pid']}'s process tree"}
-
-
 def local_server_pid(settings: Settings, base_url: str) -> int | None:
     """The pid of our vLLM server behind `base_url` (its data/run/vllm-<port>.pid), when that
     URL is on this machine and the process runs; None otherwise."""
@@ -128,14 +95,3 @@ def local_server_pid(settings: Settings, base_url: str) -> int | None:
     if pid is None or not pid_alive(pid) or not is_vllm_process(pid):
         return None
     return pid
-
-
-def serving_gate(settings: Settings, base_url: str, gate_path: Path) -> dict[str, Any]:
-    """Measure the server behind `base_url` and check the gate's `serving` thresholds on it:
-    {memory (serving_memory's dict or None), passed, checked, failures, note}."""
-    import yaml
-
-    thresholds = serving_thresholds(yaml.safe_load(gate_path.read_text(encoding="utf-8")))
-    pid = local_server_pid(settings, base_url)
-    memory = serving_memory(pid) if pid is not None else None
-    return {"memory": memory, **evaluate_serving_gate(memory, thresholds)}

@@ -25,7 +25,6 @@ from aria.domain import (
     runner_up,
 )
 from aria.files import read_jsonl
-from aria.metrics import cited_numbers, grounding
 from aria.population import (
     HARD_SLICE_WEIGHTS,
     NEAR_THRESHOLD_MAX_EXCEEDANCE,
@@ -52,6 +51,7 @@ from aria.records import (
 )
 from aria.references import reference_justification, reference_report
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, parse_diagnostic
+from aria.verdicts import cited_numbers, grounding
 from preparation import copy_datasets
 from preparation.generate_dataset_card import render_dataset_card, size_category
 from preparation.generate_datasets import REPORT_SHARE, GenerateConfig, build_datasets
@@ -490,7 +490,7 @@ def test_grounded_numbers_include_thresholds() -> None:
 
 
 def test_datasets_and_benchmark_read_numbers_alike() -> None:
-    # One reader (aria.metrics): a list marker is no citation, a French decimal comma is a point.
+    # One reader (aria.verdicts): a list marker is no citation, a French decimal comma is a point.
     text = "1. Constats\n2) Inclinaison du tronc 9,1 ° pour un seuil de 7 ; cadence 170."
     profile = dict(EXAMPLE_PROFILE, cadence_pas_min=170)
     assert ungrounded_numbers(text, profile) == []

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from aria.summary import Gate
+from evaluation import gate
 from serve import memory
 from serve.vllm_server import pid_path
 from tests.test_serving import make_settings
@@ -68,7 +69,7 @@ def test_a_gone_process_has_no_figure():
 
 
 def test_the_gate_checks_the_seeds_10_gb_wherever_a_figure_exists():
-    thresholds = memory.serving_thresholds(
+    thresholds = gate.serving_thresholds(
         yaml.safe_load((ROOT / "configs" / "release_gate.yaml").read_text())
     )
     assert [(t["metric"], t["op"], t["target"]) for t in thresholds] == [
@@ -76,11 +77,11 @@ def test_the_gate_checks_the_seeds_10_gb_wherever_a_figure_exists():
     ]
     small = {"gb": 1.4, "source": "cpu_rss", "pid": 1, "processes": 3}
     big = {"gb": 12.5, "source": "gpu_nvml", "pid": 1, "processes": 2}
-    assert memory.evaluate_serving_gate(small, thresholds)["passed"] is True
-    failed = memory.evaluate_serving_gate(big, thresholds)
+    assert gate.evaluate_serving_gate(small, thresholds)["passed"] is True
+    failed = gate.evaluate_serving_gate(big, thresholds)
     assert failed["passed"] is False
     assert "serving_memory_gb = 12.5 misses < 10" in failed["failures"][0]["message"]
-    unmeasured = memory.evaluate_serving_gate(None, thresholds)
+    unmeasured = gate.evaluate_serving_gate(None, thresholds)
     assert unmeasured["passed"] is None and "not measured" in unmeasured["note"]
 
 
@@ -93,7 +94,7 @@ def test_the_local_server_is_found_through_its_pid_file(tmp_path, server_tree):
     assert memory.local_server_pid(settings, "http://10.1.2.3:8123/v1") is None  # remote
     assert memory.local_server_pid(settings, "http://127.0.0.1:8124/v1") is None  # no pid file
     gate_file = ROOT / "configs" / "release_gate.yaml"
-    result = memory.serving_gate(settings, "http://127.0.0.1:8123/v1", gate_file)
+    result = gate.serving_gate(settings, "http://127.0.0.1:8123/v1", gate_file)
     assert result["passed"] is True and result["memory"]["processes"] == 2
 
 
@@ -111,8 +112,8 @@ def test_the_summary_schema_reads_the_gate_with_serving_memory():
         "failures": [],
     }
     figure = {"gb": 1.5, "source": "cpu_rss", "pid": 4, "processes": 3}
-    gate = Gate.from_dict({**base, "serving_memory": figure, "serving_note": "cpu_rss of pid 4"})
-    assert gate.to_dict()["serving_memory"] == figure
+    read = Gate.from_dict({**base, "serving_memory": figure, "serving_note": "cpu_rss of pid 4"})
+    assert read.to_dict()["serving_memory"] == figure
     assert "serving_memory" not in Gate.from_dict(base).to_dict()  # older summaries still read
 
 

@@ -34,8 +34,10 @@ from aria.schema import (
     JUSTIFICATION_MAX_CHARS,
     SEED_DIAGNOSTIC_SCHEMA,
     Diagnostic,
+    conforms_to_schema,
     diagnostic_json_schema,
     diagnostic_response_format,
+    is_json_prefix,
     parse_diagnostic,
     seed_response_format,
     worst_case_diagnostic_bytes,
@@ -295,3 +297,48 @@ def test_an_empty_justification_is_schema_valid():
     """Guided decoding was seen to emit "" under a {1,N} pattern: what the engine emits validates."""
     answer = '{"pathologie":"Fasciite plantaire","confiance":"faible","justification":""}'
     assert parse_diagnostic(answer).justification == ""
+
+
+# ---------------------------------------------------------------- conformance of guided JSON
+
+
+def test_conforms_to_schema_reads_the_seed_schema():
+    ok = {"pathologie": "lombalgie", "confiance": "faible", "justification": "x", "extra": 1}
+    assert conforms_to_schema(ok, SEED_DIAGNOSTIC_SCHEMA)  # free string, extras allowed
+    assert not conforms_to_schema(ok | {"confiance": "haute"}, SEED_DIAGNOSTIC_SCHEMA)
+    assert not conforms_to_schema(
+        {"pathologie": "x", "confiance": "faible"}, SEED_DIAGNOSTIC_SCHEMA
+    )
+    assert not conforms_to_schema(ok | {"justification": 3}, SEED_DIAGNOSTIC_SCHEMA)
+    strict = diagnostic_json_schema()
+    assert not conforms_to_schema(ok, strict)  # not an enum label, extra key
+    good = {
+        "pathologie": PATHOLOGIES[0],
+        "confiance": "faible",
+        "justification": "Seul seuil franchi",
+    }
+    assert conforms_to_schema(good, strict)
+    assert not conforms_to_schema(good | {"justification": 'a"b'}, strict)  # pattern
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"pathologie":"Lombalgie mécanique","confiance":"faible","justification":"x"}', True),
+        ('{"pathologie": "A", "confiance": "b", "justification": "c"}', True),  # spaces
+        ('{"pathologie":"G<T H<T ; pronation 7.2 > 6', True),  # cut in a value
+        ('{"pathologie":"A","confi', True),  # cut in a key
+        ('{"pathologie":', True),
+        ('{"pathologie":"a\\"b","conf', True),  # an escaped quote inside a value
+        ("{", True),
+        ('{"confiance":"faible"', False),  # wrong first key
+        ('{"pathologie":"A","confiance":"b"}', False),  # closed before the last key
+        ('{"pathologie":"A",}', False),
+        ('{"pathologie":"A""confiance":"b"}', False),
+        ('{"pathologie":"A","confiance":"b","justification":"c"} x', False),
+        ('{"pathologie":"A","confiance":"b","justification":"c","x":"d"}', False),
+        ("Lombalgie mécanique", False),
+    ],
+)
+def test_is_json_prefix_in_the_schema_order(text, ok):
+    assert is_json_prefix(text, FIELD_ORDER) is ok

@@ -27,14 +27,15 @@ from pydantic import BaseModel
 
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import EXAMPLE_PROFILE, label
-from aria.metrics import conforms_to_schema, is_json_prefix
 from aria.prompts import diagnostic_request, render_prompt, report_request
 from aria.schema import (
     FIELD_ORDER,
     FIELD_ORDERS,
     SEED_DIAGNOSTIC_SCHEMA,
     Diagnostic,
+    conforms_to_schema,
     diagnostic_json_schema,
+    is_json_prefix,
     parse_diagnostic,
 )
 from evaluation.soak import soak_profiles
