@@ -3,6 +3,9 @@
     >>> from aria.retry import with_retries
     >>> with_retries(lambda: api.create_repo(...), attempts=4, base_s=2.0)   # waits 2, 4, 8 s
 
+`with_retries_async` is the same loop for a coroutine (the benchmark's streaming client), with a
+`retry_if` that may narrow which transient errors are worth a second try.
+
 Worth retrying (`is_transient`): a connection that failed, dropped or timed out, and a 5xx answer.
 Never retried: a 4xx (the request itself is wrong) and anything else (a bug, not the network).
 huggingface_hub 2.4 and openai 3.x talk through httpx2, whose errors are neither httpx errors nor
@@ -11,9 +14,10 @@ ConnectionError; the transport errors of httpx2, httpx, openai and the standard 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -92,4 +96,27 @@ def with_retries(
             if on_retry is not None:
                 on_retry(error, wait)
             sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def with_retries_async(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    base_s: float,
+    max_s: float = MAX_BACKOFF_S,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Await `call()` up to `attempts` times, waiting `backoff_s` after each error `retry_if`
+    accepts (is_transient by default); the last error, or the first it refuses, is raised."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except Exception as error:
+            if attempt == attempts - 1 or not retry_if(error):
+                raise
+            await sleep(backoff_s(attempt, base_s, max_s))
     raise AssertionError("unreachable")  # the loop returns or raises

@@ -89,6 +89,7 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
             "status": outcome["status"],
             "http_status": outcome["http_status"],
             "error": outcome["error"],
+            "attempts": outcome["attempts"],
             "raw": outcome["content"],
             "finish_reason": outcome["finish_reason"],
             "latency": {

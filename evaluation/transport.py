@@ -1,8 +1,10 @@
 """The benchmark's HTTP side: the /v1/models preflight and one streamed chat completion.
 
 `send_chat` never raises: its outcome names what happened (ok, timeout, connection_error,
-http_4xx, http_5xx, stream_error), so one failed request is recorded, not fatal. A failed request
-is not retried: a retry would hide the failure the benchmark reports and skew its latencies.
+http_4xx, http_5xx, stream_error), so one failed request is recorded, not fatal. Only a connection
+lost before any response came (refused, reset, closed with no answer) is tried again, with the
+project's backoff (aria.retry): the server answered nothing, so a retry hides no answer. A
+timeout, an error status or a stream cut after it began is recorded as it is, never re-sent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from typing import Any
 
 import httpx
 
+from aria.retry import is_transient, with_retries_async
 from evaluation.config import BenchmarkConfig, SetupError
+
+CONNECT_ATTEMPTS = 3  # a request and two retries, as aria.client's
+CONNECT_BACKOFF_S = 0.5
 
 
 def preflight(cfg: BenchmarkConfig, api_key: str) -> None:
@@ -55,20 +61,68 @@ def _has_vision_tower(model_card: dict) -> bool:
         return False
 
 
-async def send_chat(client: httpx.AsyncClient, url: str, body: dict, timeout_s: float) -> dict:
+class _Unanswered(Exception):
+    """A connection lost before any response came; `outcome` is that attempt's."""
+
+    def __init__(self, error: httpx.HTTPError, outcome: dict) -> None:
+        super().__init__(str(error))
+        self.error, self.outcome = error, outcome
+
+
+def _worth_resending(error: BaseException) -> bool:
+    """A transient connection error (aria.retry) before any response; a timeout is recorded as
+    one (never wrapped in _Unanswered), a wrong URL is not transient."""
+    return isinstance(error, _Unanswered) and is_transient(error.error)
+
+
+async def send_chat(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict,
+    timeout_s: float,
+    *,
+    attempts: int = CONNECT_ATTEMPTS,
+    backoff_s: float = CONNECT_BACKOFF_S,
+) -> dict:
     """One streamed chat completion; never raises: the outcome says what happened.
 
     status: ok | timeout | connection_error | http_4xx | http_5xx | stream_error; finish_reason
     is the stream's (`stop`, or `length` when max_tokens cut the answer), None if none came.
+    A connection lost before any response came is sent again, up to `attempts` in all;
+    `attempts` in the outcome counts the tries.
     """
+    body = body | {"stream": True, "stream_options": {"include_usage": True}}
+    made = 0
+
+    async def attempt() -> dict:
+        nonlocal made
+        made += 1
+        return await _stream_once(client, url, body, timeout_s)
+
+    try:
+        out = await with_retries_async(
+            attempt, attempts=attempts, base_s=backoff_s, retry_if=_worth_resending
+        )
+    except _Unanswered as lost:
+        out = lost.outcome
+    out["attempts"] = made
+    return out
+
+
+async def _stream_once(client: httpx.AsyncClient, url: str, body: dict, timeout_s: float) -> dict:
+    """One try of send_chat; raises _Unanswered when the connection failed before the response's
+    status line and headers came, the only failure worth sending again."""
+    # The clock starts with each try: e2e_ms and ttft_ms never hold a retry's backoff wait.
     start = time.perf_counter()
     out: dict[str, Any] = {"status": "ok", "http_status": None, "content": None, "error": None}
     out |= {"e2e_ms": None, "ttft_ms": None, "output_tokens": None, "finish_reason": None}
-    body = body | {"stream": True, "stream_options": {"include_usage": True}}
     parts: list[str] = []
+    answered = False  # the response began: from here on nothing is sent again
 
     async def consume() -> None:
+        nonlocal answered
         async with client.stream("POST", url, json=body) as resp:
+            answered = True
             out["http_status"] = resp.status_code
             if resp.status_code >= 400:
                 text = (await resp.aread()).decode("utf-8", "replace")
@@ -110,6 +164,9 @@ async def send_chat(client: httpx.AsyncClient, url: str, body: dict, timeout_s: 
         out["status"], out["error"] = "timeout", f"no answer within {timeout_s:g} s"
     except httpx.HTTPError as e:  # refused connection, reset, protocol error
         out["status"], out["error"] = "connection_error", f"{type(e).__name__}: {e}"[:300]
+        if not answered:
+            out["e2e_ms"] = (time.perf_counter() - start) * 1000
+            raise _Unanswered(e, out) from e
     except json.JSONDecodeError as e:
         out["status"], out["error"] = "stream_error", f"bad SSE chunk: {e}"
     out["e2e_ms"] = (time.perf_counter() - start) * 1000

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import httpx2
 import openai
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
-from aria.retry import backoff_s, is_transient, with_retries
+from aria.retry import backoff_s, is_transient, with_retries, with_retries_async
 
 REQUEST2 = httpx2.Request("POST", "https://hub.test/api/repos/create")
 
@@ -111,3 +113,23 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 def test_attempts_below_one_name_the_argument() -> None:
     with pytest.raises(ValueError, match="attempts"):
         with_retries(lambda: None, attempts=0, base_s=1.0)
+
+
+def test_the_async_loop_waits_the_same_backoff_and_obeys_retry_if() -> None:
+    calls: list[int] = []
+    waits: list[float] = []
+
+    async def sleep(wait: float) -> None:
+        waits.append(wait)
+
+    async def call() -> str:
+        return flaky([httpx2.ConnectError("refused"), httpx2.ConnectError("refused")], calls)()
+
+    result = asyncio.run(with_retries_async(call, attempts=4, base_s=1.0, sleep=sleep))
+    assert result == "ok" and len(calls) == 3 and waits == [1.0, 2.0]
+    calls.clear()
+    with pytest.raises(httpx2.ConnectError):
+        asyncio.run(
+            with_retries_async(call, attempts=4, base_s=1.0, sleep=sleep, retry_if=lambda e: False)
+        )
+    assert len(calls) == 1
