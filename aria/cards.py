@@ -19,7 +19,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from aria.domain import EXAMPLE_PROFILE
+from aria.domain import EXAMPLE_MEASUREMENTS
 from aria.metrics import as_percent
 from aria.prompts import diagnostic_request, report_request
 from aria.settings import MEDGEMMA_HUB_ID
@@ -251,8 +251,8 @@ def _recipe_section(stage: str, recipes: Mapping[str, Mapping[str, Any] | None])
 
 def _calls_section(served_name: str) -> list[str]:
     """The two calls the downstream service makes, with their exact bodies."""
-    diagnostic = diagnostic_request(EXAMPLE_PROFILE, served_name)
-    report = report_request(EXAMPLE_PROFILE, served_name)
+    diagnostic = diagnostic_request(EXAMPLE_MEASUREMENTS, served_name)
+    report = report_request(EXAMPLE_MEASUREMENTS, served_name)
     return [
         "Serve the model with vLLM (`make serve-ft`) and call its OpenAI-compatible endpoint",
         "`POST /v1/chat/completions`. Gemma has no system role: each call is one user turn.",
@@ -272,8 +272,8 @@ def _calls_section(served_name: str) -> list[str]:
         json.dumps(report, ensure_ascii=False, indent=2),
         "```",
         "",
-        "In Python, `aria.prompts.diagnostic_request(profile, model)` and "
-        "`report_request(profile, model)` build these bodies from a profile dict.",
+        "In Python, `aria.prompts.diagnostic_request(measurements, model)` and "
+        "`report_request(measurements, model)` build these bodies from a dict of measurements.",
     ]
 
 
@@ -348,7 +348,7 @@ def render_model_card(
         "lean, knee valgus, hip adduction, stride length, foot pronation, heel strike and "
         "dorsiflexion); it knows nothing a measurement does not show.",
         "- Inputs outside the physical ranges of the measurements are out of scope; validate them "
-        "with `aria.domain.validate_profile` before calling.",
+        "with `aria.domain.validate_measurements` before calling.",
         "- The report call is free text at temperature 0.3: check that every number it cites "
         "comes from the input.",
         "",

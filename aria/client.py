@@ -2,8 +2,8 @@
 
     >>> from aria.client import AriaClient
     >>> client = AriaClient()                      # VLLM_HOST/VLLM_PORT/VLLM_API_KEY/VLLM_SERVED_NAME
-    >>> client.diagnose(profile)                   # -> aria.schema.Diagnostic, validated
-    >>> client.report(profile)                     # -> str, the French report
+    >>> client.diagnose(measurements)                 # -> aria.schema.Diagnostic, validated
+    >>> client.report(measurements)                   # -> str, the French report
 
 The two calls send exactly the bodies of aria.prompts (diagnostic: temperature 0.1, max_tokens 256,
 guided JSON; report: temperature 0.3, max_tokens 2048). Connection errors, timeouts and 5xx are
@@ -90,13 +90,13 @@ class AriaClient:
             base_s=self.retry_backoff_s,
         )
 
-    def diagnose(self, profile: Mapping[str, Any]) -> Diagnostic:
-        """The validated diagnostic of a profile (guided JSON).
+    def diagnose(self, measurements: Mapping[str, Any]) -> Diagnostic:
+        """The validated diagnostic of a runner's measurements (guided JSON).
 
-        Raises ValueError for a bad profile, openai.APIStatusError for a 4xx, and
+        Raises ValueError for bad measurements, openai.APIStatusError for a 4xx, and
         InvalidDiagnosticError when the answer is not schema-valid JSON.
         """
-        completion = self.chat(diagnostic_request(dict(profile), self.model))
+        completion = self.chat(diagnostic_request(dict(measurements), self.model))
         choice = completion.choices[0]
         text = choice.message.content
         if not text:
@@ -107,9 +107,9 @@ class AriaClient:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise InvalidDiagnosticError(text, reason, choice.finish_reason) from error
 
-    def report(self, profile: Mapping[str, Any]) -> str:
-        """The free-text French report of a profile (may be short; never None)."""
-        completion = self.chat(report_request(dict(profile), self.model))
+    def report(self, measurements: Mapping[str, Any]) -> str:
+        """The free-text French report of a runner's measurements (may be short; never None)."""
+        completion = self.chat(report_request(dict(measurements), self.model))
         text = completion.choices[0].message.content
         if text is None:
             raise AriaClientError("the server returned no text for the report")
@@ -132,11 +132,11 @@ def default_client() -> AriaClient:
     return AriaClient()
 
 
-def diagnose(profile: Mapping[str, Any]) -> Diagnostic:
-    """`AriaClient().diagnose(profile)` with a shared client."""
-    return default_client().diagnose(profile)
+def diagnose(measurements: Mapping[str, Any]) -> Diagnostic:
+    """`AriaClient().diagnose(measurements)` with a shared client."""
+    return default_client().diagnose(measurements)
 
 
-def report(profile: Mapping[str, Any]) -> str:
-    """`AriaClient().report(profile)` with a shared client."""
-    return default_client().report(profile)
+def report(measurements: Mapping[str, Any]) -> str:
+    """`AriaClient().report(measurements)` with a shared client."""
+    return default_client().report(measurements)

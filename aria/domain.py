@@ -1,4 +1,4 @@
-"""Measurements, pathologies and the rule that labels a runner's profile.
+"""Measurements, pathologies and the rule that labels a runner's measurements.
 
 This module is the single home of the domain contract: thresholds, labels, the labelling rule and the
 confidence rule. It is pure Python (no torch) so that everything can import it cheaply.
@@ -79,7 +79,7 @@ CONFIDENCES: tuple[str, ...] = ("élevée", "modérée", "faible")
 HIGH_CONFIDENCE_MIN_EXCEEDANCE = 0.25
 MODERATE_CONFIDENCE_MIN_EXCEEDANCE = 0.10
 
-# Context a profile may carry; realistic, never used by the rule.
+# Context a runner's measurements may carry; realistic, never used by the rule.
 CONTEXT_KEYS: tuple[str, ...] = (
     "age",
     "sexe",
@@ -90,7 +90,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
 )
 
 # An illustrative runner for docs, cards and health checks: trunk lean 9.1 > 7 fires alone.
-EXAMPLE_PROFILE: dict[str, float] = {
+EXAMPLE_MEASUREMENTS: dict[str, float] = {
     "inclinaison_tronc": 9.1,
     "valgus_genou": 6.0,
     "adduction_hanche": 7.0,
@@ -101,15 +101,17 @@ EXAMPLE_PROFILE: dict[str, float] = {
 }
 
 
-def validate_profile(profile: Mapping[str, Any]) -> dict[str, float]:
-    """Return the seven measurements of `profile` as floats, or raise ValueError naming the bad key.
+def validate_measurements(measurements: Mapping[str, Any]) -> dict[str, float]:
+    """Return the seven measurements of `measurements` as floats, or raise ValueError naming the bad key.
 
     Accepts the seed's accented key `longueur_foulée`. Rejects a missing key, a non-numeric value
     (strings and booleans included), NaN or infinity, and a value outside the physical range.
     """
-    if not isinstance(profile, Mapping):
-        raise ValueError(f"a profile must be a dict of measurements, got {type(profile).__name__}")
-    normalised = {KEY_ALIASES.get(k, k): v for k, v in profile.items()}
+    if not isinstance(measurements, Mapping):
+        raise ValueError(
+            f"a profile must be a dict of measurements, got {type(measurements).__name__}"
+        )
+    normalised = {KEY_ALIASES.get(k, k): v for k, v in measurements.items()}
     values: dict[str, float] = {}
     for m in MEASUREMENTS:
         if m.key not in normalised:
@@ -151,24 +153,24 @@ def percent_of_threshold(key: str, value: float) -> str:
     return f"{value / THRESHOLD_BY_KEY[key] * 100:.0f}"
 
 
-def exceedances(profile: Mapping[str, Any]) -> dict[str, float]:
+def exceedances(measurements: Mapping[str, Any]) -> dict[str, float]:
     """Relative exceedance of every rule, in table order; a two-signal rule takes the smaller one."""
-    values = validate_profile(profile)
+    values = validate_measurements(measurements)
     return {
         rule.pathology: min(relative_exceedance(values[key], t) for key, t in rule.thresholds)
         for rule in RULES
     }
 
 
-def fired_rules(profile: Mapping[str, Any]) -> list[str]:
+def fired_rules(measurements: Mapping[str, Any]) -> list[str]:
     """Pathologies whose rule fires (exceedance > 0), in table order."""
-    return [p for p, e in exceedances(profile).items() if e > 0]
+    return [p for p, e in exceedances(measurements).items() if e > 0]
 
 
-def ranked_pathologies(profile: Mapping[str, Any]) -> list[tuple[str, float]]:
+def ranked_pathologies(measurements: Mapping[str, Any]) -> list[tuple[str, float]]:
     """All pathologies with their exceedance, largest first; ties keep the table's order."""
     # sorted() is stable, so equal exceedances stay in table order.
-    return sorted(exceedances(profile).items(), key=lambda item: -item[1])
+    return sorted(exceedances(measurements).items(), key=lambda item: -item[1])
 
 
 def confidence(top_exceedance: float, n_fired: int) -> str:
@@ -180,17 +182,17 @@ def confidence(top_exceedance: float, n_fired: int) -> str:
     return "faible"
 
 
-def label(profile: dict) -> tuple[str, str]:
-    """(pathology, confidence) of a profile, by the total and deterministic rule of DOMAIN.md."""
-    ranked = ranked_pathologies(profile)
+def label(measurements: dict) -> tuple[str, str]:
+    """(pathology, confidence) of a runner's measurements, by the total and deterministic rule of DOMAIN.md."""
+    ranked = ranked_pathologies(measurements)
     pathology, top = ranked[0]
     n_fired = sum(1 for _, e in ranked if e > 0)
     return pathology, confidence(top, n_fired)
 
 
-def runner_up(profile: Mapping[str, Any]) -> str:
+def runner_up(measurements: Mapping[str, Any]) -> str:
     """The second pathology by exceedance: the most plausible wrong answer."""
-    return ranked_pathologies(profile)[1][0]
+    return ranked_pathologies(measurements)[1][0]
 
 
 def format_value(key: str, value: float) -> str:
@@ -198,9 +200,11 @@ def format_value(key: str, value: float) -> str:
     return f"{value:.{MEASUREMENT_BY_KEY[key].decimals}f}"
 
 
-def deciding_evidence(profile: Mapping[str, Any], pathology: str) -> list[tuple[str, str, str]]:
+def deciding_evidence(
+    measurements: Mapping[str, Any], pathology: str
+) -> list[tuple[str, str, str]]:
     """(key, measured value, threshold) for each signal of `pathology`, formatted for citation."""
-    values = validate_profile(profile)
+    values = validate_measurements(measurements)
     return [
         (key, format_value(key, values[key]), format_value(key, threshold))
         for key, threshold in RULE_BY_PATHOLOGY[pathology].thresholds

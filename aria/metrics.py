@@ -23,7 +23,7 @@ import numpy as np
 from aria.domain import CONFIDENCES, PATHOLOGIES, exceedances
 
 INVALID = "(invalide)"  # confusion-matrix column of answers that name no canonical label
-NEAR_THRESHOLD_MARGIN = 0.05  # |top exceedance| or top-two gap below this: a borderline profile
+NEAR_THRESHOLD_MARGIN = 0.05  # |top exceedance| or top-two gap below this: a borderline runner
 
 
 # ---------------------------------------------------------------- latency
@@ -129,13 +129,13 @@ def per_slice_accuracy(
     return dict(sorted(accuracy_by_group(groups, flags).items()))
 
 
-def profile_slices(profile: Mapping[str, Any]) -> list[str]:
-    """The slices the rule puts a profile in: how many rules fire, and whether it is borderline.
+def measurement_slices(measurements: Mapping[str, Any]) -> list[str]:
+    """The slices the rule puts a runner's measurements in: how many rules fire, and whether it is borderline.
 
     `no_rule` / `one_rule` / `two_rules` (two or more fire); `near_threshold` when the top
     exceedance is within NEAR_THRESHOLD_MARGIN of zero or of the runner-up's.
     """
-    ranked = sorted(exceedances(profile).values(), reverse=True)
+    ranked = sorted(exceedances(measurements).values(), reverse=True)
     n_fired = sum(1 for e in ranked if e > 0)
     slices = ["no_rule" if n_fired == 0 else "one_rule" if n_fired == 1 else "two_rules"]
     if abs(ranked[0]) < NEAR_THRESHOLD_MARGIN or ranked[0] - ranked[1] < NEAR_THRESHOLD_MARGIN:

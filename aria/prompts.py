@@ -1,7 +1,7 @@
 """Prompts and request bodies of the two calls downstream services make.
 
     >>> from aria.prompts import diagnostic_messages
-    >>> diagnostic_messages(profile)[0]["role"]
+    >>> diagnostic_messages(measurements)[0]["role"]
     'user'
 
 Gemma's chat template has no system role, so each call is a single user turn, as in the seed.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aria.domain import MEASUREMENTS, format_value, percent_of_threshold, validate_profile
+from aria.domain import MEASUREMENTS, format_value, percent_of_threshold, validate_measurements
 from aria.schema import FIELD_ORDER, diagnostic_response_format, seed_response_format
 
 DIAGNOSTIC_TEMPERATURE = 0.1
@@ -36,14 +36,14 @@ REPORT_TEMPLATE = (
 _SEXE_FR = {"F": "femme", "M": "homme"}
 
 
-def render_measurements(profile: Mapping[str, Any]) -> str:
+def render_measurements(measurements: Mapping[str, Any]) -> str:
     """One line per measurement in the table's order: `key : value unit (ratio % du seuil)`.
 
     The ratio to the measurement's threshold is what the rule ranks, in one scale for every unit
     (above 100 % the signal fires), the way a gait-lab report shows a value against its norm.
     It is in whole percent (`aria.domain.percent_of_threshold`).
     """
-    values = validate_profile(profile)
+    values = validate_measurements(measurements)
     lines = []
     for m in MEASUREMENTS:
         unit = f" {m.unit}" if m.unit else ""
@@ -53,42 +53,42 @@ def render_measurements(profile: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_context(profile: Mapping[str, Any]) -> str:
+def render_context(measurements: Mapping[str, Any]) -> str:
     """The optional context as one line ending with a newline, or an empty string."""
     parts = []
-    if "age" in profile:
-        parts.append(f"{profile['age']} ans")
-    if "sexe" in profile:
-        parts.append(_SEXE_FR.get(str(profile["sexe"]), str(profile["sexe"])))
-    if "distance_hebdo_km" in profile:
-        parts.append(f"{profile['distance_hebdo_km']} km/semaine")
-    if "vitesse_kmh" in profile:
-        parts.append(f"{profile['vitesse_kmh']} km/h")
-    if "cadence_pas_min" in profile:
-        parts.append(f"cadence {profile['cadence_pas_min']} pas/min")
-    if "localisation_douleur" in profile:
-        parts.append(f"douleur : {profile['localisation_douleur']}")
+    if "age" in measurements:
+        parts.append(f"{measurements['age']} ans")
+    if "sexe" in measurements:
+        parts.append(_SEXE_FR.get(str(measurements["sexe"]), str(measurements["sexe"])))
+    if "distance_hebdo_km" in measurements:
+        parts.append(f"{measurements['distance_hebdo_km']} km/semaine")
+    if "vitesse_kmh" in measurements:
+        parts.append(f"{measurements['vitesse_kmh']} km/h")
+    if "cadence_pas_min" in measurements:
+        parts.append(f"cadence {measurements['cadence_pas_min']} pas/min")
+    if "localisation_douleur" in measurements:
+        parts.append(f"douleur : {measurements['localisation_douleur']}")
     return f"Contexte : {', '.join(parts)}.\n" if parts else ""
 
 
-def render_prompt(profile: Mapping[str, Any], template: str = DIAGNOSTIC_TEMPLATE) -> str:
-    """Fill a prompt template's `{measurements}` and `{context}` fields from a profile.
+def render_prompt(measurements: Mapping[str, Any], template: str = DIAGNOSTIC_TEMPLATE) -> str:
+    """Fill a prompt template's `{measurements}` and `{context}` fields from a runner's measurements.
 
     A template without `{context}` (the diagnostic's) leaves the context out.
     """
     return template.format(
-        measurements=render_measurements(profile), context=render_context(profile)
+        measurements=render_measurements(measurements), context=render_context(measurements)
     )
 
 
-def diagnostic_messages(profile: dict, template: str = DIAGNOSTIC_TEMPLATE) -> list[dict]:
+def diagnostic_messages(measurements: dict, template: str = DIAGNOSTIC_TEMPLATE) -> list[dict]:
     """OpenAI chat messages of the guided-JSON diagnostic call."""
-    return [{"role": "user", "content": render_prompt(profile, template)}]
+    return [{"role": "user", "content": render_prompt(measurements, template)}]
 
 
-def report_messages(profile: dict, template: str = REPORT_TEMPLATE) -> list[dict]:
+def report_messages(measurements: dict, template: str = REPORT_TEMPLATE) -> list[dict]:
     """OpenAI chat messages of the free-text report call."""
-    return [{"role": "user", "content": render_prompt(profile, template)}]
+    return [{"role": "user", "content": render_prompt(measurements, template)}]
 
 
 # The two diagnostic bodies of DOMAIN.md: the seed's, sent verbatim by ARIA's middle service (a
@@ -97,7 +97,7 @@ DIAGNOSTIC_BODIES: tuple[str, ...] = ("seed", "project")
 
 
 def diagnostic_request(
-    profile: dict,
+    measurements: dict,
     model: str,
     template: str = DIAGNOSTIC_TEMPLATE,
     body: str = "project",
@@ -116,18 +116,18 @@ def diagnostic_request(
         raise ValueError(f"body {body!r} is not one of {', '.join(DIAGNOSTIC_BODIES)}")
     return {
         "model": model,
-        "messages": diagnostic_messages(profile, template),
+        "messages": diagnostic_messages(measurements, template),
         "temperature": DIAGNOSTIC_TEMPERATURE,
         "max_tokens": DIAGNOSTIC_MAX_TOKENS,
         "response_format": response_format,
     }
 
 
-def report_request(profile: dict, model: str, template: str = REPORT_TEMPLATE) -> dict:
+def report_request(measurements: dict, model: str, template: str = REPORT_TEMPLATE) -> dict:
     """The full body of the report call: free text, no response_format."""
     return {
         "model": model,
-        "messages": report_messages(profile, template),
+        "messages": report_messages(measurements, template),
         "temperature": REPORT_TEMPERATURE,
         "max_tokens": REPORT_MAX_TOKENS,
     }

@@ -18,7 +18,7 @@ from aria.domain import (
     CONFIDENCES,
     PATHOLOGIES,
     label,
-    validate_profile,
+    validate_measurements,
 )
 from aria.population import SLICES, canonical_measurements
 from aria.prompts import REPORT_TEMPLATE, render_measurements, render_prompt
@@ -35,16 +35,16 @@ REJECTION_KINDS: tuple[str, ...] = (
 )
 
 
-def grounded_numbers(profile: Mapping[str, Any]) -> set[float]:
-    """The numbers a text about `profile` may cite (aria.verdicts.allowed_numbers): the report's
+def grounded_numbers(measurements: Mapping[str, Any]) -> set[float]:
+    """The numbers a text about `measurements` may cite (aria.verdicts.allowed_numbers): the report's
     prompt is the larger input, showing every value, its percent of threshold and the context."""
-    return allowed_numbers(profile, render_prompt(profile, REPORT_TEMPLATE))
+    return allowed_numbers(measurements, render_prompt(measurements, REPORT_TEMPLATE))
 
 
-def ungrounded_numbers(text: str, profile: Mapping[str, Any], prompt: str = "") -> list[float]:
-    """Numbers cited in `text` that are not in grounded_numbers(profile), nor in `prompt`."""
+def ungrounded_numbers(text: str, measurements: Mapping[str, Any], prompt: str = "") -> list[float]:
+    """Numbers cited in `text` that are not in grounded_numbers(measurements), nor in `prompt`."""
     return verdict_ungrounded(
-        text, profile, render_prompt(profile, REPORT_TEMPLATE) + "\n" + prompt
+        text, measurements, render_prompt(measurements, REPORT_TEMPLATE) + "\n" + prompt
     )
 
 
@@ -54,13 +54,15 @@ def _require(record: Mapping[str, Any], keys: Iterable[str]) -> None:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
 
 
-def _checked_profile(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record's profile, after checking that its label, confidence and slice are the rule's."""
-    profile = record["profile"]
-    if not isinstance(profile, dict):
+# A record holds a runner's measurements under the JSON key "profile": the published format of the
+# data files and the Hub dataset, kept unchanged; in Python they are called `measurements`.
+def _checked_measurements(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's measurements (its `profile` field), after checking that its label, confidence and slice are the rule's."""
+    measurements = record["profile"]
+    if not isinstance(measurements, dict):
         raise ValueError("field 'profile' must be an object of measurements")
-    validate_profile(profile)
-    pathology, confiance = label(profile)
+    validate_measurements(measurements)
+    pathology, confiance = label(measurements)
     if record["label"] != pathology:
         raise ValueError(f"label {record['label']!r} is not the rule's label {pathology!r}")
     if record["confidence"] != confiance:
@@ -69,7 +71,7 @@ def _checked_profile(record: Mapping[str, Any]) -> dict[str, Any]:
         )
     if record["slice"] not in SLICES:
         raise ValueError(f"slice {record['slice']!r} is not one of {', '.join(SLICES)}")
-    return profile
+    return measurements
 
 
 def _single_message(messages: Any, role: str, field: str) -> str:
@@ -89,9 +91,9 @@ def _single_message(messages: Any, role: str, field: str) -> str:
     return messages[0]["content"]
 
 
-def _check_prompt(record: Mapping[str, Any], profile: Mapping[str, Any]) -> str:
+def _check_prompt(record: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
     prompt = _single_message(record["prompt"], "user", "prompt")
-    if render_measurements(profile) not in prompt:
+    if render_measurements(measurements) not in prompt:
         raise ValueError("the prompt does not show the profile's measurements (regenerate it)")
     return prompt
 
@@ -112,15 +114,15 @@ def _check_reference_diagnostic(text: str, field: str, pathology: str, confiance
 def validate_sft_record(record: dict) -> dict:
     """An SFT record: TRL prompt/completion messages, the rule's label, a grounded completion."""
     _require(record, ("prompt", "completion", "kind", "profile", "label", "confidence", "slice"))
-    profile = _checked_profile(record)
-    _check_prompt(record, profile)
+    measurements = _checked_measurements(record)
+    _check_prompt(record, measurements)
     completion = _single_message(record["completion"], "assistant", "completion")
     if record["kind"] == "diagnostic":
         _check_reference_diagnostic(completion, "completion", record["label"], record["confidence"])
     elif record["kind"] == "report":
         if record["label"] not in completion:
             raise ValueError(f"the report does not name the label {record['label']!r}")
-        bad = ungrounded_numbers(completion, profile)
+        bad = ungrounded_numbers(completion, measurements)
         if bad:
             cited = ", ".join(f"{n:g}" for n in bad)
             raise ValueError(f"the report cites number(s) absent from the input: {cited}")
@@ -136,8 +138,8 @@ def validate_dpo_record(record: dict) -> dict:
         ("prompt", "chosen", "rejected", "rejection_kind", "profile", "label", "confidence"),
     )
     _require(record, ("slice",))
-    profile = _checked_profile(record)
-    prompt = _check_prompt(record, profile)
+    measurements = _checked_measurements(record)
+    prompt = _check_prompt(record, measurements)
     chosen = _single_message(record["chosen"], "assistant", "chosen")
     rejected = _single_message(record["rejected"], "assistant", "rejected")
     _check_reference_diagnostic(chosen, "chosen", record["label"], record["confidence"])
@@ -164,17 +166,19 @@ def validate_dpo_record(record: dict) -> dict:
         raise ValueError(
             "rejection_kind wrong_confidence needs the right label, a wrong confidence"
         )
-    if kind == "ungrounded_value" and not ungrounded_numbers(wrong.justification, profile, prompt):
+    if kind == "ungrounded_value" and not ungrounded_numbers(
+        wrong.justification, measurements, prompt
+    ):
         raise ValueError("rejection_kind ungrounded_value but every cited number is in the input")
     return record
 
 
 def validate_eval_record(record: dict) -> dict:
-    """An eval record: an id, a valid profile, and the rule's label, confidence and slice."""
+    """An eval record: an id, valid measurements, and the rule's label, confidence and slice."""
     _require(record, ("id", "profile", "label", "confidence", "slice"))
     if not isinstance(record["id"], str) or not record["id"]:
         raise ValueError("field 'id' must be a non-empty string such as 'eval-0001'")
-    _checked_profile(record)
+    _checked_measurements(record)
     return record
 
 
@@ -198,7 +202,7 @@ def check_unique_ids(records: Iterable[Mapping[str, Any]]) -> None:
 def check_no_leakage(
     training: Iterable[Mapping[str, Any]], evaluation: Iterable[Mapping[str, Any]]
 ) -> None:
-    """Raise ValueError if an eval profile's measurements also appear in a training record."""
+    """Raise ValueError if an eval runner's measurements also appear in a training record."""
     train_keys = {canonical_measurements(r["profile"]) for r in training}
     for r in evaluation:
         if canonical_measurements(r["profile"]) in train_keys:

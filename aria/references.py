@@ -1,4 +1,4 @@
-"""Reference answers derived from the rule: what a perfect model says for a profile.
+"""Reference answers derived from the rule: what a perfect model says for a runner's measurements.
 
 Datasets teach these texts and the benchmark scores against them. The justification is written for
 the runner's clinician: French words (without accents, in the ASCII alphabet the schema allows),
@@ -36,30 +36,30 @@ def justification(n_fired: int, evidence: list[tuple[str, str, str]]) -> str:
     return f"{justification_lead(n_fired)} {clauses}."
 
 
-def reference_justification(profile: Mapping[str, Any], pathology: str | None = None) -> str:
-    """How many thresholds the profile crosses, then each signal of `pathology` (default: the label)
+def reference_justification(measurements: Mapping[str, Any], pathology: str | None = None) -> str:
+    """How many thresholds the measurements cross, then each signal of `pathology` (default: the label)
     with its measured value and threshold.
 
     For another pathology than the label (the DPO pairs' wrong answers), the same lead with that
     pathology's signals: what a model says when it picked the wrong measurement.
-    Within the schema's bound of JUSTIFICATION_MAX_CHARS for any valid profile: the test checks
-    every extreme profile (tests/test_schema_prompts.py).
+    Within the schema's bound of JUSTIFICATION_MAX_CHARS for any valid measurements: the test checks
+    every extreme runner (tests/test_schema_prompts.py).
     """
-    pathology = pathology or label(dict(profile))[0]
+    pathology = pathology or label(dict(measurements))[0]
     if pathology not in RULE_BY_PATHOLOGY:
         raise ValueError(
             f"unknown pathology {pathology!r}: expected one of {', '.join(RULE_BY_PATHOLOGY)}"
         )
-    return justification(len(fired_rules(profile)), deciding_evidence(profile, pathology))
+    return justification(len(fired_rules(measurements)), deciding_evidence(measurements, pathology))
 
 
-def reference_diagnostic(profile: Mapping[str, Any]) -> Diagnostic:
+def reference_diagnostic(measurements: Mapping[str, Any]) -> Diagnostic:
     """The diagnostic a perfect model returns: the rule's label and confidence, and its evidence."""
-    pathology, confiance = label(dict(profile))
+    pathology, confiance = label(dict(measurements))
     return Diagnostic(
         pathologie=pathology,
         confiance=confiance,
-        justification=reference_justification(profile, pathology),
+        justification=reference_justification(measurements, pathology),
     )
 
 
@@ -119,7 +119,7 @@ ADVICE: dict[str, str] = {
 }
 
 
-def reference_report(profile: Mapping[str, Any]) -> str:
+def reference_report(measurements: Mapping[str, Any]) -> str:
     """The report a perfect model writes: findings, likely pathology, what drives it, advice.
 
     French prose for the runner and their clinician, in four labelled parts. The findings are the
@@ -130,9 +130,9 @@ def reference_report(profile: Mapping[str, Any]) -> str:
     a small model errs). One wording per pathology: with two, the tiny model sampled at
     temperature 0.3 spliced them into sentences that meant nothing.
     """
-    pathology, confiance = label(dict(profile))
+    pathology, confiance = label(dict(measurements))
     return (
-        f"Constats : {reference_justification(profile, pathology)}\n"
+        f"Constats : {reference_justification(measurements, pathology)}\n"
         f"Pathologie probable : {pathology} (confiance {confiance}).\n"
         f"Mécanisme : {MECHANISM[pathology]}\n"
         f"Conseils : {ADVICE[pathology]}\n"

@@ -18,7 +18,13 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aria.domain import MEASUREMENT_BY_KEY, PATHOLOGIES, RULE_BY_PATHOLOGY, RULES, validate_profile
+from aria.domain import (
+    MEASUREMENT_BY_KEY,
+    PATHOLOGIES,
+    RULE_BY_PATHOLOGY,
+    RULES,
+    validate_measurements,
+)
 
 # ---------------------------------------------------------------- labels
 
@@ -55,12 +61,12 @@ def cited_numbers(text: str) -> list[float]:
     return [float(m.group().replace(",", ".")) for m in _NUMBER.finditer(text)]
 
 
-def allowed_numbers(profile: Mapping[str, Any], prompt: str | None = None) -> set[float]:
-    """Numbers a text about `profile` may cite: its measured values, its numeric context, the
+def allowed_numbers(measurements: Mapping[str, Any], prompt: str | None = None) -> set[float]:
+    """Numbers a text about `measurements` may cite: its measured values, its numeric context, the
     thresholds of the rules, and every number the `prompt` shows (such as its percent of
     threshold); absolute values, since signs are not part of what cited_numbers reads."""
-    allowed = {abs(round(v, 6)) for v in validate_profile(profile).values()}
-    for value in profile.values():
+    allowed = {abs(round(v, 6)) for v in validate_measurements(measurements).values()}
+    for value in measurements.values():
         if isinstance(value, int | float) and not isinstance(value, bool):
             allowed.add(abs(round(float(value), 6)))
     for rule in RULES:
@@ -71,21 +77,23 @@ def allowed_numbers(profile: Mapping[str, Any], prompt: str | None = None) -> se
 
 
 def ungrounded_numbers(
-    text: str, profile: Mapping[str, Any], prompt: str | None = None
+    text: str, measurements: Mapping[str, Any], prompt: str | None = None
 ) -> list[float]:
-    """The numbers `text` cites that are not allowed_numbers(profile, prompt), in order: made up."""
-    allowed = allowed_numbers(profile, prompt)
+    """The numbers `text` cites that are not allowed_numbers(measurements, prompt), in order: made up."""
+    allowed = allowed_numbers(measurements, prompt)
     return [c for c in cited_numbers(text) if round(c, 6) not in allowed]
 
 
-def grounding(text: str, profile: Mapping[str, Any], prompt: str | None = None) -> dict[str, Any]:
+def grounding(
+    text: str, measurements: Mapping[str, Any], prompt: str | None = None
+) -> dict[str, Any]:
     """Which numbers of `text` come from the input (allowed_numbers) and which do not.
 
     `grounded_rate` is the share of cited numbers that are allowed (1.0 when nothing is cited);
     `ungrounded` lists the others: a number the model made up.
     """
     cited = cited_numbers(text)
-    ungrounded = ungrounded_numbers(text, profile, prompt)
+    ungrounded = ungrounded_numbers(text, measurements, prompt)
     return {
         "cited": len(cited),
         "ungrounded": ungrounded,
@@ -236,11 +244,11 @@ def clinician_readable(text: str) -> bool:
 
 
 def justification_verdict(
-    text: str, profile: Mapping[str, Any], prompt: str | None = None
+    text: str, measurements: Mapping[str, Any], prompt: str | None = None
 ) -> dict[str, Any]:
     """Is the justification grounded (every number from the input), free of a code trace, and
     readable by a clinician? `ungrounded` lists the numbers that are not from the input."""
-    ground = grounding(text, profile, prompt)
+    ground = grounding(text, measurements, prompt)
     return {
         "grounded": not ground["ungrounded"],
         "ungrounded": ground["ungrounded"],
@@ -328,13 +336,13 @@ def names_pathology(text: str, pathology: str) -> bool:
 
 
 def report_verdict(
-    text: str | None, profile: Mapping[str, Any], pathology: str, prompt: str | None = None
+    text: str | None, measurements: Mapping[str, Any], pathology: str, prompt: str | None = None
 ) -> dict[str, Any]:
     """The three checks of a report: prose, names the rule's `pathology`, cites only numbers of the
     input; `passed` when all three hold. `problems` and `ungrounded` say why one does not."""
     text = text or ""
     problems = prose_problems(text)
-    ground = grounding(text, profile, prompt)
+    ground = grounding(text, measurements, prompt)
     verdict = {
         "prose": not problems,
         "problems": problems,

@@ -25,7 +25,7 @@ They are reported under `field_orders`, not gated.
 Every diagnostic is sent with each body of `--bodies` (default both, DOMAIN.md): `seed`, the seed
 README's body verbatim (free-string `pathologie`, properties pathologie, confiance,
 justification), and `project`, the project's strict schema S. The eval sets are
-data/eval/eval.jsonl and, when it exists, data/eval/outside.jsonl (profiles drawn apart from the
+data/eval/eval.jsonl and, when it exists, data/eval/outside.jsonl (runners drawn apart from the
 training data), scored together and reported apart. Every finished request is appended at once to
 reports/<run-id>/records/<role>-<served name>__<prompt>__<body>.jsonl (`__cold`/`__warmup`,
 `__report` and `__sweep-c<N>` for the other passes), so `--resume RUN_ID` (or `--run-id RUN_ID`

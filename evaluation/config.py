@@ -21,7 +21,7 @@ DESCRIPTION = "Latency and quality of the served models on both diagnostic bodie
 DEFAULT_PROMPT = "default"
 REPORT_PROMPT = "report"
 EVAL_SET = "eval"  # data/eval/eval.jsonl: held out from the training data's own draws
-OUTSIDE_SET = "outside"  # data/eval/outside.jsonl: profiles drawn by a different process
+OUTSIDE_SET = "outside"  # data/eval/outside.jsonl: runners drawn by a different process
 TARGET_OPTIONS = ("bodies", "sets", "limit", "reports", "orders")
 
 

@@ -27,7 +27,7 @@ import httpx
 
 from aria.prompts import DIAGNOSTIC_BODIES, diagnostic_request
 from aria.settings import get_settings
-from evaluation.soak import soak_profiles
+from evaluation.soak import soak_measurements
 from serve.vllm_server import free_port, resolve_model, start_server
 
 
@@ -81,11 +81,11 @@ def main(cfg: BenchConfig) -> int:
     try:
         start_s = handle.wait_ready(cfg.ready_timeout_s)
         headers = {"Authorization": "Bearer bench-key"}
-        profiles = soak_profiles(cfg.warmup + cfg.requests, cfg.seed)
+        runners = soak_measurements(cfg.warmup + cfg.requests, cfg.seed)
         results: dict[str, list[tuple[float, int]]] = {"guided": [], "unguided": [], "same": []}
         with httpx.Client(base_url=handle.base_url, headers=headers, timeout=300) as client:
-            for i, profile in enumerate(profiles):
-                guided = diagnostic_request(profile, handle.served_name, body=cfg.body)
+            for i, measurements in enumerate(runners):
+                guided = diagnostic_request(measurements, handle.served_name, body=cfg.body)
                 unguided = {k: v for k, v in guided.items() if k != "response_format"}
                 g = timed_post(client, guided)
                 u = timed_post(client, unguided)

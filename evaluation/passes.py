@@ -33,10 +33,10 @@ class Pass:
 def build_body(p: Pass, item: EvalItem) -> tuple[dict, str, str | None]:
     """(request body, prompt text, image status) of one request."""
     if p.kind == "report":
-        body = report_request(item.profile, p.target.served_name, p.template)
+        body = report_request(item.measurements, p.target.served_name, p.template)
     else:
         body = diagnostic_request(
-            item.profile, p.target.served_name, p.template, body=p.body, order=p.order
+            item.measurements, p.target.served_name, p.template, body=p.body, order=p.order
         )
     text = body["messages"][0]["content"]
     image_status = None
@@ -79,7 +79,7 @@ def plan_passes(
     def path(suffix: str) -> Path:
         return records_dir / f"{t.slug}__{suffix}.jsonl"
 
-    # Warm-up requests reuse eval profiles under their own ids, so they never mix with results.
+    # Warm-up requests reuse eval runners under their own ids, so they never mix with results.
     warm = [
         EvalItem(**{**it.__dict__, "id": f"warmup-{k}"})
         for k, it in enumerate((items * (cfg.warmup // len(items) + 1))[: cfg.warmup])

@@ -81,7 +81,7 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
             "body": None if p.kind == "report" else p.body,
             "set": item.set,
             "concurrency": p.concurrency,
-            "input": item.profile,
+            "input": item.measurements,
             "prompt_text": text,
             "image": image_status,
             "expected": {"pathologie": item.pathology, "confiance": item.confidence},
@@ -166,7 +166,7 @@ def main(cfg: BenchmarkConfig) -> int:
             raise SetupError(
                 f"--target {t.role}: no eval item left for it (check sets= and limit=)"
             )
-    templates = load_prompts(cfg, items[0].profile)
+    templates = load_prompts(cfg, items[0].measurements)
     preflight(cfg, api_key)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "run.json").exists():
@@ -186,7 +186,7 @@ def main(cfg: BenchmarkConfig) -> int:
     records_dir = run_dir / "records"
     notes: list[str] = []
     embedder = Embedder()
-    # One seeded order of report profiles, mixing the sets; each target takes its first N.
+    # One seeded order of report runners, mixing the sets; each target takes its first N.
     report_order = sorted(items, key=lambda it: (it.rank, it.set))
 
     def n_reports(t: Target) -> int:
@@ -214,8 +214,8 @@ def main(cfg: BenchmarkConfig) -> int:
             records_by_body[(t.slug, body)] = recs
     if embedder.note:
         notes.append(embedder.note)
-    if any(n_reports(t) for t in cfg.targets) and reference_report_text(items[0].profile)[1]:
-        notes.append(reference_report_text(items[0].profile)[1])
+    if any(n_reports(t) for t in cfg.targets) and reference_report_text(items[0].measurements)[1]:
+        notes.append(reference_report_text(items[0].measurements)[1])
     if any(m["images"]["skipped"] for m in models):
         notes.append(
             "eval images were skipped for targets without a vision tower (--vision forces)"

@@ -66,17 +66,17 @@ def score_diagnostic(
     scores["correct_lenient"] = verdicts.normalise_pathology(raw_label) == item.pathology
     scores["confidence_correct"] = conf == item.confidence
     if justification is not None:
-        reference = reference_justification(item.profile, item.pathology)
+        reference = reference_justification(item.measurements, item.pathology)
         scores["justification"] = text_scores(
             justification, item, prompt_text, reference
-        ) | verdicts.justification_verdict(justification, item.profile, prompt_text)
+        ) | verdicts.justification_verdict(justification, item.measurements, prompt_text)
     return scores
 
 
 def text_scores(text: str, item: EvalItem, prompt_text: str, reference: str) -> dict:
     """Grounding of numbers in the input, hallucination against the prompt and the reference,
     deciding-keyword coverage."""
-    ground = verdicts.grounding(text, item.profile, prompt_text)
+    ground = verdicts.grounding(text, item.measurements, prompt_text)
     source = f"{prompt_text}\n{reference}"
     return {
         "grounded_rate": ground["grounded_rate"],
@@ -86,7 +86,7 @@ def text_scores(text: str, item: EvalItem, prompt_text: str, reference: str) -> 
     }
 
 
-def reference_report_text(profile: dict) -> tuple[str, str | None]:
+def reference_report_text(measurements: dict) -> tuple[str, str | None]:
     """(reference report, note): aria.references.reference_report when it exists, else the
     reference justification with a note saying so."""
     import aria.references as refs
@@ -94,8 +94,8 @@ def reference_report_text(profile: dict) -> tuple[str, str | None]:
     make = getattr(refs, "reference_report", None)
     if make is None:
         note = "aria.references.reference_report is missing: reports compared to the justification"
-        return reference_justification(profile), note
-    return str(make(profile)), None
+        return reference_justification(measurements), note
+    return str(make(measurements)), None
 
 
 class Embedder:
@@ -133,9 +133,11 @@ def score_report(item: EvalItem, content: str | None, prompt_text: str, embedder
     hallucination and keyword coverage, and similarity to the reference."""
     if not content:
         return {"answered": False}
-    reference, note = reference_report_text(item.profile)
+    reference, note = reference_report_text(item.measurements)
     scores = {"answered": True, "reference_note": note}
     scores |= text_scores(content, item, prompt_text, reference)
-    scores["verdict"] = verdicts.report_verdict(content, item.profile, item.pathology, prompt_text)
+    scores["verdict"] = verdicts.report_verdict(
+        content, item.measurements, item.pathology, prompt_text
+    )
     scores["similarity"] = embedder.similarity(content, reference)
     return scores

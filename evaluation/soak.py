@@ -56,19 +56,21 @@ class SoakConfig:
     out: Path | None = None  # default: <reports>/soak.json
 
 
-def soak_profiles(n: int, seed: int) -> list[dict]:
-    """`n` varied valid profiles: each signal drawn around its threshold (0.5x to 1.6x)."""
+def soak_measurements(n: int, seed: int) -> list[dict]:
+    """`n` runners' varied valid measurements: each signal drawn around its threshold (0.5x to 1.6x)."""
     rng = random.Random(seed)
     thresholds = {key: t for rule in RULES for key, t in rule.thresholds}
-    profiles = []
+    runners = []
     for _ in range(n):
-        profile = {}
+        measurements = {}
         for m in MEASUREMENTS:
             t = thresholds[m.key]
             value = rng.uniform(0.5 * t, 1.6 * t)
-            profile[m.key] = round(min(max(value, m.low + 10**-m.decimals), m.high), m.decimals)
-        profiles.append(profile)
-    return profiles
+            measurements[m.key] = round(
+                min(max(value, m.low + 10**-m.decimals), m.high), m.decimals
+            )
+        runners.append(measurements)
+    return runners
 
 
 def is_loopback(host: str) -> bool:
@@ -217,7 +219,7 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     if pid is not None and not pid_alive(pid):
         pid = None
     client = AriaClient(timeout=cfg.timeout_s, max_retries=0)
-    profiles = soak_profiles(cfg.requests, cfg.seed)
+    runners = soak_measurements(cfg.requests, cfg.seed)
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
     samples: list[tuple[float, int, float]] = []
@@ -241,12 +243,12 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
                 engine_samples.append(scraped)
             stop_sampling.wait(cfg.sample_every_s)
 
-    def one(profile: dict) -> tuple[str, float | None, str | None]:
+    def one(measurements: dict) -> tuple[str, float | None, str | None]:
         if time.monotonic() > deadline:
             return "not_sent", None, None
         t0 = time.perf_counter()
         try:
-            client.diagnose(profile)
+            client.diagnose(measurements)
         except InvalidDiagnosticError as error:
             return "invalid", time.perf_counter() - t0, error.raw_text
         except Exception as error:  # every failure counts, by type, with its cause
@@ -260,7 +262,7 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        futures = [pool.submit(one, p) for p in profiles]
+        futures = [pool.submit(one, p) for p in runners]
         for future in tqdm(as_completed(futures), total=len(futures), desc="soak", unit="req"):
             outcome, latency, raw = future.result()
             with lock:

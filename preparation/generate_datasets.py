@@ -7,7 +7,7 @@ Writes, atomically, under --out-dir (default: ARIA_DATA_DIR, i.e. data/):
 - training/sft.jsonl: TRL conversational prompt-completion records, ~88% diagnostic JSON, ~12% report;
 - training/sft_extended.jsonl: sft.jsonl plus fresh diagnostic records (the tiny profile's set);
 - training/dpo.jsonl: prompt / chosen (the reference JSON) / rejected (one of four kinds of error);
-- eval/eval.jsonl: held-out profiles with the rule's label, none of them seen in training;
+- eval/eval.jsonl: held-out runners with the rule's label, none of them seen in training;
 - training/stats.json: the counts printed at the end.
 Profiles come from `aria.population` (realistic runners, balanced over the six labels and the four
 slices); every label, completion and chosen answer comes from `aria.domain` and `aria.references`.
@@ -42,8 +42,8 @@ from aria.population import (
     SLICES,
     balanced_plan,
     canonical_measurements,
-    outside_profile,
-    sample_profile,
+    outside_measurements,
+    sample_measurements,
     slice_of,
 )
 from aria.prompts import diagnostic_messages, report_messages
@@ -76,7 +76,7 @@ CANONICAL_ORDER_SHARE = 0.5
 # with JSON (docs/training.md).
 REPORT_NO_CONTEXT_SHARE = 0.5
 # Share of the tiny profile's extra runners whose measurements that do not decide are drawn
-# independently (aria.population.sample_profile): the population's laws correlate them (valgus
+# independently (aria.population.sample_measurements): the population's laws correlate them (valgus
 # and adduction, step length and heel strike), and a model can learn those correlations instead
 # of comparing each measurement with its threshold (docs/training.md).
 INDEPENDENT_SHARE = 0.5
@@ -102,42 +102,47 @@ class GenerateConfig:
     # it: a randomly initialised model knows no language and learns the rule from more distinct
     # runners, not from more passes over the same 1,500 (MedGemma's recipe uses sft.jsonl).
     n_sft_extended: int = 12000
-    # eval/outside.jsonl: profiles drawn by aria.population.outside_profile (independent uniform
+    # eval/outside.jsonl: runners drawn by aria.population.outside_measurements (independent uniform
     # measurements, not the training data's runners), an equal share per slice.
     n_outside: int = 300
     out_dir: Path | None = None  # default: settings.aria_data_dir
 
 
-def _fresh_profile(
+def _fresh_measurements(
     rng: random.Random,
     target: str,
     slice_name: str,
     seen: set[tuple[float, ...]],
     independent_share: float = 0.0,
 ) -> dict[str, Any]:
-    """A profile whose measurements no earlier record has: resample on collision. A share
-    `independent_share` of the draws are independent (`aria.population.sample_profile`)."""
+    """Measurements no earlier record has: resample on collision. A share
+    `independent_share` of the draws are independent (`aria.population.sample_measurements`)."""
     for _ in range(1000):
         independent = bool(independent_share) and rng.random() < independent_share
-        profile = sample_profile(rng, target, slice_name, independent)
-        key = canonical_measurements(profile)
+        measurements = sample_measurements(rng, target, slice_name, independent)
+        key = canonical_measurements(measurements)
         if key not in seen:
             seen.add(key)
-            return profile
+            return measurements
     raise RuntimeError(f"no fresh {slice_name} profile for {target}: lower the counts")
 
 
-def _labelled(profile: dict[str, Any], slice_name: str) -> dict[str, Any]:
-    pathology, confiance = label(profile)
-    return {"profile": profile, "label": pathology, "confidence": confiance, "slice": slice_name}
+def _labelled(measurements: dict[str, Any], slice_name: str) -> dict[str, Any]:
+    pathology, confiance = label(measurements)
+    return {
+        "profile": measurements,
+        "label": pathology,
+        "confidence": confiance,
+        "slice": slice_name,
+    }
 
 
-def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> str:
+def _ungrounded_justification(rng: random.Random, measurements: dict[str, Any]) -> str:
     """The reference justification with the deciding value replaced by one the input lacks
     (the pair differs in the cited value alone)."""
-    pathology = label(profile)[0]
-    allowed = grounded_numbers(profile)
-    evidence = deciding_evidence(profile, pathology)
+    pathology = label(measurements)[0]
+    allowed = grounded_numbers(measurements)
+    evidence = deciding_evidence(measurements, pathology)
     key, value, threshold = evidence[0]
     m = MEASUREMENT_BY_KEY[key]
     for _ in range(100):
@@ -149,7 +154,7 @@ def _ungrounded_justification(rng: random.Random, profile: dict[str, Any]) -> st
             break
     else:
         raise RuntimeError(f"could not invent an ungrounded value for {key}")
-    return justification(len(fired_rules(profile)), [(key, text, threshold), *evidence[1:]])
+    return justification(len(fired_rules(measurements)), [(key, text, threshold), *evidence[1:]])
 
 
 def _invalid_json(rng: random.Random, reference: str) -> str:
@@ -168,32 +173,32 @@ def _invalid_json(rng: random.Random, reference: str) -> str:
 
 def _rejected(
     rng: random.Random,
-    profile: dict[str, Any],
+    measurements: dict[str, Any],
     kind: str,
     reference: str,
     order: tuple[str, ...] = FIELD_ORDER,
 ) -> str:
-    """A plausible wrong answer of the given kind for `profile`, its fields in `order`."""
-    pathology, confiance = label(profile)
+    """A plausible wrong answer of the given kind for `measurements`, its fields in `order`."""
+    pathology, confiance = label(measurements)
     if kind == "wrong_pathology":
-        other = runner_up(profile)
+        other = runner_up(measurements)
         return Diagnostic(
             pathologie=other,
             confiance=confiance,
-            justification=reference_justification(profile, other),
+            justification=reference_justification(measurements, other),
         ).to_json(order)
     if kind == "wrong_confidence":
         wrong = rng.choice([c for c in CONFIDENCES if c != confiance])
         return Diagnostic(
             pathologie=pathology,
             confiance=wrong,
-            justification=reference_justification(profile, pathology),
+            justification=reference_justification(measurements, pathology),
         ).to_json(order)
     if kind == "ungrounded_value":
         return Diagnostic(
             pathologie=pathology,
             confiance=confiance,
-            justification=_ungrounded_justification(rng, profile),
+            justification=_ungrounded_justification(rng, measurements),
         ).to_json(order)
     if kind == "invalid_json":
         return _invalid_json(rng, reference)
@@ -210,27 +215,27 @@ def _sft_records(
     slice_weights: dict[str, float] | None = None,
     independent_share: float = 0.0,
 ) -> list[dict]:
-    """`n` SFT records on fresh profiles, `report_share` of them reports (REPORT_NO_CONTEXT_SHARE
+    """`n` SFT records on fresh runners, `report_share` of them reports (REPORT_NO_CONTEXT_SHARE
     of those without the context line), balanced, shuffled."""
     n_report = round(n * report_share)
     sft: list[dict] = []
     for kind, n_kind in (("diagnostic", n - n_report), ("report", n_report)):
         for target, slice_name in balanced_plan(n_kind, slice_weights):
-            profile = _fresh_profile(rng, target, slice_name, seen, independent_share)
+            measurements = _fresh_measurements(rng, target, slice_name, seen, independent_share)
             if kind == "diagnostic":
-                prompt = diagnostic_messages(profile)
-                answer = reference_diagnostic(profile).to_json(answer_order(rng))
+                prompt = diagnostic_messages(measurements)
+                answer = reference_diagnostic(measurements).to_json(answer_order(rng))
             else:
                 if rng.random() < REPORT_NO_CONTEXT_SHARE:
-                    profile = {k: v for k, v in profile.items() if k not in CONTEXT_KEYS}
-                prompt = report_messages(profile)
-                answer = reference_report(profile)
+                    measurements = {k: v for k, v in measurements.items() if k not in CONTEXT_KEYS}
+                prompt = report_messages(measurements)
+                answer = reference_report(measurements)
             sft.append(
                 {
                     "prompt": prompt,
                     "completion": [{"role": "assistant", "content": answer}],
                     "kind": kind,
-                    **_labelled(profile, slice_name),
+                    **_labelled(measurements, slice_name),
                 }
             )
     rng.shuffle(sft)
@@ -238,7 +243,7 @@ def _sft_records(
 
 
 def outside_records(seed: int, n: int, seen: set[tuple[float, ...]]) -> list[dict]:
-    """`n` eval records of `outside_profile` draws, an equal share per slice (rejection-sampled
+    """`n` eval records of `outside_measurements` draws, an equal share per slice (rejection-sampled
     by `slice_of`), none of them in `seen`; ids outside-0001..."""
     rng = random.Random(f"aria-outside-{seed}")
     quota = {s: n // len(SLICES) + (i < n % len(SLICES)) for i, s in enumerate(SLICES)}
@@ -246,14 +251,14 @@ def outside_records(seed: int, n: int, seen: set[tuple[float, ...]]) -> list[dic
     for _ in range(1000 * max(n, 1)):
         if not any(quota.values()):
             break
-        profile = outside_profile(rng)
-        slice_name = slice_of(profile)
-        key = canonical_measurements(profile)
+        measurements = outside_measurements(rng)
+        slice_name = slice_of(measurements)
+        key = canonical_measurements(measurements)
         if slice_name is None or not quota[slice_name] or key in seen:
             continue
         quota[slice_name] -= 1
         seen.add(key)
-        records.append(_labelled(profile, slice_name))
+        records.append(_labelled(measurements, slice_name))
     else:
         raise RuntimeError(f"could not draw {n} outside profiles: lower --n-outside")
     rng.shuffle(records)
@@ -266,14 +271,14 @@ def build_datasets(
     """(sft, sft_extra, dpo, eval, outside) records for `cfg`; same config, same records. Validated.
 
     `sft_extra` holds the records that sft_extended.jsonl adds to sft.jsonl; no eval or outside
-    profile is in any training split.
+    runner is in any training split.
     """
     rng = random.Random(f"aria-datasets-{cfg.seed}")
     seen: set[tuple[float, ...]] = set()
 
-    # Eval first, so that its profiles are reserved before any training profile is drawn.
+    # Eval first, so that its runners are reserved before any training runner is drawn.
     evaluation = [
-        _labelled(_fresh_profile(rng, target, slice_name, seen), slice_name)
+        _labelled(_fresh_measurements(rng, target, slice_name, seen), slice_name)
         for target, slice_name in balanced_plan(cfg.n_eval)
     ]
     rng.shuffle(evaluation)
@@ -284,19 +289,22 @@ def build_datasets(
     dpo: list[dict] = []
     # The plan is grouped by label: cycling the kinds in plan order balances kinds within labels.
     for i, (target, slice_name) in enumerate(balanced_plan(cfg.n_dpo)):
-        profile = _fresh_profile(rng, target, slice_name, seen)
+        measurements = _fresh_measurements(rng, target, slice_name, seen)
         kind = REJECTION_KINDS[i % len(REJECTION_KINDS)]
         order = answer_order(rng)
-        chosen = reference_diagnostic(profile).to_json(order)
+        chosen = reference_diagnostic(measurements).to_json(order)
         dpo.append(
             {
-                "prompt": diagnostic_messages(profile),
+                "prompt": diagnostic_messages(measurements),
                 "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [
-                    {"role": "assistant", "content": _rejected(rng, profile, kind, chosen, order)}
+                    {
+                        "role": "assistant",
+                        "content": _rejected(rng, measurements, kind, chosen, order),
+                    }
                 ],
                 "rejection_kind": kind,
-                **_labelled(profile, slice_name),
+                **_labelled(measurements, slice_name),
             }
         )
     rng.shuffle(dpo)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from aria.domain import EXAMPLE_PROFILE
+from aria.domain import EXAMPLE_MEASUREMENTS
 from aria.prompts import diagnostic_request
 from aria.schema import (
     FIELD_ORDER,
@@ -137,7 +137,7 @@ def _guided_call(
 ) -> tuple[str | None, str | None, float] | HealthResult:
     """(content, finish_reason, latency in s) of the example's diagnostic with `body`, or the
     failed HealthResult naming the cause."""
-    request = diagnostic_request(EXAMPLE_PROFILE, settings.vllm_served_name, body=body)
+    request = diagnostic_request(EXAMPLE_MEASUREMENTS, settings.vllm_served_name, body=body)
     headers = {"Authorization": f"Bearer {settings.api_key_value()}"}
     started = time.perf_counter()
     try:

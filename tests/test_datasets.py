@@ -15,7 +15,7 @@ import pytest
 
 from aria.domain import (
     CONFIDENCES,
-    EXAMPLE_PROFILE,
+    EXAMPLE_MEASUREMENTS,
     MEASUREMENT_KEYS,
     PATHOLOGIES,
     deciding_evidence,
@@ -33,7 +33,7 @@ from aria.population import (
     balanced_plan,
     canonical_measurements,
     is_physical,
-    sample_profile,
+    sample_measurements,
     slice_counts,
     slice_of,
 )
@@ -76,7 +76,7 @@ def datasets(dataset_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
 @pytest.fixture(scope="module")
 def population() -> list[dict]:
     rng = random.Random(3)
-    return [sample_profile(rng, t, s) for t, s in balanced_plan(1200)]
+    return [sample_measurements(rng, t, s) for t, s in balanced_plan(1200)]
 
 
 # --- determinism ---------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_answers_teach_every_field_order_the_seeds_most(datasets) -> None:
             assert list(chosen) == list(rejected)
 
 
-def test_outside_profiles_are_another_process_balanced_over_slices(tmp_path: Path) -> None:
+def test_outside_runners_are_another_process_balanced_over_slices(tmp_path: Path) -> None:
     generate(GenerateConfig(seed=5, out_dir=tmp_path, **{**SMALL, "n_outside": 40}))
     outside = read_jsonl(tmp_path / "eval" / "outside.jsonl", validate_eval_record)
     assert [r["id"] for r in outside] == [f"outside-{i:04d}" for i in range(1, 41)]
@@ -196,8 +196,8 @@ def test_slices_mean_what_they_say(datasets) -> None:
     sft, dpo, evaluation = datasets
     near_sides = set()
     for r in sft + dpo + evaluation:
-        profile, fired = r["profile"], fired_rules(r["profile"])
-        top = exceedances(profile)[r["label"]]
+        measurements, fired = r["profile"], fired_rules(r["profile"])
+        top = exceedances(measurements)[r["label"]]
         if r["slice"] == "clear":
             assert fired == [r["label"]] and top > NEAR_THRESHOLD_MAX_EXCEEDANCE
         elif r["slice"] == "near_threshold":
@@ -214,7 +214,7 @@ def test_slices_mean_what_they_say(datasets) -> None:
 # --- leakage -------------------------------------------------------------------------------
 
 
-def test_no_eval_profile_in_training(datasets) -> None:
+def test_no_eval_runner_in_training(datasets) -> None:
     sft, dpo, evaluation = datasets
     train = {canonical_measurements(r["profile"]) for r in sft + dpo}
     assert not any(canonical_measurements(r["profile"]) in train for r in evaluation)
@@ -223,10 +223,10 @@ def test_no_eval_profile_in_training(datasets) -> None:
 
 def test_leakage_check_raises() -> None:
     rng = random.Random(0)
-    profile = sample_profile(rng, PATHOLOGIES[0], "clear")
-    twin = {**profile, "age": 70}  # same measurements, other context: still the same case
+    measurements = sample_measurements(rng, PATHOLOGIES[0], "clear")
+    twin = {**measurements, "age": 70}  # same measurements, other context: still the same case
     with pytest.raises(ValueError, match="leak"):
-        check_no_leakage([{"profile": profile}], [{"id": "eval-0001", "profile": twin}])
+        check_no_leakage([{"profile": measurements}], [{"id": "eval-0001", "profile": twin}])
 
 
 # --- references ----------------------------------------------------------------------------
@@ -236,16 +236,14 @@ def test_every_diagnostic_completion_is_the_rule(datasets) -> None:
     sft, dpo, _ = datasets
     completions = [r["completion"][0]["content"] for r in sft if r["kind"] == "diagnostic"]
     completions += [r["chosen"][0]["content"] for r in dpo]
-    profiles = [r["profile"] for r in sft if r["kind"] == "diagnostic"] + [
-        r["profile"] for r in dpo
-    ]
-    for text, profile in zip(completions, profiles, strict=True):
+    runners = [r["profile"] for r in sft if r["kind"] == "diagnostic"] + [r["profile"] for r in dpo]
+    for text, measurements in zip(completions, runners, strict=True):
         diagnostic = parse_diagnostic(text)
-        assert (diagnostic.pathologie, diagnostic.confiance) == label(profile)
-        assert not ungrounded_numbers(diagnostic.justification, profile)
+        assert (diagnostic.pathologie, diagnostic.confiance) == label(measurements)
+        assert not ungrounded_numbers(diagnostic.justification, measurements)
 
 
-def test_prompts_are_single_user_turns_showing_the_profile(datasets) -> None:
+def test_prompts_are_single_user_turns_showing_the_measurements(datasets) -> None:
     sft, _, _ = datasets
     for r in sft:
         assert [m["role"] for m in r["prompt"]] == ["user"]
@@ -273,13 +271,13 @@ def test_reports_are_grounded_and_sized(datasets) -> None:
 
 
 def test_report_reasons_first_then_names_the_label(population) -> None:
-    for profile in population[:200]:
-        report = reference_report(profile)
-        assert report == reference_report(dict(profile))  # deterministic
+    for measurements in population[:200]:
+        report = reference_report(measurements)
+        assert report == reference_report(dict(measurements))  # deterministic
         lines = report.splitlines()
         # The findings are the diagnostic's justification: what the model learns there, it reuses.
-        assert lines[0] == f"Constats : {reference_justification(profile)}"
-        pathology, confiance = label(profile)
+        assert lines[0] == f"Constats : {reference_justification(measurements)}"
+        pathology, confiance = label(measurements)
         assert lines[1] == f"Pathologie probable : {pathology} (confiance {confiance})."
         assert [line.split(" : ", 1)[0] for line in lines[2:4]] == ["Mécanisme", "Conseils"]
 
@@ -377,29 +375,31 @@ def test_population_is_physical_and_correlated(population) -> None:
     assert mean("adduction_hanche", "F") > mean("adduction_hanche", "M")
 
 
-def test_sample_profile_hits_its_target_and_is_rounded() -> None:
+def test_sample_measurements_hits_its_target_and_is_rounded() -> None:
     rng = random.Random(11)
     for target in PATHOLOGIES:
         for slice_name in SLICES:
-            profile = sample_profile(rng, target, slice_name)
-            assert label(profile)[0] == target
-            assert canonical_measurements(profile) == tuple(profile[k] for k in list(profile)[:7])
+            measurements = sample_measurements(rng, target, slice_name)
+            assert label(measurements)[0] == target
+            assert canonical_measurements(measurements) == tuple(
+                measurements[k] for k in list(measurements)[:7]
+            )
     with pytest.raises(ValueError, match="slice"):
-        sample_profile(rng, PATHOLOGIES[0], "easy")
+        sample_measurements(rng, PATHOLOGIES[0], "easy")
 
 
-def _correlation(profiles: list[dict], a: str, b: str) -> float:
-    return statistics.correlation([p[a] for p in profiles], [p[b] for p in profiles])
+def _correlation(runners: list[dict], a: str, b: str) -> float:
+    return statistics.correlation([p[a] for p in runners], [p[b] for p in runners])
 
 
 def test_independent_draws_keep_label_and_slice_and_drop_the_correlations() -> None:
     rng = random.Random(5)
     plan = [(t, s) for t, s in balanced_plan(600) if t == "Lombalgie mécanique"]
-    independent = [sample_profile(rng, t, s, independent=True) for t, s in plan]
-    usual = [sample_profile(rng, t, s) for t, s in plan]
-    for (target, slice_name), profile in zip(plan, independent, strict=True):
-        assert label(profile)[0] == target and slice_of(profile) == slice_name
-        assert is_physical(profile)
+    independent = [sample_measurements(rng, t, s, independent=True) for t, s in plan]
+    usual = [sample_measurements(rng, t, s) for t, s in plan]
+    for (target, slice_name), measurements in zip(plan, independent, strict=True):
+        assert label(measurements)[0] == target and slice_of(measurements) == slice_name
+        assert is_physical(measurements)
     # Knee valgus and hip adduction go together in the population, not in independent draws.
     assert _correlation(usual, "valgus_genou", "adduction_hanche") > 0.3
     assert abs(_correlation(independent, "valgus_genou", "adduction_hanche")) < 0.2
@@ -484,20 +484,20 @@ def test_card_renders_metadata_and_counts() -> None:
 
 
 def test_grounded_numbers_include_thresholds() -> None:
-    profile = sample_profile(random.Random(1), PATHOLOGIES[3], "clear")
-    allowed = grounded_numbers(profile)
-    assert 1.35 in allowed and 0.7 in allowed and float(profile["cadence_pas_min"]) in allowed
+    measurements = sample_measurements(random.Random(1), PATHOLOGIES[3], "clear")
+    allowed = grounded_numbers(measurements)
+    assert 1.35 in allowed and 0.7 in allowed and float(measurements["cadence_pas_min"]) in allowed
 
 
 def test_datasets_and_benchmark_read_numbers_alike() -> None:
     # One reader (aria.verdicts): a list marker is no citation, a French decimal comma is a point.
     text = "1. Constats\n2) Inclinaison du tronc 9,1 ° pour un seuil de 7 ; cadence 170."
-    profile = dict(EXAMPLE_PROFILE, cadence_pas_min=170)
-    assert ungrounded_numbers(text, profile) == []
-    assert ungrounded_numbers("Inclinaison 9,4 °", profile) == [9.4]
-    report_prompt = render_prompt(profile, REPORT_TEMPLATE)
+    measurements = dict(EXAMPLE_MEASUREMENTS, cadence_pas_min=170)
+    assert ungrounded_numbers(text, measurements) == []
+    assert ungrounded_numbers("Inclinaison 9,4 °", measurements) == [9.4]
+    report_prompt = render_prompt(measurements, REPORT_TEMPLATE)
     for candidate in (text, "valeur 12.5 et 130 % du seuil"):
         assert (
-            ungrounded_numbers(candidate, profile)
-            == grounding(candidate, profile, report_prompt)["ungrounded"]
+            ungrounded_numbers(candidate, measurements)
+            == grounding(candidate, measurements, report_prompt)["ungrounded"]
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from aria.domain import EXAMPLE_PROFILE, RULES
+from aria.domain import EXAMPLE_MEASUREMENTS, RULES
 from aria.prompts import diagnostic_request
 from aria.settings import Settings
 
@@ -46,13 +46,13 @@ def test_serving_settings_table_lists_every_setting() -> None:
 def test_serving_curl_body_is_the_real_diagnostic_request() -> None:
     block = marked_block("serving.md", "diagnostic-body")
     body = block.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
-    assert json.loads(body) == diagnostic_request(EXAMPLE_PROFILE, "aria-ft")
+    assert json.loads(body) == diagnostic_request(EXAMPLE_MEASUREMENTS, "aria-ft")
 
 
 def test_serving_seed_curl_body_is_the_seed_request_verbatim() -> None:
     block = marked_block("serving.md", "seed-body")
     body = block.split("<<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0]
-    assert json.loads(body) == diagnostic_request(EXAMPLE_PROFILE, "aria-ft", body="seed")
+    assert json.loads(body) == diagnostic_request(EXAMPLE_MEASUREMENTS, "aria-ft", body="seed")
 
 
 def test_every_docs_page_is_in_the_nav() -> None:

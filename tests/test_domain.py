@@ -14,7 +14,7 @@ from aria.domain import (
     label,
     relative_exceedance,
     runner_up,
-    validate_profile,
+    validate_measurements,
 )
 
 # Every signal comfortably below its threshold: no rule fires.
@@ -85,24 +85,24 @@ def test_confidence_band_edges():
 
 
 def test_two_rules_firing_cap_confidence_at_moderee():
-    profile = with_(valgus_genou=15.0, pronation_pied=6.5)  # e = 0.5 and 0.083
-    assert fired_rules(profile) == ["Syndrome fémoro-patellaire", "Fasciite plantaire"]
-    assert label(profile) == ("Syndrome fémoro-patellaire", "modérée")
-    assert runner_up(profile) == "Fasciite plantaire"
+    measurements = with_(valgus_genou=15.0, pronation_pied=6.5)  # e = 0.5 and 0.083
+    assert fired_rules(measurements) == ["Syndrome fémoro-patellaire", "Fasciite plantaire"]
+    assert label(measurements) == ("Syndrome fémoro-patellaire", "modérée")
+    assert runner_up(measurements) == "Fasciite plantaire"
 
 
 def test_no_rule_fires_labels_the_closest_signal_with_faible():
-    profile = with_(valgus_genou=9.5)  # e = -0.05, the least negative
-    assert fired_rules(profile) == []
-    assert label(profile) == ("Syndrome fémoro-patellaire", "faible")
+    measurements = with_(valgus_genou=9.5)  # e = -0.05, the least negative
+    assert fired_rules(measurements) == []
+    assert label(measurements) == ("Syndrome fémoro-patellaire", "faible")
 
 
 def test_ties_follow_the_table_order():
     # Trunk 8.4 (e = 0.2) and valgus 12.0 (e = 0.2): Lombalgie comes first in the table.
-    profile = with_(inclinaison_tronc=8.4, valgus_genou=12.0)
-    e = exceedances(profile)
+    measurements = with_(inclinaison_tronc=8.4, valgus_genou=12.0)
+    e = exceedances(measurements)
     assert math.isclose(e["Lombalgie mécanique"], e["Syndrome fémoro-patellaire"])
-    assert label(profile)[0] == "Lombalgie mécanique"
+    assert label(measurements)[0] == "Lombalgie mécanique"
 
 
 def test_relative_exceedance_is_signed():
@@ -111,9 +111,9 @@ def test_relative_exceedance_is_signed():
 
 
 def test_accented_seed_key_is_accepted():
-    profile = dict(CALM)
-    profile["longueur_foulée"] = profile.pop("longueur_foulee") + 0.5
-    assert label(profile)[0] == "Périostite tibiale"
+    measurements = dict(CALM)
+    measurements["longueur_foulée"] = measurements.pop("longueur_foulee") + 0.5
+    assert label(measurements)[0] == "Périostite tibiale"
 
 
 @pytest.mark.parametrize(
@@ -136,15 +136,15 @@ def test_bad_measurements_raise_naming_the_key(bad, fragment):
 
 
 def test_missing_measurement_names_the_key():
-    profile = dict(CALM)
-    del profile["dorsiflexion_max"]
+    measurements = dict(CALM)
+    del measurements["dorsiflexion_max"]
     with pytest.raises(ValueError, match="missing the measurement 'dorsiflexion_max'"):
-        label(profile)
+        label(measurements)
 
 
 def test_not_a_dict_is_refused():
     with pytest.raises(ValueError, match="must be a dict"):
-        validate_profile([1, 2, 3])  # type: ignore[arg-type]
+        validate_measurements([1, 2, 3])  # type: ignore[arg-type]
 
 
 def test_context_keys_never_change_the_label():
@@ -158,17 +158,17 @@ def test_rules_cover_each_pathology_once():
 
 
 def test_one_range_check_for_validation_and_sampling() -> None:
-    from aria.domain import EXAMPLE_PROFILE, MEASUREMENT_BY_KEY
+    from aria.domain import EXAMPLE_MEASUREMENTS, MEASUREMENT_BY_KEY
     from aria.population import is_physical
 
     stride, hsi = MEASUREMENT_BY_KEY["longueur_foulee"], MEASUREMENT_BY_KEY["heel_strike_index"]
     assert not stride.in_range(0.0) and stride.in_range(0.01) and stride.in_range(3.0)
     assert hsi.in_range(0.0) and hsi.in_range(1.0) and not hsi.in_range(1.01)
     for value in (0.0, 0.01, 3.0, 3.01):
-        profile = dict(EXAMPLE_PROFILE, longueur_foulee=value)
+        measurements = dict(EXAMPLE_MEASUREMENTS, longueur_foulee=value)
         try:
-            validate_profile(profile)
+            validate_measurements(measurements)
             valid = True
         except ValueError:
             valid = False
-        assert is_physical(profile) is valid is stride.in_range(value)
+        assert is_physical(measurements) is valid is stride.in_range(value)

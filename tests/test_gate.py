@@ -148,14 +148,14 @@ def test_gate_reads_the_trained_prompt_and_refuses_a_default_file(tmp_path: Path
     from evaluation.config import BenchmarkConfig, SetupError
     from evaluation.inputs import load_prompts
 
-    profile = {m.key: THRESHOLD_BY_KEY[m.key] for m in MEASUREMENTS}
+    measurements = {m.key: THRESHOLD_BY_KEY[m.key] for m in MEASUREMENTS}
     shipped = Path(__file__).resolve().parents[1] / "data" / "prompts"
     cfg = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=shipped, prompts=["all"])
-    templates = load_prompts(cfg, profile)
+    templates = load_prompts(cfg, measurements)
     assert templates["default"] == DIAGNOSTIC_TEMPLATE
     assert len(templates) > 1  # the variants of data/prompts are offered beside it
 
     (tmp_path / "default.txt").write_text("{measurements}\n{context}Diagnostic.", encoding="utf-8")
     stale = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=tmp_path)
     with pytest.raises(SetupError, match=r"default\.txt would replace the trained prompt"):
-        load_prompts(stale, profile)
+        load_prompts(stale, measurements)

@@ -11,7 +11,7 @@ import pytest
 from aria.prompts import diagnostic_request
 from aria.schema import SEED_DIAGNOSTIC_SCHEMA
 from evaluation import load, vllm_cli
-from tests.test_serving import PROFILE, flag, make_settings
+from tests.test_serving import RUNNER, flag, make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SLO = load.Slo(p50_ms=1500, p99_ms=3000)
@@ -25,7 +25,7 @@ def row(rate: float, p50: float, p99: float, failed: int = 0) -> dict:
 
 def write_eval(path: Path, n: int = 3) -> Path:
     path.write_text(
-        "".join(json.dumps({"id": f"e{i}", "profile": PROFILE}) + "\n" for i in range(n))
+        "".join(json.dumps({"id": f"e{i}", "profile": RUNNER}) + "\n" for i in range(n))
     )
     return path
 
@@ -33,7 +33,7 @@ def write_eval(path: Path, n: int = 3) -> Path:
 def test_dataset_holds_the_trained_prompt_and_the_extra_body_the_seeds_fields(tmp_path):
     out = tmp_path / "d.jsonl"
     extra = load.write_dataset(write_eval(tmp_path / "eval.jsonl"), out, "aria-ft", "seed")
-    seed = diagnostic_request(PROFILE, "aria-ft", body="seed")
+    seed = diagnostic_request(RUNNER, "aria-ft", body="seed")
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == [{"prompt": seed["messages"][0]["content"]}] * 3
     assert extra == {k: seed[k] for k in ("temperature", "max_tokens", "response_format")}
@@ -48,7 +48,7 @@ def test_missing_eval_set_names_the_make_target(tmp_path):
 
 def test_bench_command_is_an_open_loop_poisson_run_of_the_seed_body(tmp_path):
     settings = make_settings(tmp_path, vllm_port=8031)
-    extra = {k: v for k, v in diagnostic_request(PROFILE, "aria-ft", body="seed").items()}
+    extra = {k: v for k, v in diagnostic_request(RUNNER, "aria-ft", body="seed").items()}
     del extra["model"], extra["messages"]
     argv = load.bench_command(
         settings,

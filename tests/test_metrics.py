@@ -8,7 +8,7 @@ from aria import metrics
 from aria.domain import PATHOLOGIES
 
 LOMBALGIE, SFP, SBIT, PERIOSTITE, FASCIITE, ACHILLE = PATHOLOGIES
-PROFILE = {
+RUNNER = {
     "inclinaison_tronc": 9.1,
     "valgus_genou": 6.0,
     "adduction_hanche": 7.0,
@@ -84,14 +84,14 @@ def test_per_pathology_and_per_slice_accuracy():
     assert slices["two_rules"]["accuracy"] == 1.0
 
 
-def test_profile_slices_follow_the_rule():
-    assert metrics.profile_slices(PROFILE) == ["one_rule"]  # 9.1 vs 7: e = 0.3, nothing else
-    near = PROFILE | {"inclinaison_tronc": 7.2}  # e = 0.029
-    assert "near_threshold" in metrics.profile_slices(near)
-    two = PROFILE | {"valgus_genou": 13.0}  # e = 0.3 as well
-    assert metrics.profile_slices(two)[0] == "two_rules"
-    none = PROFILE | {"inclinaison_tronc": 5.0}
-    assert metrics.profile_slices(none)[0] == "no_rule"
+def test_measurement_slices_follow_the_rule():
+    assert metrics.measurement_slices(RUNNER) == ["one_rule"]  # 9.1 vs 7: e = 0.3, nothing else
+    near = RUNNER | {"inclinaison_tronc": 7.2}  # e = 0.029
+    assert "near_threshold" in metrics.measurement_slices(near)
+    two = RUNNER | {"valgus_genou": 13.0}  # e = 0.3 as well
+    assert metrics.measurement_slices(two)[0] == "two_rules"
+    none = RUNNER | {"inclinaison_tronc": 5.0}
+    assert metrics.measurement_slices(none)[0] == "no_rule"
 
 
 def test_confusion_matrix_rows_true_columns_predicted():

@@ -43,7 +43,7 @@ from aria.schema import (
     worst_case_diagnostic_bytes,
 )
 
-PROFILE = {
+RUNNER = {
     "inclinaison_tronc": 4.2,
     "valgus_genou": 13.4,
     "adduction_hanche": 6.1,
@@ -94,7 +94,7 @@ def test_schema_rejects_what_the_contract_forbids(payload):
 
 
 def test_reference_diagnostic_round_trips_and_cites_only_input_values():
-    diag = reference_diagnostic(PROFILE)
+    diag = reference_diagnostic(RUNNER)
     assert diag.pathologie == "Syndrome fémoro-patellaire"
     assert diag.confiance == "élevée"
     assert diag.justification == "Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."
@@ -103,12 +103,12 @@ def test_reference_diagnostic_round_trips_and_cites_only_input_values():
     assert text.startswith('{"pathologie":"Syndrome fémoro-patellaire","confiance":"élevée",')
     assert text.endswith('"justification":"Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."}')
     assert parse_diagnostic(text) == diag
-    assert not ungrounded_numbers(diag.justification, PROFILE)
+    assert not ungrounded_numbers(diag.justification, RUNNER)
 
 
 @pytest.mark.parametrize("order", FIELD_ORDERS, ids="-".join)
 def test_an_answer_in_any_field_order_round_trips(order):
-    diag = reference_diagnostic(PROFILE)
+    diag = reference_diagnostic(RUNNER)
     text = diag.to_json(order)
     assert list(json.loads(text)) == list(order)
     assert parse_diagnostic(text) == diag
@@ -118,14 +118,14 @@ def test_an_answer_in_any_field_order_round_trips(order):
 
 def test_a_field_order_must_permute_the_three_fields():
     with pytest.raises(ValueError, match="permutation of pathologie, confiance, justification"):
-        reference_diagnostic(PROFILE).to_json(("pathologie", "confiance"))
+        reference_diagnostic(RUNNER).to_json(("pathologie", "confiance"))
     with pytest.raises(ValueError, match="permutation"):
         diagnostic_json_schema(("pathologie", "pathologie", "justification"))
 
 
 def test_justification_says_how_many_thresholds_cross_and_cites_the_deciding_values():
     # percents of threshold: tronc 60, genou 134, hanche 61, foulee 87, pied 65, heel 74, dorsi 73
-    two = {**PROFILE, "pronation_pied": 9.0}  # 150 % beats the knee's 134 %
+    two = {**RUNNER, "pronation_pied": 9.0}  # 150 % beats the knee's 134 %
     assert reference_justification(two) == (
         "Le plus net de deux seuils franchis : pronation_pied 9.0 (seuil 6.0)."
     )
@@ -135,19 +135,19 @@ def test_justification_says_how_many_thresholds_cross_and_cites_the_deciding_val
     )
     with pytest.raises(ValueError, match="unknown pathology 'SFP'"):
         reference_justification(two, "SFP")
-    calm = {**PROFILE, "valgus_genou": 9.5}  # 95 %: nothing fires, the knee is the closest
+    calm = {**RUNNER, "valgus_genou": 9.5}  # 95 %: nothing fires, the knee is the closest
     assert reference_justification(calm) == (
         "Aucun seuil franchi ; le plus proche : valgus_genou 9.5 (seuil 10.0)."
     )
-    both = {**PROFILE, "heel_strike_index": 1.0, "dorsiflexion_max": 21.0}  # 143 %, 140 %
+    both = {**RUNNER, "heel_strike_index": 1.0, "dorsiflexion_max": 21.0}  # 143 %, 140 %
     assert label(both)[0] == "Tendinite Achille"
     assert reference_justification(both) == (
         "Le plus net de deux seuils franchis : heel_strike_index 1.00 (seuil 0.70) et "
         "dorsiflexion_max 21.0 (seuil 15.0)."
     )
-    for profile in (PROFILE, two, calm, both):
-        text = reference_justification(profile)
-        assert not ungrounded_numbers(text, profile)
+    for measurements in (RUNNER, two, calm, both):
+        text = reference_justification(measurements)
+        assert not ungrounded_numbers(text, measurements)
         # French words for a clinician: no ranking code such as "G<T H>G".
         assert not re.search(r"\b[A-Z][<>][A-Z]\b", text)
 
@@ -161,15 +161,15 @@ def test_reference_justification_fits_the_schema_at_every_extreme():
         choices.append((low, THRESHOLD_BY_KEY[m.key], m.high))
     longest = 0
     for values in itertools.product(*choices):
-        profile = dict(zip(MEASUREMENT_KEYS, values, strict=True))
-        text = reference_justification(profile)
+        measurements = dict(zip(MEASUREMENT_KEYS, values, strict=True))
+        text = reference_justification(measurements)
         longest = max(longest, len(text))
-        Diagnostic(pathologie=label(profile)[0], confiance="faible", justification=text)
+        Diagnostic(pathologie=label(measurements)[0], confiance="faible", justification=text)
     assert 80 < longest <= JUSTIFICATION_MAX_CHARS  # the extremes really are long
 
 
 def test_diagnostic_prompt_lists_every_measurement_and_no_context():
-    (message,) = diagnostic_messages(PROFILE)
+    (message,) = diagnostic_messages(RUNNER)
     assert message["role"] == "user"
     content = message["content"]
     for fragment in [
@@ -184,20 +184,22 @@ def test_diagnostic_prompt_lists_every_measurement_and_no_context():
 
 
 def test_report_prompt_keeps_the_context():
-    (message,) = report_messages(PROFILE)
+    (message,) = report_messages(RUNNER)
     assert "34 ans, femme, cadence 172 pas/min" in message["content"]
     assert "valgus_genou : 13.4 ° (134 % du seuil)" in message["content"]
 
 
 def test_percent_of_threshold_ranks_like_the_rule():
     # The prompt's ratios order the single-signal rules exactly as their exceedances do.
-    profile = {**PROFILE, "inclinaison_tronc": 7.7, "pronation_pied": 6.5}
+    measurements = {**RUNNER, "inclinaison_tronc": 7.7, "pronation_pied": 6.5}
     single = [rule for rule in RULES if len(rule.thresholds) == 1]
     by_ratio = sorted(
         single,
-        key=lambda r: -float(percent_of_threshold(r.thresholds[0][0], profile[r.thresholds[0][0]])),
+        key=lambda r: (
+            -float(percent_of_threshold(r.thresholds[0][0], measurements[r.thresholds[0][0]]))
+        ),
     )
-    by_rule = sorted(single, key=lambda r: -exceedances(profile)[r.pathology])
+    by_rule = sorted(single, key=lambda r: -exceedances(measurements)[r.pathology])
     assert [r.pathology for r in by_ratio] == [r.pathology for r in by_rule]
     assert percent_of_threshold("inclinaison_tronc", 7.0) == "100"  # at the threshold: no fire
     assert percent_of_threshold("longueur_foulee", 1.36) == "101"
@@ -214,25 +216,25 @@ def test_one_display_step_above_a_threshold_shows_more_than_100(m):
     assert percent_of_threshold(m.key, threshold) == "100"
 
 
-def test_prompt_refuses_a_bad_profile():
+def test_prompt_refuses_bad_measurements():
     with pytest.raises(ValueError, match="valgus_genou"):
-        diagnostic_messages({**PROFILE, "valgus_genou": "high"})
+        diagnostic_messages({**RUNNER, "valgus_genou": "high"})
 
 
 def test_request_bodies_carry_the_seed_parameters():
-    diag = diagnostic_request(PROFILE, "aria-ft")
+    diag = diagnostic_request(RUNNER, "aria-ft")
     assert (diag["temperature"], diag["max_tokens"]) == (0.1, 256)
     assert diag["response_format"] == diagnostic_response_format()
     assert diag["response_format"]["json_schema"]["name"] == "diagnostic"
-    rep = report_request(PROFILE, "aria-ft")
+    rep = report_request(RUNNER, "aria-ft")
     assert (rep["temperature"], rep["max_tokens"]) == (0.3, 2048)
     assert "response_format" not in rep
-    assert rep["messages"] == report_messages(PROFILE)
+    assert rep["messages"] == report_messages(RUNNER)
     assert "rapport" in rep["messages"][0]["content"]
 
 
 def test_seed_body_is_the_seed_readme_verbatim():
-    seed = diagnostic_request(PROFILE, "aria-ft", body="seed")
+    seed = diagnostic_request(RUNNER, "aria-ft", body="seed")
     # The seed README's body, as ARIA's middle service sends it (DOMAIN.md).
     assert seed["response_format"] == {
         "type": "json_schema",
@@ -252,15 +254,15 @@ def test_seed_body_is_the_seed_readme_verbatim():
     assert seed["response_format"] == seed_response_format()
     assert list(SEED_DIAGNOSTIC_SCHEMA["properties"]) == list(FIELD_ORDER)
     assert (seed["temperature"], seed["max_tokens"]) == (0.1, 256)
-    assert seed["messages"] == diagnostic_messages(PROFILE)
+    assert seed["messages"] == diagnostic_messages(RUNNER)
     # A copy each time: a caller that edits its body cannot change the contract.
     seed["response_format"]["json_schema"]["schema"]["properties"].clear()
     assert SEED_DIAGNOSTIC_SCHEMA["properties"]
     order = ("justification", "confiance", "pathologie")
-    project = diagnostic_request(PROFILE, "aria-ft", order=order)
+    project = diagnostic_request(RUNNER, "aria-ft", order=order)
     assert list(project["response_format"]["json_schema"]["schema"]["properties"]) == list(order)
     with pytest.raises(ValueError, match="seed, project"):
-        diagnostic_request(PROFILE, "aria-ft", body="mine")
+        diagnostic_request(RUNNER, "aria-ft", body="mine")
 
 
 @pytest.mark.engine  # imports vLLM (~20 s)
@@ -274,7 +276,7 @@ def test_vllm_xgrammar_accepts_and_compiles_the_schema():
     backend = pytest.importorskip("vllm.v1.structured_output.backend_xgrammar")
     vocab = [chr(i) for i in range(32, 127)] + ["é", "è", "<eos>"]
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1]))
-    answer = reference_diagnostic(PROFILE)
+    answer = reference_diagnostic(RUNNER)
     for schema in (diagnostic_json_schema(), SEED_DIAGNOSTIC_SCHEMA):
         assert not backend.has_xgrammar_unsupported_json_features(schema)
         # Exactly the call vLLM's xgrammar backend makes under disable_any_whitespace.

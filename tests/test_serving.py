@@ -22,13 +22,13 @@ import pytest
 from pydantic import SecretStr
 
 from aria.client import AriaClient, InvalidDiagnosticError
-from aria.domain import EXAMPLE_PROFILE, validate_profile
+from aria.domain import EXAMPLE_MEASUREMENTS, validate_measurements
 from aria.prompts import diagnostic_request, report_request
 from aria.references import reference_diagnostic, reference_report
 from aria.retry import is_transient
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
-from evaluation.soak import is_loopback, memory_trend, soak_profiles
+from evaluation.soak import is_loopback, memory_trend, soak_measurements
 from serve import docker, health
 from serve.vllm_server import (
     API_SERVER_MODULE,
@@ -44,7 +44,7 @@ from serve.vllm_server import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = EXAMPLE_PROFILE
+RUNNER = EXAMPLE_MEASUREMENTS
 SECRET = "s3cret-key-value"
 
 
@@ -358,28 +358,28 @@ def mock_client(responses: list, max_retries: int = 2) -> tuple[AriaClient, list
     return client, sent
 
 
-VALID = reference_diagnostic(PROFILE)
+VALID = reference_diagnostic(RUNNER)
 
 
 def test_diagnose_sends_the_seed_body_and_returns_a_validated_diagnostic():
     client, sent = mock_client([(200, completion(VALID.to_json()))])
-    assert client.diagnose(PROFILE) == VALID
-    assert sent == [diagnostic_request(PROFILE, "aria-ft")]
+    assert client.diagnose(RUNNER) == VALID
+    assert sent == [diagnostic_request(RUNNER, "aria-ft")]
     assert sent[0]["temperature"] == 0.1 and sent[0]["max_tokens"] == 256
     assert sent[0]["response_format"]["type"] == "json_schema"
 
 
 def test_report_sends_the_report_body():
     client, sent = mock_client([(200, completion("Rapport : inclinaison du tronc 9.1°."))])
-    assert client.report(PROFILE).startswith("Rapport")
-    assert sent == [report_request(PROFILE, "aria-ft")]
+    assert client.report(RUNNER).startswith("Rapport")
+    assert sent == [report_request(RUNNER, "aria-ft")]
     assert "response_format" not in sent[0]
 
 
 def test_5xx_then_success_is_retried():
     error = {"error": {"message": "boom"}}
     client, sent = mock_client([(503, error), (500, error), (200, completion(VALID.to_json()))])
-    assert client.diagnose(PROFILE) == VALID
+    assert client.diagnose(RUNNER) == VALID
     assert len(sent) == 3
 
 
@@ -387,14 +387,14 @@ def test_5xx_retries_are_bounded():
     error = {"error": {"message": "boom"}}
     client, sent = mock_client([(500, error)] * 5, max_retries=2)
     with pytest.raises(openai.InternalServerError):
-        client.diagnose(PROFILE)
+        client.diagnose(RUNNER)
     assert len(sent) == 3
 
 
 def test_connection_errors_are_retried():
     refused = httpx.ConnectError("refused")
     client, sent = mock_client([refused, (200, completion(VALID.to_json()))])
-    assert client.diagnose(PROFILE) == VALID
+    assert client.diagnose(RUNNER) == VALID
     assert len(sent) == 2
 
 
@@ -410,7 +410,7 @@ def test_connection_errors_are_retried():
 def test_4xx_is_never_retried(status, exception):
     client, sent = mock_client([(status, {"error": {"message": "no"}})] * 3)
     with pytest.raises(exception):
-        client.diagnose(PROFILE)
+        client.diagnose(RUNNER)
     assert len(sent) == 1
 
 
@@ -435,7 +435,7 @@ def test_retry_policy():
 def test_invalid_guided_text_raises_with_the_raw_text(text):
     client, sent = mock_client([(200, completion(text))])
     with pytest.raises(InvalidDiagnosticError) as caught:
-        client.diagnose(PROFILE)
+        client.diagnose(RUNNER)
     assert caught.value.raw_text == text
     assert repr(text) in str(caught.value)
     assert len(sent) == 1  # never retried: the server answered
@@ -444,19 +444,19 @@ def test_invalid_guided_text_raises_with_the_raw_text(text):
 def test_truncated_guided_answer_says_so():
     client, _ = mock_client([(200, completion('{"pathologie": "Tend', "length"))])
     with pytest.raises(InvalidDiagnosticError, match="cut by max_tokens"):
-        client.diagnose(PROFILE)
+        client.diagnose(RUNNER)
 
 
 def test_empty_guided_answer_raises():
     client, _ = mock_client([(200, completion(None))])
     with pytest.raises(InvalidDiagnosticError, match="empty"):
-        client.diagnose(PROFILE)
+        client.diagnose(RUNNER)
 
 
-def test_bad_profile_is_refused_before_any_request():
+def test_bad_measurements_are_refused_before_any_request():
     client, sent = mock_client([])
     with pytest.raises(ValueError, match="valgus_genou"):
-        client.diagnose({k: v for k, v in PROFILE.items() if k != "valgus_genou"})
+        client.diagnose({k: v for k, v in RUNNER.items() if k != "valgus_genou"})
     assert sent == []
 
 
@@ -565,12 +565,12 @@ def test_health_http_error_on_the_diagnostic(tmp_path, fake_vllm):
 # --- soak helpers
 
 
-def test_soak_profiles_are_valid_and_seeded():
-    profiles = soak_profiles(200, seed=3)
-    for profile in profiles:
-        validate_profile(profile)
-    assert profiles == soak_profiles(200, seed=3)
-    assert profiles != soak_profiles(200, seed=4)
+def test_soak_measurements_are_valid_and_seeded():
+    runners = soak_measurements(200, seed=3)
+    for measurements in runners:
+        validate_measurements(measurements)
+    assert runners == soak_measurements(200, seed=3)
+    assert runners != soak_measurements(200, seed=4)
 
 
 def test_memory_trend_flags_growth():
@@ -622,16 +622,16 @@ class FakeStreamingVllm(BaseHTTPRequestHandler):
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = request["messages"][0]["content"]
-        profile = {k: float(v) for k, v in _MEASUREMENT_LINE.findall(prompt)}
+        measurements = {k: float(v) for k, v in _MEASUREMENT_LINE.findall(prompt)}
         finish = "stop"
         if "response_format" not in request:
             self.asked.append("report")
-            text = reference_report(profile)
+            text = reference_report(measurements)
         else:
             schema = request["response_format"]["json_schema"]["schema"]
             order = tuple(schema["properties"])
             self.asked.append(order)
-            text = reference_diagnostic(profile).to_json(
+            text = reference_diagnostic(measurements).to_json(
                 FIELD_ORDER if order == self.misordered else order
             )
             if (self.cut_seed and schema == SEED_DIAGNOSTIC_SCHEMA) or order == self.cut_order:
@@ -675,7 +675,7 @@ def write_eval_sets(folder: Path, n: int = 8) -> Path:
     for name, seed in (("eval", 1), ("outside", 2)):
         lines = [
             json.dumps({"id": f"{name}-{i:04d}", "profile": p})
-            for i, p in enumerate(soak_profiles(n, seed=seed), start=1)
+            for i, p in enumerate(soak_measurements(n, seed=seed), start=1)
         ]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder / "eval.jsonl"
@@ -898,7 +898,7 @@ def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_n
     from evaluation.inputs import EvalItem
 
     items = [
-        EvalItem(f"{s}-{r}", dict(PROFILE), "x", "y", [], set=s, rank=r)
+        EvalItem(f"{s}-{r}", dict(RUNNER), "x", "y", [], set=s, rank=r)
         for s in ("eval", "outside")
         for r in range(150)
     ]

@@ -26,7 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 from aria.client import AriaClient, InvalidDiagnosticError
-from aria.domain import EXAMPLE_PROFILE, label
+from aria.domain import EXAMPLE_MEASUREMENTS, label
 from aria.prompts import diagnostic_request, render_prompt, report_request
 from aria.schema import (
     FIELD_ORDER,
@@ -38,7 +38,7 @@ from aria.schema import (
     is_json_prefix,
     parse_diagnostic,
 )
-from evaluation.soak import soak_profiles
+from evaluation.soak import soak_measurements
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
 from serve.vllm_server import free_port
 
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[1]
 # A trained model is served: its answers must also be complete and right.
 TRAINED = bool(os.environ.get("ARIA_TEST_MODEL"))
-EXPECTED_LABEL = label(dict(EXAMPLE_PROFILE))[0]
+EXPECTED_LABEL = label(dict(EXAMPLE_MEASUREMENTS))[0]
 
 
 def client_for(live, **kwargs) -> AriaClient:
@@ -79,7 +79,7 @@ def post(
 
 def assert_still_serving(live) -> None:
     """The next good request after a bad one is answered with a valid diagnostic."""
-    response = post(live, diagnostic_request(EXAMPLE_PROFILE, live.served_name))
+    response = post(live, diagnostic_request(EXAMPLE_MEASUREMENTS, live.served_name))
     assert response.status_code == 200, response.text
     parse_diagnostic(response.json()["choices"][0]["message"]["content"])
 
@@ -90,18 +90,18 @@ def test_server_is_ready_and_start_time_measured(live_server):
 
 
 def test_100_guided_diagnostics_parse_and_validate(live_server):
-    profiles = soak_profiles(100, seed=7)
+    runners = soak_measurements(100, seed=7)
     client = client_for(live_server)
 
-    def diagnose(profile: dict) -> Diagnostic | str:
+    def diagnose(measurements: dict) -> Diagnostic | str:
         try:
-            return client.diagnose(profile)
+            return client.diagnose(measurements)
         except InvalidDiagnosticError as error:
             return f"{error.finish_reason}: {error.raw_text!r}"
 
-    results = [diagnose(p) for p in profiles[:20]]  # one at a time
+    results = [diagnose(p) for p in runners[:20]]  # one at a time
     with ThreadPoolExecutor(max_workers=8) as pool:  # then batched by the engine
-        results += list(pool.map(diagnose, profiles[20:]))
+        results += list(pool.map(diagnose, runners[20:]))
     invalid = [r for r in results if not isinstance(r, Diagnostic)]
     assert not invalid, f"{len(invalid)}/100 guided answers are not schema-valid: {invalid[:3]}"
 
@@ -110,7 +110,7 @@ def project_body(live) -> dict:
     """The project's diagnostic body (schema S, the seed's field order), written out by hand."""
     return {
         "model": live.served_name,
-        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
+        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_MEASUREMENTS)}],
         "temperature": 0.1,
         "max_tokens": 256,
         "response_format": {
@@ -124,7 +124,7 @@ def seed_body(live) -> dict:
     """The seed README's diagnostic body (DOMAIN.md), written out by hand."""
     return {
         "model": live.served_name,
-        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
+        "messages": [{"role": "user", "content": render_prompt(EXAMPLE_MEASUREMENTS)}],
         "temperature": 0.1,
         "max_tokens": 256,
         "response_format": {
@@ -177,8 +177,8 @@ def assert_seed_answer(content: str | None, finish_reason: str) -> None:
 
 def test_bodies_are_what_the_project_sends(live_server):
     name = live_server.served_name
-    assert project_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, name)
-    assert seed_body(live_server) == diagnostic_request(EXAMPLE_PROFILE, name, body="seed")
+    assert project_body(live_server) == diagnostic_request(EXAMPLE_MEASUREMENTS, name)
+    assert seed_body(live_server) == diagnostic_request(EXAMPLE_MEASUREMENTS, name, body="seed")
     assert json.loads(docs_seed_curl_body()) == seed_body(live_server)
 
 
@@ -224,7 +224,7 @@ def test_openai_parse_with_a_pydantic_model_in_the_seed_order(live_server):
     try:
         completion = client.chat.completions.parse(
             model=live_server.served_name,
-            messages=[{"role": "user", "content": render_prompt(EXAMPLE_PROFILE)}],
+            messages=[{"role": "user", "content": render_prompt(EXAMPLE_MEASUREMENTS)}],
             temperature=0.1,
             max_tokens=256,
             response_format=SeedOrderDiagnostic,
@@ -242,7 +242,7 @@ def test_openai_parse_with_a_pydantic_model_in_the_seed_order(live_server):
 
 @pytest.mark.parametrize("order", FIELD_ORDERS, ids=["-".join(o) for o in FIELD_ORDERS])
 def test_project_body_in_every_field_order_answers_in_that_order(live_server, order):
-    body = diagnostic_request(EXAMPLE_PROFILE, live_server.served_name, order=order)
+    body = diagnostic_request(EXAMPLE_MEASUREMENTS, live_server.served_name, order=order)
     response = post(live_server, body)
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
@@ -257,9 +257,9 @@ def test_project_body_in_every_field_order_answers_in_that_order(live_server, or
 
 def test_report_returns_text(live_server):
     # The session serves an untrained model: its text may be whitespace, but it must be text.
-    text = client_for(live_server).report(EXAMPLE_PROFILE)
+    text = client_for(live_server).report(EXAMPLE_MEASUREMENTS)
     assert isinstance(text, str) and len(text) > 0
-    response = post(live_server, report_request(EXAMPLE_PROFILE, live_server.served_name))
+    response = post(live_server, report_request(EXAMPLE_MEASUREMENTS, live_server.served_name))
     assert response.status_code == 200
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] in ("stop", "length")
@@ -269,7 +269,7 @@ def test_report_returns_text(live_server):
 @pytest.mark.parametrize("key", [None, "wrong-key"], ids=["missing", "wrong"])
 def test_api_key_is_required(live_server, key):
     response = post(
-        live_server, diagnostic_request(EXAMPLE_PROFILE, live_server.served_name), key=key
+        live_server, diagnostic_request(EXAMPLE_MEASUREMENTS, live_server.served_name), key=key
     )
     assert response.status_code == 401
 
@@ -282,7 +282,7 @@ def test_wrong_key_through_the_openai_client(live_server):
 
 def bad_request(live, case: str) -> tuple[dict | None, bytes | None]:
     """(json body, raw bytes) of one malformed request."""
-    good = diagnostic_request(EXAMPLE_PROFILE, live.served_name)
+    good = diagnostic_request(EXAMPLE_MEASUREMENTS, live.served_name)
     if case == "invalid_schema":
         schema = {"type": "objectx"}
         fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}

@@ -295,14 +295,14 @@ def test_quick_eval_scores_exact_match():
 
 
 def test_quick_eval_opens_the_answer_as_the_seeds_schema_does():
-    from aria.domain import EXAMPLE_PROFILE
+    from aria.domain import EXAMPLE_MEASUREMENTS
     from aria.references import reference_diagnostic
     from aria.schema import FIELD_ORDERS
     from training.quick_eval import SEED_ANSWER_PREFIX
 
     # What guided decoding of the seed's body writes before the model picks the label.
     assert SEED_ANSWER_PREFIX == '{"pathologie":"'
-    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
     assert answer.to_json().startswith(SEED_ANSWER_PREFIX)
     starting = [o for o in FIELD_ORDERS if answer.to_json(o).startswith(SEED_ANSWER_PREFIX)]
     assert [o[0] for o in starting] == ["pathologie", "pathologie"]
@@ -536,14 +536,14 @@ def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from aria.domain import EXAMPLE_PROFILE
+    from aria.domain import EXAMPLE_MEASUREMENTS
     from aria.references import reference_diagnostic
     from training.label_loss import label_markers, label_positions, label_weighted_trainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     marker, quotes = label_markers(tokenizer)
     assert tokenizer.decode(marker) == 'pathologie":"'
-    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
     ids = tokenizer(answer.to_json(), add_special_tokens=False)["input_ids"]
     label_ids = [ids[i] for i in label_positions(ids, marker, quotes)]
     assert tokenizer.decode(label_ids) == answer.pathologie

@@ -6,7 +6,7 @@ import pytest
 
 from aria import verdicts
 from aria.domain import PATHOLOGIES
-from tests.test_metrics import PROFILE
+from tests.test_metrics import RUNNER
 
 LOMBALGIE, SFP, SBIT, PERIOSTITE, FASCIITE, ACHILLE = PATHOLOGIES
 
@@ -23,13 +23,13 @@ def test_normalise_pathology_reads_variants_of_the_six_labels():
 
 
 def test_grounding_flags_invented_numbers_and_allows_thresholds():
-    good = verdicts.grounding("inclinaison_tronc 9.1 > 7.0 ; 34 ans", PROFILE)
+    good = verdicts.grounding("inclinaison_tronc 9.1 > 7.0 ; 34 ans", RUNNER)
     assert good == {"cited": 3, "ungrounded": [], "grounded_rate": 1.0}
-    bad = verdicts.grounding("inclinaison_tronc 9.8 > 7 et valgus 1,35", PROFILE)
+    bad = verdicts.grounding("inclinaison_tronc 9.8 > 7 et valgus 1,35", RUNNER)
     # 9.8 is made up; 7 and 1,35 are thresholds of the rule (decimal comma read as a point)
     assert bad["ungrounded"] == [9.8]
     assert bad["grounded_rate"] == pytest.approx(2 / 3)
-    assert verdicts.grounding("rien de chiffré", PROFILE)["grounded_rate"] == 1.0
+    assert verdicts.grounding("rien de chiffré", RUNNER)["grounded_rate"] == 1.0
     # list markers number the text, they cite nothing
     assert verdicts.cited_numbers("1. Constats\n2) Conseils : 1.12 m") == [1.12]
 
@@ -69,8 +69,8 @@ def test_keyword_coverage_by_key_or_french_label():
 
 def test_grounding_accepts_the_numbers_the_prompt_shows():
     prompt = "- inclinaison_tronc : 9.1 ° (130 % du seuil)"
-    assert verdicts.grounding("130 % du seuil", PROFILE)["ungrounded"] == [130.0]
-    assert verdicts.grounding("130 % du seuil", PROFILE, prompt)["ungrounded"] == []
+    assert verdicts.grounding("130 % du seuil", RUNNER)["ungrounded"] == [130.0]
+    assert verdicts.grounding("130 % du seuil", RUNNER, prompt)["ungrounded"] == []
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_clinician_readable_needs_words_and_no_code():
     assert verdicts.clinician_readable("Seul seuil franchi : valgus_genou 13.4 (seuil 10.0).")
     assert not verdicts.clinician_readable("G<T H<T seuil franchi nettement")
     assert not verdicts.clinician_readable("13.4 > 10.0")
-    verdict = verdicts.justification_verdict("Seul seuil franchi : inclinaison_tronc 9.8", PROFILE)
+    verdict = verdicts.justification_verdict("Seul seuil franchi : inclinaison_tronc 9.8", RUNNER)
     assert verdict == {
         "grounded": False,
         "ungrounded": [9.8],
@@ -142,29 +142,29 @@ def test_named_pathologies_in_order_with_variants():
 
 def test_report_verdict_three_checks_and_all_of_them():
     prompt = "- inclinaison_tronc : 9.1 ° (130 % du seuil)"
-    good = verdicts.report_verdict(REPORT, PROFILE, LOMBALGIE, prompt)
+    good = verdicts.report_verdict(REPORT, RUNNER, LOMBALGIE, prompt)
     assert good == {
         "prose": True, "problems": [], "names_pathology": True, "grounded": True,
         "ungrounded": [], "passed": True,
     }  # fmt: skip
-    wrong_label = verdicts.report_verdict(REPORT, PROFILE, SFP, prompt)
+    wrong_label = verdicts.report_verdict(REPORT, RUNNER, SFP, prompt)
     assert wrong_label["names_pathology"] is False and wrong_label["passed"] is False
-    invented = verdicts.report_verdict(REPORT.replace("9.1", "9.6"), PROFILE, LOMBALGIE, prompt)
+    invented = verdicts.report_verdict(REPORT.replace("9.1", "9.6"), RUNNER, LOMBALGIE, prompt)
     assert invented["ungrounded"] == [9.6] and invented["passed"] is False
-    assert verdicts.report_verdict(None, PROFILE, LOMBALGIE)["problems"] == ["empty"]
+    assert verdicts.report_verdict(None, RUNNER, LOMBALGIE)["problems"] == ["empty"]
 
 
 def test_reference_reports_pass_the_verdict():
     from aria.domain import label
     from aria.prompts import REPORT_TEMPLATE, render_prompt
     from aria.references import reference_report
-    from evaluation.soak import soak_profiles
+    from evaluation.soak import soak_measurements
 
-    for profile in soak_profiles(200, seed=5):
+    for measurements in soak_measurements(200, seed=5):
         verdict = verdicts.report_verdict(
-            reference_report(profile),
-            profile,
-            label(profile)[0],
-            render_prompt(profile, REPORT_TEMPLATE),
+            reference_report(measurements),
+            measurements,
+            label(measurements)[0],
+            render_prompt(measurements, REPORT_TEMPLATE),
         )
-        assert verdict["passed"], (profile, verdict)
+        assert verdict["passed"], (measurements, verdict)

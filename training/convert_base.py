@@ -24,8 +24,8 @@ from aria.files import atomic_dir, atomic_write_json
 
 CONVERSION_FILE = "conversion.json"
 PARITY_MAX_ABS_DIFF = 1e-3  # float32: the same weights through the same layers
-# A profile whose prompts (diagnostic, report) and a plain sentence probe the conversion.
-PROBE_PROFILE = {
+# Measurements whose prompts (diagnostic, report) and a plain sentence probe the conversion.
+PROBE_MEASUREMENTS = {
     "inclinaison_tronc": 8.4,
     "valgus_genou": 6.2,
     "adduction_hanche": 9.1,
@@ -67,8 +67,8 @@ def probe_messages() -> list[list[dict]]:
     from aria.prompts import diagnostic_messages, report_messages
 
     return [
-        diagnostic_messages(PROBE_PROFILE),
-        report_messages(PROBE_PROFILE),
+        diagnostic_messages(PROBE_MEASUREMENTS),
+        report_messages(PROBE_MEASUREMENTS),
         [{"role": "user", "content": PROBE_TEXT}],
     ]
 

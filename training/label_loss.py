@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aria.domain import EXAMPLE_PROFILE
+from aria.domain import EXAMPLE_MEASUREMENTS
 from aria.references import reference_diagnostic
 from aria.schema import FIELD_ORDERS
 
@@ -31,7 +31,7 @@ def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     Raises ValueError, naming the fix, when the tokenizer merges the marker with what precedes or
     follows it, or spells it differently in another field order.
     """
-    answer = reference_diagnostic(EXAMPLE_PROFILE)
+    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
     markers = set()
     for order in FIELD_ORDERS:
         text = answer.to_json(order)

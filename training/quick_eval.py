@@ -2,7 +2,7 @@
 
     python -m training.quick_eval --model data/models/tiny/aria-ft-dpo
 
-Generates greedily with transformers (batched, left padding) for each eval.jsonl profile and
+Generates greedily with transformers (batched, left padding) for each eval.jsonl runner and
 reports the JSON-valid rate and the exact match of `pathologie` and `confiance` (and of
 `pathologie` per eval slice). The answer starts with the seed's opening `{"pathologie":"`, as
 guided decoding of the seed's body forces it (DOMAIN.md), so the label is scored label-first,
@@ -45,13 +45,13 @@ def eval_example(record: dict) -> tuple[list[dict], str, str]:
     The record carries a `profile` (the prompt is rebuilt and the label recomputed by the rule),
     or a conversational `prompt` with a `completion` holding the reference JSON.
     """
-    profile = record.get("profile")
+    measurements = record.get("profile")
     prompt = record.get("prompt") or record.get("messages")
     if isinstance(prompt, list):
         prompt = [m for m in prompt if m.get("role") != "assistant"]
-    if profile is not None:
-        pathology, confiance = label(profile)
-        return prompt or diagnostic_messages(profile), pathology, confiance
+    if measurements is not None:
+        pathology, confiance = label(measurements)
+        return prompt or diagnostic_messages(measurements), pathology, confiance
     if prompt and record.get("completion"):
         reference = parse_diagnostic(record["completion"][-1]["content"])
         return prompt, reference.pathologie, reference.confiance
@@ -112,7 +112,7 @@ def generate_answers(
     model = load_bf16(str(model_dir), device=device).eval()
     if device == "cpu":
         # CPUs without AVX-512 BF16 emulate bf16 matmuls: fp32 compute of the bf16 weights
-        # generated twice as fast here (tiny, 120 profiles: 14.3 s against 30.2 s), same scores.
+        # generated twice as fast here (tiny, 120 runners: 14.3 s against 30.2 s), same scores.
         model = model.float()
     try:
         eos_ids = eos_ids_with_end_of_turn(tokenizer, GenerationConfig.from_pretrained(model_dir))
