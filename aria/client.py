@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from aria.prompts import diagnostic_request, report_request
 from aria.retry import with_retries
 from aria.schema import Diagnostic, parse_diagnostic
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_BACKOFF_S = 0.5
@@ -51,7 +51,8 @@ class InvalidDiagnosticError(AriaClientError):
 
 
 class AriaClient:
-    """Diagnostics and reports from the served ARIA model, defaulting from aria.settings."""
+    """Diagnostics and reports from the served ARIA model; what the arguments leave out comes
+    from `settings` (a service's own), else from the environment (aria.settings.get_settings)."""
 
     def __init__(
         self,
@@ -63,8 +64,10 @@ class AriaClient:
         *,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         http_client: httpx.Client | None = None,
+        settings: Settings | None = None,
     ):
-        settings = get_settings()
+        # The client is a library's entry point: a caller without Settings gets the environment's.
+        settings = settings if settings is not None else get_settings()
         self.base_url = base_url or settings.base_url
         self.model = model or settings.vllm_served_name
         self.timeout = timeout if timeout is not None else settings.vllm_request_timeout_s

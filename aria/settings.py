@@ -7,13 +7,17 @@
 
 Every variable has a default that works for the tiny profile on a laptop; `.env.example` documents
 them. A bad value raises an error naming the variable; secrets are SecretStr and never print.
+
+Entry points (a module's `main`, a CLI) resolve the settings once and pass them down; a step that
+must run on another profile than the environment's takes `settings.for_profile(...)` rather than
+changing os.environ.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +88,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """`VLLM_KV_CACHE_MEMORY_BYTES=` (as in .env.example) means unset, not a bad integer."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    def for_profile(self, profile: str) -> Settings:
+        """These settings on `profile` (tiny or medgemma): its models, checkpoints and recipes."""
+        if profile not in get_args(Profile):
+            raise ValueError(f"unknown profile {profile!r}; expected one of {get_args(Profile)}")
+        return self.model_copy(update={"aria_profile": profile})
 
     @property
     def training_dir(self) -> Path:

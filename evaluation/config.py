@@ -2,7 +2,7 @@
 
 `make_parser()` is the command line of `python -m scripts.benchmark` (evaluation/__init__.py
 describes every flag's effect); `config_from_args` turns it into a `BenchmarkConfig`, with the
-settings (aria.settings) filling what the flags leave out.
+Settings the entry point resolved (aria.settings) filling what the flags leave out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aria.prompts import DIAGNOSTIC_BODIES
-from aria.settings import get_settings
+from aria.settings import Settings
 from aria.summary import ROLES
 
 # The parser's description, the first line of evaluation/__init__.py.
@@ -185,9 +185,8 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    """Resolve CLI flags over the settings; raises ValueError for a bad flag."""
-    settings = get_settings()
+def config_from_args(args: argparse.Namespace, settings: Settings) -> BenchmarkConfig:
+    """Resolve CLI flags over `settings`; raises ValueError for a bad flag."""
     targets = [parse_target(t) for t in args.target] or [
         Target("dpo", settings.base_url, settings.vllm_served_name)
     ]

@@ -77,6 +77,7 @@ def main(cfg: BenchConfig) -> int:
         "bench-key",
         max_model_len=settings.vllm_max_model_len,
         kv_cache_gib=1,
+        settings=settings,
     )
     try:
         start_s = handle.wait_ready(cfg.ready_timeout_s)

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from aria.files import append_jsonl, atomic_write_json, atomic_write_text
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 from aria.summary import SCHEMA_VERSION, RunSummary, write_summary
 from evaluation.config import (
     OUTSIDE_SET,
@@ -131,10 +131,10 @@ def point_latest(reports_dir: Path, run_id: str) -> None:
     os.replace(tmp, reports_dir / "latest")
 
 
-def main(cfg: BenchmarkConfig) -> int:
-    """Run the benchmark; returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
+def main(cfg: BenchmarkConfig, settings: Settings) -> int:
+    """Run the benchmark with `settings` (the API key, the profile's gate, the local server's
+    memory); returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    settings = get_settings()
     api_key = settings.api_key_value()
     gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
     run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -287,9 +287,10 @@ def print_outcome(typed: RunSummary, summary: dict, run_dir: Path) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """Parse flags, run, and turn setup problems into exit code 2 with a clear message."""
+    settings = get_settings()
     try:
-        cfg = config_from_args(make_parser().parse_args(argv))
-        return main(cfg)
+        cfg = config_from_args(make_parser().parse_args(argv), settings)
+        return main(cfg, settings)
     except (SetupError, ValueError) as e:  # ValueError: a bad flag from config_from_args
         print(f"benchmark: {e}", file=sys.stderr)
         print(json.dumps({"error": str(e), "gate": {"passed": None}}, ensure_ascii=False))

@@ -218,7 +218,7 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
     pid = read_pid(pid_path(settings, settings.vllm_port))
     if pid is not None and not pid_alive(pid):
         pid = None
-    client = AriaClient(timeout=cfg.timeout_s, max_retries=0)
+    client = AriaClient(timeout=cfg.timeout_s, max_retries=0, settings=settings)
     runners = soak_measurements(cfg.requests, cfg.seed)
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 
 
 @dataclass
@@ -58,7 +58,7 @@ def gpu_facts() -> dict:
     }
 
 
-def checklist(gpu: dict) -> list[Check]:
+def checklist(gpu: dict, settings: Settings) -> list[Check]:
     """What the profile needs, installed or not, with the command that fixes each miss."""
     engine = "gpu" if gpu else "cpu"
     reinstall = f"rm -f .venv/.aria-installed && ENGINE={engine} make install"
@@ -87,7 +87,6 @@ def checklist(gpu: dict) -> list[Check]:
             "pip uninstall -y torchvision torchaudio torchcodec (make install does it)",
         )
     )
-    settings = get_settings()
     token = settings.hf_token is not None and bool(settings.hf_token.get_secret_value())
     checks.append(
         Check(
@@ -102,6 +101,7 @@ def checklist(gpu: dict) -> list[Check]:
 
 def main(require_gpu: bool = False) -> int:
     """Print the report; return the exit status."""
+    settings = get_settings()
     gpu = gpu_facts()
     print("ARIA back — machine check")
     if gpu:
@@ -124,7 +124,7 @@ def main(require_gpu: bool = False) -> int:
         print(f"  VRAM use {out.stdout.decode().strip()}")
     print()
     failed = 0
-    for check in checklist(gpu):
+    for check in checklist(gpu, settings):
         mark = "✓" if check.ok else "✗"
         print(f"  {mark} {check.what:<42} {check.detail}")
         if not check.ok:

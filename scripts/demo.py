@@ -3,8 +3,10 @@
     python -m scripts.demo            # datasets → tiny base → SFT → DPO → serve ×3 → benchmark
     python -m scripts.demo --fresh    # rebuild everything instead of reusing finished stages
 
-Each stage is the same module its make target runs. A stage whose output already exists is reused
-(the outputs are atomic, so an existing folder is a finished one); an interrupted training resumes.
+Each stage is the same module its make target runs, started with ARIA_PROFILE=tiny in its own
+environment (this process's os.environ is left as it is; in-process steps get the tiny Settings).
+A stage whose output already exists is reused (the outputs are atomic, so an existing folder is a
+finished one); an interrupted training resumes.
 The base, SFT and DPO models are served side by side on three ports, benchmarked in one run, then
 stopped, whatever happens.
 
@@ -28,8 +30,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 from aria.summary import STAGE_ROLES
+
+PROFILE = "tiny"  # the demo is the CPU profile by definition
 
 
 @dataclass
@@ -69,21 +73,25 @@ def benchmark_args(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
     return args + (["--field-orders"] if cfg.field_orders else [])
 
 
-def run_stage(name: str, module: str, *args: str) -> float:
-    """Run `python -m module args` as its make target would; stop the demo if it fails."""
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the stages the demo starts: this process's, on the demo's profile."""
+    return {**os.environ, "ARIA_PROFILE": settings.aria_profile}
+
+
+def run_stage(name: str, module: str, *args: str, env: dict[str, str]) -> float:
+    """Run `python -m module args` as its make target would, in `env`; stop the demo if it fails."""
     print(f"\n━━ {name} ━━ python -m {module} {' '.join(args)}".rstrip(), flush=True)
     started = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", module, *args]).returncode
+    code = subprocess.run([sys.executable, "-m", module, *args], env=env).returncode
     if code != 0:
         sys.exit(f"demo stopped: `{name}` failed with exit code {code} (see above)")
     return time.monotonic() - started
 
 
-def main(cfg: DemoConfig) -> int:
-    """Build what is missing, serve the three stages, benchmark them, stop the servers."""
-    os.environ["ARIA_PROFILE"] = "tiny"  # the demo is the CPU profile by definition
-    get_settings.cache_clear()
-    settings = get_settings()
+def main(cfg: DemoConfig, settings: Settings) -> int:
+    """Build what is missing, serve the three stages, benchmark them, stop the servers; every
+    step on `settings` (the tiny profile's), in this process or a child's."""
+    env = child_env(settings)
     timings: dict[str, float] = {}
 
     data_files = ("sft.jsonl", "sft_extended.jsonl", "dpo.jsonl")
@@ -92,13 +100,13 @@ def main(cfg: DemoConfig) -> int:
         (settings.training_dir / name).exists() for name in data_files
     )
     if cfg.fresh or not data_ready:
-        timings["datasets"] = run_stage("datasets", "preparation.generate_datasets")
+        timings["datasets"] = run_stage("datasets", "preparation.generate_datasets", env=env)
     if cfg.fresh or not (settings.model_dir("base") / "config.json").exists():
-        timings["tiny-model"] = run_stage("tiny base model", "training.build_tiny_model")
+        timings["tiny-model"] = run_stage("tiny base model", "training.build_tiny_model", env=env)
     if cfg.fresh or not (settings.model_dir("aria-ft-sft") / "config.json").exists():
-        timings["train-sft"] = run_stage("SFT QLoRA + merge", "training.train_sft")
+        timings["train-sft"] = run_stage("SFT QLoRA + merge", "training.train_sft", env=env)
     if cfg.fresh or not (settings.model_dir("aria-ft-dpo") / "config.json").exists():
-        timings["train-dpo"] = run_stage("DPO QLoRA + merge", "training.train_dpo")
+        timings["train-dpo"] = run_stage("DPO QLoRA + merge", "training.train_dpo", env=env)
 
     from serve.vllm_server import start_server
 
@@ -116,6 +124,7 @@ def main(cfg: DemoConfig) -> int:
                     max_model_len=2048,
                     kv_cache_gib=1,  # three tiny models side by side on one machine
                     log_path=settings.aria_data_dir / "logs" / f"demo-{stage}.log",
+                    settings=settings,
                 )
             )
         for server, stage in zip(servers, STAGE_ROLES, strict=True):
@@ -126,7 +135,9 @@ def main(cfg: DemoConfig) -> int:
         args = benchmark_args(cfg, urls)
         print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
         started = time.monotonic()
-        gate = subprocess.run([sys.executable, "-m", "scripts.benchmark", *args]).returncode
+        gate = subprocess.run(
+            [sys.executable, "-m", "scripts.benchmark", *args], env=env
+        ).returncode
         timings["benchmark"] = time.monotonic() - started
     finally:
         for server in servers:
@@ -180,4 +191,4 @@ if __name__ == "__main__":
         field_orders=not ns.no_field_orders,
         orders_limit=ns.orders_limit,
     )
-    sys.exit(main(cfg))
+    sys.exit(main(cfg, get_settings().for_profile(PROFILE)))

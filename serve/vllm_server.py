@@ -16,7 +16,8 @@ data/logs/vllm-<port>.log (also shown in the terminal in the foreground). SIGINT
 
 Tests and the demo use the importable API:
 
-    handle = start_server("data/models/tiny/base", port=8011, served_name="aria-ft", api_key="k")
+    handle = start_server("data/models/tiny/base", port=8011, served_name="aria-ft", api_key="k",
+                          settings=settings)  # the Settings the caller resolved
     handle.wait_ready(timeout=300)      # polls /health; handle.start_seconds is then measured
     ...                                 # handle.base_url is the OpenAI base URL
     handle.stop()
@@ -451,14 +452,14 @@ def start_server(
     host: str = "127.0.0.1",
     kv_cache_gib: int | None = None,
     engine: Engine | None = None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> ServerHandle:
-    """Start a vLLM server on `model` in the background (same command as `make serve`).
+    """Start a vLLM server on `model` in the background (same command as `make serve`), with
+    `settings` (the caller's) for what the arguments do not set: engine flags, data folders.
 
     Returns immediately; call `.wait_ready(timeout)` then use `.base_url`, and `.stop()` at the end
     (which removes the pid file written at data/run/vllm-<port>.pid). Raises ModelMissingError or PortTakenError before starting anything.
     """
-    base = settings or get_settings()
     update: dict = {
         "vllm_model": str(model),
         "vllm_port": port,
@@ -469,7 +470,7 @@ def start_server(
     }
     if kv_cache_gib is not None:
         update["vllm_cpu_kvcache_space"] = kv_cache_gib
-    cfg = base.model_copy(update=update)
+    cfg = settings.model_copy(update=update)
     command = build_command(cfg, "base", engine or detect_engine())
     check_port_free(cfg, host, port)
     return launch(

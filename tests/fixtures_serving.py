@@ -44,6 +44,7 @@ def live_server(request: pytest.FixtureRequest):
     """Start the session's vLLM server (free port, API key, 1 GiB KV cache); stop it at the end."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed (install the cpu or gpu engine profile: make install)")
+    from aria.settings import get_settings
     from serve.vllm_server import free_port, start_server
 
     override = os.environ.get("ARIA_TEST_MODEL")
@@ -58,6 +59,7 @@ def live_server(request: pytest.FixtureRequest):
         max_model_len=LIVE_MAX_MODEL_LEN,
         kv_cache_gib=LIVE_KV_CACHE_GIB,
         log_path=log_path,
+        settings=get_settings(),
     )
     try:
         start_seconds = handle.wait_ready(LIVE_READY_TIMEOUT_S)

@@ -63,11 +63,13 @@ def tiny_sft_run(
     tiny_base_model: Path, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> SFTRun:
     """A real 4-step QLoRA SFT of the tiny base, merged (parity checked) into a tmp aria-ft-sft."""
+    from aria.settings import get_settings
     from training.config import parse_sft_args
     from training.train_sft import main
 
     root = tmp_path_factory.mktemp("tiny-sft")
     out, merged = root / "checkpoints", root / "aria-ft-sft"
     argv = short_sft_argv(tiny_base_model, dataset_dir, out, merged, SHORT_SFT_STEPS)
-    metrics = main(*parse_sft_args(argv))
+    settings = get_settings()
+    metrics = main(*parse_sft_args(argv, settings=settings), settings)
     return SFTRun(tiny_base_model, out, merged, metrics)

@@ -117,10 +117,11 @@ def test_a_text_only_source_is_refused(tiny_base_model: Path, tmp_path: Path):
 
 
 def test_training_refuses_a_multimodal_base(medgemma_twin: Path):
+    from aria.settings import get_settings
     from training.preflight import require_model
 
     with pytest.raises(SystemExit, match="make convert-base"):
-        require_model(str(medgemma_twin), "base")
+        require_model(str(medgemma_twin), "base", get_settings())
 
 
 def test_medgemma_base_is_the_converted_folder(monkeypatch, tmp_path: Path):
@@ -136,7 +137,7 @@ def test_medgemma_base_is_the_converted_folder(monkeypatch, tmp_path: Path):
         assert s.stage_model("base") == "data/models/medgemma/base"
         assert s.base_source() == "google/medgemma-4b-it"
         with pytest.raises(SystemExit, match="make convert-base"):
-            require_model(s.stage_model("base"), "base")
+            require_model(s.stage_model("base"), "base", s)
         monkeypatch.setenv("ARIA_BASE_SOURCE", "/models/medgemma-4b-it")
         assert settings_module.Settings().base_source() == "/models/medgemma-4b-it"
     finally:
@@ -174,16 +175,22 @@ def test_medgemma_recipes_run_on_the_converted_twin(
     converted_twin: Path, dataset_dir: Path, tmp_path: Path
 ):
     """The medgemma profile's chain on MedGemma's CPU twin: SFT QLoRA, merge, DPO, merge."""
+    from aria.settings import get_settings
     from training.config import parse_dpo_args, parse_sft_args
     from training.train_dpo import main as train_dpo
     from training.train_sft import main as train_sft
 
-    sft = train_sft(*parse_sft_args(_twin_argv("sft", converted_twin, dataset_dir, tmp_path, 0)))
+    s = get_settings()
+    sft = train_sft(
+        *parse_sft_args(_twin_argv("sft", converted_twin, dataset_dir, tmp_path, 0), settings=s), s
+    )
     assert sft["global_step"] == 2 and sft["merge_parity"]["passed"]
     merged_sft = tmp_path / "aria-ft-sft"
     config = json.loads((merged_sft / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in config
-    dpo = train_dpo(*parse_dpo_args(_twin_argv("dpo", merged_sft, dataset_dir, tmp_path, 1)))
+    dpo = train_dpo(
+        *parse_dpo_args(_twin_argv("dpo", merged_sft, dataset_dir, tmp_path, 1), settings=s), s
+    )
     assert dpo["global_step"] == 2 and dpo["merge_parity"]["passed"]
     assert dpo["quick_eval"]["n"] == 1
     from transformers import AutoTokenizer

@@ -119,9 +119,10 @@ def test_accelerate_configs_load_with_accelerates_own_classes(name):
 def test_quant_storage_follows_the_compute_dtype_only_when_asked():
     import torch
 
+    from aria.settings import get_settings
     from training.config import parse_sft_args, quantization_config
 
-    _, _, model_args = parse_sft_args(["--max_steps", "1"])
+    _, _, model_args = parse_sft_args(["--max_steps", "1"], settings=get_settings())
     assert quantization_config(model_args, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8
     sharded = quantization_config(model_args, torch.bfloat16, torch.bfloat16)
     assert sharded.bnb_4bit_quant_storage == torch.bfloat16

@@ -880,18 +880,19 @@ def test_demo_benchmarks_dpo_on_both_sets_and_reports_and_the_others_on_eval():
     assert whole.limit is None
 
 
-def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_not_to():
+def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_not_to(tmp_path):
     from evaluation.config import config_from_args, make_parser
     from evaluation.inputs import order_items
     from scripts.demo import DemoConfig, benchmark_args
 
     urls = {"base": "http://a/v1", "aria-ft-sft": "http://b/v1", "aria-ft-dpo": "http://c/v1"}
-    cfg = config_from_args(make_parser().parse_args(benchmark_args(DemoConfig(), urls)))
+    settings = make_settings(tmp_path)
+    cfg = config_from_args(make_parser().parse_args(benchmark_args(DemoConfig(), urls)), settings)
     assert cfg.field_orders is True
     base, sft, dpo = cfg.targets
     assert (base.orders, sft.orders, dpo.orders) == (0, 0, 60)
     off = config_from_args(
-        make_parser().parse_args(benchmark_args(DemoConfig(field_orders=False), urls))
+        make_parser().parse_args(benchmark_args(DemoConfig(field_orders=False), urls)), settings
     )
     assert off.field_orders is False and all(t.orders is None for t in off.targets)
     # orders=60 keeps the 60 lowest ranks of eval.jsonl out of the DPO's 150 per set.

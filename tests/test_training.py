@@ -14,6 +14,7 @@ import pytest
 
 from aria.domain import MEASUREMENT_KEYS
 from aria.files import DataError
+from aria.settings import Settings, get_settings
 from training.config import (
     LANGUAGE_MODEL_LINEAR,
     RECIPES_DIR,
@@ -42,7 +43,9 @@ def test_every_profile_has_both_recipes():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}-{p.stem}")
 def test_every_recipe_loads_into_typed_configs(path: Path):
     parse = parse_sft_args if path.stem == "sft" else parse_dpo_args
-    script_args, training_args, model_args = parse(["--config", str(path), *CPU_FLAGS])
+    script_args, training_args, model_args = parse(
+        ["--config", str(path), *CPU_FLAGS], settings=get_settings()
+    )
     assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4"
     assert model_args.use_bnb_nested_quant and model_args.use_peft
     assert model_args.attn_implementation == "eager"
@@ -57,13 +60,13 @@ def test_every_recipe_loads_into_typed_configs(path: Path):
 
 def test_medgemma_recipes_are_the_seed_recipe():
     _, sft, sft_model = parse_sft_args(
-        ["--config", str(recipe_path("sft", "medgemma")), *CPU_FLAGS]
+        ["--config", str(recipe_path("sft", "medgemma")), *CPU_FLAGS], settings=get_settings()
     )
     assert (sft_model.lora_r, sft_model.lora_alpha) == (32, 64)
     assert sft.learning_rate == pytest.approx(2e-4) and sft.max_steps == 560
     assert sft_model.dtype == "bfloat16"
     _, dpo, dpo_model = parse_dpo_args(
-        ["--config", str(recipe_path("dpo", "medgemma")), *CPU_FLAGS]
+        ["--config", str(recipe_path("dpo", "medgemma")), *CPU_FLAGS], settings=get_settings()
     )
     assert (dpo_model.lora_r, dpo_model.lora_alpha) == (16, 32)
     assert dpo.learning_rate == pytest.approx(2e-5) and dpo.max_steps == 135
@@ -73,20 +76,20 @@ def test_medgemma_recipes_are_the_seed_recipe():
 def test_cli_flag_overrides_the_recipe():
     path = str(recipe_path("sft", "tiny"))
     _, training_args, model_args = parse_sft_args(
-        ["--config", path, "--learning_rate", "0.123", "--lora_r", "4"]
+        ["--config", path, "--learning_rate", "0.123", "--lora_r", "4"], settings=get_settings()
     )
     assert training_args.learning_rate == pytest.approx(0.123)
     assert model_args.lora_r == 4
 
 
 def test_no_config_flag_loads_the_active_profiles_recipe(monkeypatch):
-    from aria.settings import get_settings
-
     monkeypatch.setenv("ARIA_PROFILE", "tiny")
     monkeypatch.setenv("ARIA_DATA_DIR", "/nowhere/data")
     get_settings.cache_clear()
     try:
-        script_args, training_args, model_args = parse_sft_args(["--max_steps", "3"])
+        script_args, training_args, model_args = parse_sft_args(
+            ["--max_steps", "3"], settings=get_settings()
+        )
     finally:
         get_settings.cache_clear()
     assert training_args.max_steps == 3
@@ -101,14 +104,12 @@ def test_no_config_flag_loads_the_active_profiles_recipe(monkeypatch):
 
 def test_settings_passed_in_give_the_recipe_and_the_paths(monkeypatch):
     # An entry point resolves the settings once; the parser must not read the environment again.
-    from aria.settings import Settings, get_settings
-
     monkeypatch.setenv("ARIA_PROFILE", "medgemma")
     monkeypatch.setenv("ARIA_DATA_DIR", "/elsewhere")
     get_settings.cache_clear()
     try:
         settings = Settings(aria_profile="tiny", aria_data_dir=Path("/given"))
-        _, dpo, dpo_model = parse_dpo_args(["--max_steps", "2"], settings)
+        _, dpo, dpo_model = parse_dpo_args(["--max_steps", "2"], settings=settings)
     finally:
         get_settings.cache_clear()
     assert dpo.output_dir == "/given/checkpoints/tiny/dpo"
@@ -119,7 +120,9 @@ def test_settings_passed_in_give_the_recipe_and_the_paths(monkeypatch):
 def test_modules_to_save_is_refused():
     path = str(recipe_path("sft", "tiny"))
     with pytest.raises(SystemExit, match="modules_to_save"):
-        parse_sft_args(["--config", path, "--lora_modules_to_save", "lm_head"])
+        parse_sft_args(
+            ["--config", path, "--lora_modules_to_save", "lm_head"], settings=get_settings()
+        )
 
 
 def test_lora_targets_the_language_model_only():
@@ -211,7 +214,6 @@ def test_missing_dataset_names_make_datasets(tmp_path: Path):
 
 def test_missing_extended_set_names_both_fixes(tmp_path: Path, monkeypatch):
     # The tiny recipe trains on sft_extended.jsonl, which imported datasets do not have.
-    from aria.settings import get_settings
     from training.train_sft import main
 
     (tmp_path / "base").mkdir()
@@ -220,24 +222,33 @@ def test_missing_extended_set_names_both_fixes(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ARIA_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()
     try:
-        args = parse_sft_args(["--model_name_or_path", str(tmp_path / "base")])
+        settings = get_settings()
+        args = parse_sft_args(["--model_name_or_path", str(tmp_path / "base")], settings=settings)
         with pytest.raises(SystemExit, match=r"make datasets.*--sft_file sft\.jsonl"):
-            main(*args)
+            main(*args, settings)
     finally:
         get_settings.cache_clear()
 
 
-def test_missing_models_name_their_make_target(tmp_path: Path):
+def test_missing_models_name_their_make_target(tmp_path: Path, monkeypatch):
+    # The fix is the given settings' profile's, whatever the environment says (medgemma here).
     from training.preflight import require_model
 
-    with pytest.raises(SystemExit, match="make tiny-model"):
-        require_model(str(tmp_path / "base"), "base")
-    with pytest.raises(SystemExit, match="make train-sft"):
-        require_model(str(tmp_path / "aria-ft-sft"), "aria-ft-sft")
+    monkeypatch.setenv("ARIA_PROFILE", "medgemma")
+    get_settings.cache_clear()
+    try:
+        tiny, medgemma = Settings(aria_profile="tiny"), Settings(aria_profile="medgemma")
+        with pytest.raises(SystemExit, match="make tiny-model"):
+            require_model(str(tmp_path / "base"), "base", tiny)
+        with pytest.raises(SystemExit, match="make convert-base"):
+            require_model(str(tmp_path / "base"), "base", medgemma)
+        with pytest.raises(SystemExit, match="make train-sft"):
+            require_model(str(tmp_path / "aria-ft-sft"), "aria-ft-sft", tiny)
+    finally:
+        get_settings.cache_clear()
 
 
 def test_hub_base_without_token_names_hf_token(monkeypatch):
-    from aria.settings import get_settings
     from training.preflight import require_model
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -245,23 +256,25 @@ def test_hub_base_without_token_names_hf_token(monkeypatch):
     get_settings.cache_clear()
     try:
         with pytest.raises(SystemExit, match="HF_TOKEN"):
-            require_model("google/medgemma-4b-it-not-cached", "base")
+            require_model("google/medgemma-4b-it-not-cached", "base", get_settings())
     finally:
         get_settings.cache_clear()
 
 
-def test_vllm_pid_file_is_detected(tmp_path: Path, monkeypatch):
+def test_vllm_pid_file_is_detected_in_the_given_settings_data_folder(tmp_path: Path, monkeypatch):
+    # A deep check reads the Settings it is given, not the environment's (another folder here).
     import os
 
-    from aria.settings import get_settings
     from training.preflight import running_vllm_servers
 
-    monkeypatch.setenv("ARIA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ARIA_DATA_DIR", str(tmp_path / "environment"))
     get_settings.cache_clear()
     try:
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "vllm-8001.pid").write_text(str(os.getpid()))
-        assert any("vllm-8001.pid" in s for s in running_vllm_servers())
+        (tmp_path / "given" / "run").mkdir(parents=True)
+        (tmp_path / "given" / "run" / "vllm-8001.pid").write_text(str(os.getpid()))
+        given = Settings(aria_data_dir=tmp_path / "given")
+        assert any("vllm-8001.pid" in s for s in running_vllm_servers(given))
+        assert not any("vllm-8001.pid" in s for s in running_vllm_servers(get_settings()))
     finally:
         get_settings.cache_clear()
 
@@ -401,7 +414,8 @@ def test_interrupted_sft_resumes_from_its_checkpoint(
     out = tmp_path / "checkpoints"
     shutil.copytree(tiny_sft_run.checkpoints, out)  # a run stopped after step 4
     argv = short_sft_argv(tiny_sft_run.base, dataset_dir, out, tmp_path / "merged", max_steps=6)
-    metrics = main(*parse_sft_args(argv))
+    settings = get_settings()
+    metrics = main(*parse_sft_args(argv, settings=settings), settings)
     assert metrics["resumed_from"].endswith("checkpoint-4")
     assert metrics["global_step"] == 6
     steps = [r["step"] for r in _log(tmp_path / "merged") if "loss" in r]
@@ -456,7 +470,8 @@ def test_short_dpo_on_the_sft_merge(tiny_sft_run, dataset_dir: Path, tmp_path: P
         "--quick_eval_size", "0",
         "--disable_tqdm", "true",
     ]  # fmt: skip
-    metrics = main(*parse_dpo_args(argv))
+    settings = get_settings()
+    metrics = main(*parse_dpo_args(argv, settings=settings), settings)
     assert metrics["global_step"] == 2
     assert metrics["merge_parity"]["passed"]
     assert (tmp_path / "aria-ft-dpo" / "model.safetensors").exists()

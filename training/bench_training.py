@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aria.settings import Settings, get_settings
+
 # MedGemma 4B's language model (Gemma 3 4B): the dims --config-only builds from a config.
 GEMMA3_4B_TEXT = {
     "hidden_size": 2560,
@@ -122,27 +124,25 @@ def peak_memory_gib() -> tuple[str, float]:
     return "cpu", rss_kib / 2**20
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    """Time the SFT step of the profile's recipe; returns the measured figures."""
+def run_bench(cfg: BenchConfig, settings: Settings) -> dict:
+    """Time the SFT step of the profile's recipe (cfg.profile, else the settings'); returns the
+    measured figures."""
     import torch
-
-    from aria.settings import get_settings
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    profile = cfg.profile or get_settings().aria_profile
+    profile = cfg.profile or settings.aria_profile
     with tempfile.TemporaryDirectory(prefix="aria-bench-") as tmp:
         # --config-only writes a 4B model (~8 GB) there: gone when the bench ends, even on error.
-        return _bench_in(cfg, profile, Path(tmp))
+        return _bench_in(cfg, profile, Path(tmp), settings)
 
 
-def _bench_in(cfg: BenchConfig, profile: str, tmp: Path) -> dict:
+def _bench_in(cfg: BenchConfig, profile: str, tmp: Path, settings: Settings) -> dict:
     """run_bench's body, with its scratch folder `tmp` (checkpoint dir, config-only model)."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTTrainer
 
-    from aria.settings import get_settings
     from training.config import lora_config, parse_sft_args, recipe_path
     from training.preflight import require_model
     from training.stages import adapter_in_compute_dtype, load_quantized
@@ -153,16 +153,16 @@ def _bench_in(cfg: BenchConfig, profile: str, tmp: Path) -> dict:
     argv += ["--train_sampling_strategy", "random", "--disable_tqdm", "true"]
     if cfg.batch_size:
         argv += ["--per_device_train_batch_size", str(cfg.batch_size)]
-    _, training_args, model_args = parse_sft_args(argv)
+    _, training_args, model_args = parse_sft_args(argv, settings=settings)
 
     if cfg.config_only:
         if not torch.cuda.is_available():
             print("warning: --config-only builds a 4B model; it is meant for a GPU machine")
         base = str(build_config_only_model(tmp / "model"))
     elif profile == "tiny":
-        base = require_model(str(get_settings().models_dir.parent / "tiny" / "base"), "base")
+        base = require_model(str(settings.models_dir.parent / "tiny" / "base"), "base", settings)
     else:
-        base = require_model(model_args.model_name_or_path, "base")
+        base = require_model(model_args.model_name_or_path, "base", settings)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = load_quantized(base, model_args, None)
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -214,9 +214,9 @@ def _bench_in(cfg: BenchConfig, profile: str, tmp: Path) -> dict:
     }
 
 
-def main(cfg: BenchConfig) -> dict:
-    """Measure, print the table, then the JSON line."""
-    result = run_bench(cfg)
+def main(cfg: BenchConfig, settings: Settings | None = None) -> dict:
+    """Measure, print the table, then the JSON line; `settings`: the environment's unless given."""
+    result = run_bench(cfg, settings or get_settings())
     rows = [
         ("profile", result["profile"]),
         ("model", result["model"]),

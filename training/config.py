@@ -1,13 +1,13 @@
 """Typed arguments of the training stages and the loading of their recipes.
 
     >>> from training.config import parse_sft_args
-    >>> script_args, training_args, model_args = parse_sft_args(["--max_steps", "6"])
+    >>> script_args, training_args, model_args = parse_sft_args(["--max_steps", "6"], settings=Settings())
 
 A recipe is a flat YAML file per profile and stage, `training/recipes/<profile>/<stage>.yaml`;
 with no `--config` flag the active profile's recipe (ARIA_PROFILE) is loaded, and any command-line
 flag overrides it (TRL's TrlParser: defaults < YAML < CLI). Paths (base model, data, checkpoints,
-merged model) are not in the recipes: they default from aria.settings so one YAML serves every
-machine, and flags can still set them.
+merged model) are not in the recipes: they default from the Settings the entry point resolved
+(aria.settings), so one YAML serves every machine, and flags can still set them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aria.settings import Settings, get_settings
+from aria.settings import Settings
 from training.merge import DEFAULT_PARITY_TOLERANCE
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -163,13 +163,12 @@ def _with_recipe(stage: str, argv: list[str] | None, profile: str) -> list[str]:
 
 
 def parse_sft_args(
-    argv: list[str] | None = None, settings: Settings | None = None
+    argv: list[str] | None = None, *, settings: Settings
 ) -> tuple[SFTScriptArguments, Any, Any]:
-    """(script args, SFTConfig, ModelConfig) from the profile's sft.yaml (or --config) and flags;
-    `settings` (default: aria.settings.get_settings()) give the profile and the default paths."""
+    """(script args, SFTConfig, ModelConfig) from the profile's sft.yaml (or --config) and flags
+    (`argv`, default sys.argv); `settings` give the profile and the default paths."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    settings = settings or get_settings()
     parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
     parser.set_defaults(
         model_name_or_path=settings.stage_model("base"),
@@ -187,13 +186,12 @@ def parse_sft_args(
 
 
 def parse_dpo_args(
-    argv: list[str] | None = None, settings: Settings | None = None
+    argv: list[str] | None = None, *, settings: Settings
 ) -> tuple[DPOScriptArguments, Any, Any]:
-    """(script args, DPOConfig, ModelConfig) from the profile's dpo.yaml (or --config) and flags;
-    `settings` (default: aria.settings.get_settings()) give the profile and the default paths."""
+    """(script args, DPOConfig, ModelConfig) from the profile's dpo.yaml (or --config) and flags
+    (`argv`, default sys.argv); `settings` give the profile and the default paths."""
     from trl import DPOConfig, ModelConfig, TrlParser
 
-    settings = settings or get_settings()
     parser = TrlParser((DPOScriptArguments, DPOConfig, ModelConfig))
     parser.set_defaults(
         model_name_or_path=settings.stage_model("aria-ft-sft"),

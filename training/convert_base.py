@@ -231,10 +231,10 @@ def main(cfg: ConvertConfig) -> dict:
     from training.preflight import hub_token, require_model
 
     settings = get_settings()
-    source = require_model(cfg.source or settings.base_source(), "source")
+    source = require_model(cfg.source or settings.base_source(), "source", settings)
     out_dir = cfg.out_dir or settings.model_dir("base")
     try:
-        report = convert_base(source, out_dir, hub_token())
+        report = convert_base(source, out_dir, hub_token(settings))
     except ConversionParityError as error:
         raise SystemExit(str(error)) from None
     parity = report["parity"]

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aria.files import atomic_dir, atomic_write_json
+from aria.settings import Settings, get_settings
 
 END_OF_TURN = "<end_of_turn>"
 PARITY_FILE = "merge_parity.json"
@@ -320,18 +321,22 @@ def keep_training_files(previous: Path) -> Callable[[Path, dict], None]:
     return carry
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> dict:
     """Merge the last SFT adapter again as the recipe's merge does: its base, adapter, output
-    folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure."""
+    folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure.
+    `settings`: the environment's (aria.settings.get_settings()) unless given."""
     from training.config import parse_sft_args
     from training.preflight import hub_token, require_dataset, require_model
     from training.stages import load_splits
     from training.train_sft import sft_record
 
     # The merge trains nothing: bf16 mixed precision (refused on a CPU by the Trainer) is moot.
+    settings = settings or get_settings()
     args = list(sys.argv[1:] if argv is None else argv)
-    script_args, training_args, model_args = parse_sft_args([*args, "--bf16", "false"])
-    base = require_model(model_args.model_name_or_path, "base")
+    script_args, training_args, model_args = parse_sft_args(
+        [*args, "--bf16", "false"], settings=settings
+    )
+    base = require_model(model_args.model_name_or_path, "base", settings)
     adapter, out = Path(training_args.output_dir), Path(script_args.merged_dir)
     sft_path = require_dataset(Path(script_args.sft_path))
     train_set, eval_set = load_splits(
@@ -346,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
             probes,
             script_args.parity_tolerance,
             keep_training_files(out),
-            hub_token(),
+            hub_token(settings),
         )
     except (MergeParityError, AdapterKeyError) as error:
         raise SystemExit(str(error)) from None

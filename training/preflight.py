@@ -3,6 +3,9 @@
     >>> from training.preflight import require_dataset
     >>> require_dataset(Path("data/training/sft.jsonl"))  # SystemExit naming `make datasets`
 
+The checks that read the settings (the profile, HF_TOKEN, the data folder) take the Settings their
+stage's entry point resolved.
+
 They refuse to train while a local vLLM server holds the GPU (the seed's rule: never train and
 serve at once on one GPU), and stop early when the base model, the datasets or the SFT model
 that DPO starts from are missing.
@@ -14,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, get_settings, stage_target
+from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, Settings, stage_target
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -32,17 +35,18 @@ def is_local_model(name_or_path: str) -> bool:
     return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "data"))
 
 
-def require_model(name_or_path: str, stage: str) -> str:
+def require_model(name_or_path: str, stage: str, settings: Settings) -> str:
     """A loadable model folder or a Hub id with a token; otherwise SystemExit naming the fix.
 
-    `stage` is the ARIA stage the model is (`base`, `aria-ft-sft`), used to name its make target.
+    `stage` is the ARIA stage the model is (`base`, `aria-ft-sft`), used to name its make target
+    on the settings' profile; a Hub id needs the settings' (or the environment's) HF_TOKEN.
     """
     if is_local_model(name_or_path):
         config = Path(name_or_path) / "config.json"
         if not config.exists():
             raise SystemExit(
                 f"model folder {name_or_path} is missing or incomplete (no config.json): "
-                f"{missing_model_fix(stage)}"
+                f"{missing_model_fix(stage, settings.aria_profile)}"
             )
         if stage == "base" and "vision_config" in json.loads(config.read_text()):
             raise SystemExit(
@@ -51,7 +55,7 @@ def require_model(name_or_path: str, stage: str) -> str:
                 f"ARIA_BASE_SOURCE={name_or_path} (then train on data/models/<profile>/base)"
             )
         return name_or_path
-    if hub_token() is None and not _in_hub_cache(name_or_path):
+    if hub_token(settings) is None and not _in_hub_cache(name_or_path):
         gated = " (gated: accept its terms on the Hub)" if name_or_path == MEDGEMMA_HUB_ID else ""
         raise SystemExit(
             f"{name_or_path}{gated} must be downloaded from the Hugging Face Hub: set HF_TOKEN "
@@ -60,12 +64,11 @@ def require_model(name_or_path: str, stage: str) -> str:
     return name_or_path
 
 
-def missing_model_fix(stage: str) -> str:
-    """What to run when a stage's folder is missing: `base` is built on tiny, converted on
-    medgemma; `source` is the multimodal checkpoint that convert-base reads."""
+def missing_model_fix(stage: str, profile: str) -> str:
+    """What to run when a stage's folder is missing on `profile`: `base` is built on tiny,
+    converted on medgemma; `source` is the multimodal checkpoint that convert-base reads."""
     if stage == "source":
         return "set ARIA_BASE_SOURCE to a MedGemma folder or a Hub id (google/medgemma-4b-it)"
-    profile = get_settings().aria_profile
     if stage == "base" and profile == "medgemma":
         return (
             f"run `{stage_target(stage, profile)}` first "
@@ -74,9 +77,9 @@ def missing_model_fix(stage: str) -> str:
     return f"run `{stage_target(stage, profile) if stage in STAGE_TARGETS else 'make tiny-model'}` first"
 
 
-def hub_token() -> str | None:
+def hub_token(settings: Settings) -> str | None:
     """HF_TOKEN from the settings (.env) or the environment; never printed."""
-    token = get_settings().hf_token
+    token = settings.hf_token
     return token.get_secret_value() if token else os.environ.get("HF_TOKEN")
 
 
@@ -89,10 +92,10 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def running_vllm_servers() -> list[str]:
-    """Descriptions of local vLLM servers: pid files data/run/vllm-*.pid and api_server processes."""
+def running_vllm_servers(settings: Settings) -> list[str]:
+    """Descriptions of local vLLM servers: pid files <data>/run/vllm-*.pid and api_server processes."""
     found: list[str] = []
-    run_dir = get_settings().aria_data_dir / "run"
+    run_dir = settings.aria_data_dir / "run"
     for pid_file in sorted(run_dir.glob("vllm-*.pid")):
         try:
             pid = int(pid_file.read_text().strip())
@@ -112,11 +115,11 @@ def running_vllm_servers() -> list[str]:
     return found
 
 
-def refuse_when_vllm_holds_gpu() -> None:
+def refuse_when_vllm_holds_gpu(settings: Settings) -> None:
     """On a GPU, SystemExit while a local vLLM server runs; on CPU only a warning."""
     import torch
 
-    servers = running_vllm_servers()
+    servers = running_vllm_servers(settings)
     if not servers:
         return
     listed = ", ".join(servers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from aria.settings import Settings, get_settings
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
 from training.stages import (
     load_tokenizer_and_model,
@@ -48,15 +49,16 @@ def plot_title(model_args) -> str:
     return f"ARIA DPO (QLoRA NF4, r={model_args.lora_r})"
 
 
-def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
-    """Train DPO, merge (parity checked), quick-eval and publish; returns the metrics."""
+def main(script_args: DPOScriptArguments, training_args, model_args, settings: Settings) -> dict:
+    """Train DPO, merge (parity checked), quick-eval and publish; returns the metrics. `settings`
+    are the ones the arguments were parsed with (the profile, the running servers)."""
     from trl import DPOTrainer
 
     from training.preflight import refuse_when_vllm_holds_gpu, require_dataset, require_model
 
-    sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft")
+    sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft", settings)
     dpo_path = require_dataset(Path(script_args.dpo_path))
-    refuse_when_vllm_holds_gpu()
+    refuse_when_vllm_holds_gpu(settings)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
 
@@ -106,4 +108,5 @@ def main(script_args: DPOScriptArguments, training_args, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    main(*parse_dpo_args())
+    settings = get_settings()
+    main(*parse_dpo_args(settings=settings), settings)

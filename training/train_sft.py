@@ -19,6 +19,7 @@ import random
 import time
 from pathlib import Path
 
+from aria.settings import Settings, get_settings
 from training.config import SFTScriptArguments, lora_config, parse_sft_args
 from training.stages import (
     load_tokenizer_and_model,
@@ -104,14 +105,15 @@ def sft_trainer_class(label_loss_weight: float, tokenizer):
     return label_weighted_trainer(SFTTrainer, label_loss_weight, marker, quotes)
 
 
-def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
-    """Train, merge (parity checked), quick-eval and publish; returns the metrics."""
+def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
+    """Train, merge (parity checked), quick-eval and publish; returns the metrics. `settings` are
+    the ones the arguments were parsed with (the profile, HF_TOKEN, the running servers)."""
     from training.preflight import hub_token, refuse_when_vllm_holds_gpu, require_model
 
-    base = require_model(model_args.model_name_or_path, "base")
+    base = require_model(model_args.model_name_or_path, "base", settings)
     sft_path = require_sft_set(Path(script_args.sft_path))
-    refuse_when_vllm_holds_gpu()
-    token = hub_token()
+    refuse_when_vllm_holds_gpu(settings)
+    token = hub_token(settings)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
 
@@ -158,4 +160,5 @@ def main(script_args: SFTScriptArguments, training_args, model_args) -> dict:
 
 
 if __name__ == "__main__":
-    main(*parse_sft_args())
+    settings = get_settings()
+    main(*parse_sft_args(settings=settings), settings)
