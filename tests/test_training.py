@@ -307,6 +307,24 @@ def test_quick_eval_scores_exact_match():
     assert by_slice == {"clear": pytest.approx(0.5), "two_rules": pytest.approx(1.0)}
 
 
+def test_quick_eval_counts_grounded_justifications():
+    from aria.domain import EXAMPLE_MEASUREMENTS
+    from training.quick_eval import score_answers
+
+    def answer(value: str) -> str:
+        return (
+            '{"pathologie":"Lombalgie mécanique","confiance":"élevée","justification":'
+            f'"Seul seuil franchi : inclinaison_tronc {value} (seuil 7.0)."}}'
+        )
+
+    # 9.1 is the measured trunk lean; 9.4 is a number the input does not contain.
+    answers = [answer("9.1"), answer("9.4"), "not json"]
+    expected = [("Lombalgie mécanique", "élevée")] * 3
+    result = score_answers(answers, expected, runners=[EXAMPLE_MEASUREMENTS] * 3)
+    assert result["grounded"] == pytest.approx(1 / 3)
+    assert "grounded" not in score_answers(answers, expected)
+
+
 def test_quick_eval_opens_the_answer_as_the_seeds_schema_does():
     from aria.domain import EXAMPLE_MEASUREMENTS
     from aria.references import reference_diagnostic

@@ -3,8 +3,9 @@
     python -m training.quick_eval --model data/models/tiny/aria-ft-dpo
 
 Generates greedily with transformers (batched, left padding) for each eval.jsonl runner and
-reports the JSON-valid rate and the exact match of `pathologie` and `confiance` (and of
-`pathologie` per eval slice). The answer starts with the seed's opening `{"pathologie":"`, as
+reports the JSON-valid rate, the exact match of `pathologie` and `confiance` (and of
+`pathologie` per eval slice) and the share of grounded justifications. `--eval-path
+data/eval/outside.jsonl` scores the runners the project never generated. The answer starts with the seed's opening `{"pathologie":"`, as
 guided decoding of the seed's body forces it (DOMAIN.md), so the label is scored label-first,
 the way ARIA's middle service asks for it. Training runs it
 after each merge and writes the numbers into the model's training_metrics.json. The release
@@ -16,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aria.domain import label
 from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
 from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
+from aria.verdicts import justification_verdict
 
 # What guided decoding of the seed's schema writes before the model chooses anything.
 SEED_ANSWER_PREFIX = '{"' + FIELD_ORDER[0] + '"' + GUIDED_SEPARATORS[1] + '"'
@@ -59,16 +63,25 @@ def eval_example(record: dict) -> tuple[list[dict], str, str]:
 
 
 def score_answers(
-    answers: list[str], expected: list[tuple[str, str]], slices: list[str | None] | None = None
+    answers: list[str],
+    expected: list[tuple[str, str]],
+    slices: list[str | None] | None = None,
+    runners: list[Mapping[str, Any] | None] | None = None,
 ) -> dict:
     """JSON-valid rate and exact-match rates of pathologie and confiance (0..1).
 
-    With the eval records' `slices`, also the pathology exact match of each slice.
+    With the eval records' `slices`, also the pathology exact match of each slice. With their
+    `runners` (measurements), also `grounded`: the share of answers whose justification cites
+    only numbers of the input (an invalid answer counts as not grounded), as the release gate
+    counts it (`aria.verdicts.justification_verdict`).
     """
-    valid = pathology_ok = confidence_ok = 0
+    valid = pathology_ok = confidence_ok = grounded = 0
     per_slice: dict[str, list[int]] = {}
     slices = slices or [None] * len(answers)
-    for text, (pathology, confiance), slice_name in zip(answers, expected, slices, strict=True):
+    runners = runners or [None] * len(answers)
+    for text, (pathology, confiance), slice_name, measurements in zip(
+        answers, expected, slices, runners, strict=True
+    ):
         hits = per_slice.setdefault(slice_name, [0, 0]) if slice_name else [0, 0]
         hits[1] += 1
         try:
@@ -79,6 +92,8 @@ def score_answers(
         pathology_ok += diagnostic.pathologie == pathology
         hits[0] += diagnostic.pathologie == pathology
         confidence_ok += diagnostic.confiance == confiance
+        if measurements is not None:
+            grounded += justification_verdict(diagnostic.justification, measurements)["grounded"]
     n = max(len(answers), 1)
     result = {
         "n": len(answers),
@@ -86,6 +101,8 @@ def score_answers(
         "exact_match": pathology_ok / n,
         "exact_match_confiance": confidence_ok / n,
     }
+    if any(m is not None for m in runners):
+        result["grounded"] = grounded / n
     if per_slice:
         result["exact_match_by_slice"] = {k: ok / total for k, (ok, total) in per_slice.items()}
     return result
@@ -159,7 +176,8 @@ def quick_eval(
         Path(model_dir), [e[0] for e in examples], batch_size, max_new_tokens, SEED_ANSWER_PREFIX
     )
     slices = [r.get("slice") for r in records]
-    result = score_answers(answers, [(e[1], e[2]) for e in examples], slices)
+    runners = [r.get("profile") for r in records]
+    result = score_answers(answers, [(e[1], e[2]) for e in examples], slices, runners)
     result.update(
         model=str(model_dir), eval_path=str(eval_path), seconds=time.perf_counter() - started
     )
@@ -178,6 +196,10 @@ def main(cfg: QuickEvalConfig) -> dict:
     print(f"JSON valid       {result['json_valid']:.1%}")
     print(f"exact match      {result['exact_match']:.1%}  (pathologie)")
     print(f"confiance match  {result['exact_match_confiance']:.1%}")
+    if "grounded" in result:
+        print(
+            f"grounded         {result['grounded']:.1%}  (justifications citing only the input's numbers)"
+        )
     for slice_name, rate in result.get("exact_match_by_slice", {}).items():
         print(f"  {slice_name:<14} {rate:.1%}")
     print(json.dumps(result, ensure_ascii=False))
