@@ -1,0 +1,61 @@
+"""The copy probe of issue 18: its task cites only the prompt's values, and it runs on the tiny base."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from aria.domain import MEASUREMENT_KEYS, format_value
+from training.copy_probe import (
+    ANSWER_LEAD,
+    CopyProbeConfig,
+    copied_value,
+    copy_example,
+    main,
+    parse_args,
+)
+
+
+def test_copy_answers_cite_the_prompts_values_and_no_label():
+    rng = random.Random(3)
+    for _ in range(200):
+        prompt, answer, runner = copy_example(rng)
+        assert answer.startswith(ANSWER_LEAD + " ") and answer.endswith(".")
+        clauses = answer[len(ANSWER_LEAD) + 1 : -1].split(" ; ")
+        keys = [clause.split()[0] for clause in clauses]
+        assert 1 <= len(keys) <= 4 and len(set(keys)) == len(keys)
+        for clause in clauses:
+            key, value = clause.split()
+            assert key in MEASUREMENT_KEYS
+            assert value == format_value(key, runner[key])
+            assert f"- {key} : {value}" in prompt  # the prompt line the value is copied from
+        assert "seuil franchi" not in answer and "Lombalgie" not in prompt
+
+
+def test_copied_value_reads_the_first_word():
+    assert copied_value(" 14.2 ; valgus_genou 3.1.") == "14.2"
+    assert copied_value(" -0.5.") == "-0.5"
+    assert copied_value("") == ""
+
+
+def test_steps_without_an_output_folder_are_refused(tmp_path: Path):
+    with pytest.raises(SystemExit, match="--out"):
+        main(CopyProbeConfig(base=tmp_path, steps=2))
+    assert parse_args(["--base", "b", "--steps", "3"]).steps == 3
+
+
+@pytest.mark.engine
+def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_path: Path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "copy-base"
+    result = main(CopyProbeConfig(base=tiny_base_model, out=out, steps=3, probes=2, batch_size=4))
+    assert 0.0 <= result["copy_exact_after"] <= 1.0 and result["final_loss"] > 0
+    assert json.loads((out / "copy_probe.json").read_text())["steps"] == 3
+    model = AutoModelForCausalLM.from_pretrained(out)
+    before = AutoModelForCausalLM.from_pretrained(tiny_base_model)
+    changed = model.get_input_embeddings().weight != before.get_input_embeddings().weight
+    assert bool(changed.any())  # full-parameter: the embedding moved too

@@ -1,0 +1,198 @@
+"""Does a base copy a measured value from its prompt? A probe, and a short copy pretraining to try.
+
+    python -m training.copy_probe --base data/models/tiny/base                      # probe only
+    python -m training.copy_probe --base data/models/tiny/base --steps 400 --out /tmp/copy-base
+
+Issue 18's grounding bar needs the model to write a measured value exactly as the prompt shows it.
+A pretrained base (MedGemma) copies from its context; the tiny base is random, and LoRA did not
+teach it to copy within the CPU budget (docs/training.md, "Outside profiles, grounding and
+reports"). This module measures that ability and, with `--steps`, trains it into a copy of the
+base with full-parameter updates, so that `train_sft --model_name_or_path <out>` can test whether
+a base that copies grounds its justifications.
+
+The task knows no label, threshold or rule: the seven measurements with random values over their
+physical ranges, written as the diagnostic prompt writes them (`render_measurements`), then the
+answer `Valeurs : key value ; key value.` for 1 to 4 keys in random order; the loss is on the
+answer only. The probe writes `Valeurs : <key>` into the model's turn and reads the value the
+model writes greedily; `copy_exact` is the share written exactly as the prompt shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aria.domain import MEASUREMENT_KEYS, MEASUREMENTS, format_value
+from aria.files import atomic_dir
+from aria.prompts import render_measurements
+
+ANSWER_LEAD = "Valeurs :"
+INSTRUCTION = "Recopie quelques valeurs."
+
+
+@dataclass
+class CopyProbeConfig:
+    """Which base to probe, and how long to pretrain it on copying (0: probe only)."""
+
+    base: Path
+    out: Path | None = None  # where the pretrained base goes (required with steps > 0)
+    steps: int = 0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    probes: int = 60
+    seed: int = 0
+
+
+def random_runner(rng: random.Random) -> dict[str, float]:
+    """Seven values drawn uniformly over each measurement's physical range, as the prompt
+    rounds them (no population, no label)."""
+    runner = {}
+    for m in MEASUREMENTS:
+        step = 10**-m.decimals
+        lowest = m.low + step if m.low_exclusive else m.low
+        runner[m.key] = float(format_value(m.key, rng.uniform(lowest, m.high)))
+    return runner
+
+
+def copy_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
+    """(user prompt, answer, runner) of one copy task."""
+    runner = random_runner(rng)
+    keys = rng.sample(MEASUREMENT_KEYS, rng.randint(1, 4))
+    answer = " ; ".join(f"{key} {format_value(key, runner[key])}" for key in keys)
+    prompt = f"Mesures :\n{render_measurements(runner)}\n{INSTRUCTION}"
+    return prompt, f"{ANSWER_LEAD} {answer}.", runner
+
+
+def copied_value(generated: str) -> str:
+    """The value the model wrote after the forced key: its first word, without punctuation."""
+    words = generated.split()
+    return words[0].rstrip(".;,") if words else ""
+
+
+def probe(model, tokenizer, n: int, seed: int) -> float:
+    """Share of `n` held-out tables whose value, asked by key, the model copies exactly."""
+    import torch
+
+    rng = random.Random(seed + 10_000)  # never the pretraining's draws
+    hits = 0
+    for _ in range(n):
+        prompt, _, runner = copy_example(rng)
+        key = rng.choice(MEASUREMENT_KEYS)
+        text = _chat(tokenizer, prompt) + f"{ANSWER_LEAD} {key}"
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **inputs, do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id
+            )
+        generated = tokenizer.decode(
+            out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        hits += copied_value(generated) == format_value(key, runner[key])
+    return hits / n
+
+
+def _chat(tokenizer, prompt: str) -> str:
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _batch(tokenizer, examples: list[tuple[str, str, Mapping]]):
+    """Right-padded ids and labels, the loss on the answer (and its end of turn) only."""
+    import torch
+
+    ids, labels = [], []
+    for prompt, answer, _ in examples:
+        head = tokenizer(_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        tail = tokenizer(answer + "<end_of_turn>", add_special_tokens=False)["input_ids"]
+        ids.append(head + tail)
+        labels.append([-100] * len(head) + tail)
+    length = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([x + [pad] * (length - len(x)) for x in ids])
+    label_ids = torch.tensor([y + [-100] * (length - len(y)) for y in labels])
+    mask = torch.tensor([[1] * len(x) + [0] * (length - len(x)) for x in ids])
+    return input_ids, label_ids, mask
+
+
+def pretrain(model, tokenizer, cfg: CopyProbeConfig) -> list[float]:
+    """Full-parameter AdamW on the copy task, 20 warm-up steps then a linear decay; the losses."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * min(1.0, (step + 1) / 20) * (1 - step / cfg.steps)
+        input_ids, labels, mask = _batch(
+            tokenizer, [copy_example(rng) for _ in range(cfg.batch_size)]
+        )
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+        if step % 50 == 0 or step == cfg.steps - 1:
+            print(f"step {step:>4}  loss {losses[-1]:.3f}", flush=True)
+    model.eval()
+    return losses
+
+
+def main(cfg: CopyProbeConfig) -> dict:
+    """Probe the base; with steps, pretrain a copy of it, probe it again and save it atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.steps and cfg.out is None:
+        raise SystemExit("--steps needs --out: the folder the pretrained base is written to")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.base, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    result = {
+        "base": str(cfg.base),
+        "probes": cfg.probes,
+        "copy_exact_before": probe(model, tokenizer, cfg.probes, cfg.seed),
+    }
+    if cfg.steps:
+        started = time.perf_counter()
+        losses = pretrain(model, tokenizer, cfg)
+        result.update(
+            steps=cfg.steps,
+            learning_rate=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            seconds=round(time.perf_counter() - started, 1),
+            final_loss=round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            copy_exact_after=probe(model, tokenizer, cfg.probes, cfg.seed),
+            out=str(cfg.out),
+        )
+        with atomic_dir(Path(cfg.out)) as tmp:
+            model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "copy_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="a model folder")
+    parser.add_argument("--out", type=Path, default=None, help="the pretrained base's folder")
+    parser.add_argument("--steps", type=int, default=0, help="copy pretraining steps (0: probe)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--probes", type=int, default=60, help="held-out tables to probe")
+    parser.add_argument("--seed", type=int, default=0)
+    return CopyProbeConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
