@@ -59,3 +59,31 @@ def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_pa
     before = AutoModelForCausalLM.from_pretrained(tiny_base_model)
     changed = model.get_input_embeddings().weight != before.get_input_embeddings().weight
     assert bool(changed.any())  # full-parameter: the embedding moved too
+
+
+def test_negative_copy_steps_are_refused():
+    from training.build_tiny_model import parse_args as tiny_args
+
+    assert tiny_args(["--copy-steps", "5"]).copy_steps == 5
+    assert tiny_args([]).copy_steps == 0
+    with pytest.raises(SystemExit):
+        tiny_args(["--copy-steps", "-1"])
+
+
+@pytest.mark.engine
+def test_tiny_base_built_with_copy_pretraining(
+    tiny_base_model: Path, dataset_dir: Path, tmp_path: Path
+):
+    from safetensors.torch import load_file
+
+    from training.build_tiny_model import build_tiny_model
+
+    out = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", 0, 2)
+    build = json.loads((out / "aria_build.json").read_text())
+    assert build["copy_steps"] == 2 and 0.0 <= build["copy_exact"] <= 1.0
+    plain = json.loads((tiny_base_model / "aria_build.json").read_text())
+    assert "copy_steps" not in plain and build["parameters"] == plain["parameters"]
+    pretrained = load_file(out / "model.safetensors")
+    random_init = load_file(tiny_base_model / "model.safetensors")
+    assert pretrained.keys() == random_init.keys()
+    assert any(not (pretrained[k] == random_init[k]).all() for k in pretrained)

@@ -107,6 +107,7 @@ class TinyModelConfig:
     out_dir: Path | None = None  # default: data/models/tiny/base
     sft_path: Path | None = None  # default: data/training/sft.jsonl
     seed: int = 0
+    copy_steps: int = 0  # full-parameter copy pretraining steps (training/copy_probe.py); 0: none
 
 
 def dataset_texts(sft_path: Path) -> list[str]:
@@ -204,10 +205,14 @@ def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
     )
 
 
-def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: int = 0) -> Path:
     """Build the tiny base (weights, tokenizer, generation config) into `out_dir`, atomically.
 
-    The same `sft_path` and `seed` give the same tokenizer and the same weights.
+    The same `sft_path` and `seed` give the same tokenizer and the same weights. `copy_steps` > 0
+    first pretrains the random weights on copying a measured value from the prompt
+    (`training.copy_probe`, no label or threshold), the ability a pretrained base brings and LoRA
+    cannot teach a random one: 1,000 steps gave a base that grounds its justifications
+    (docs/training.md, "Copying"), in about 12 minutes, so it is off by default.
     """
     import torch
     from transformers import Gemma3ForCausalLM, GenerationConfig
@@ -219,6 +224,17 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0) -> Path:
     model = Gemma3ForCausalLM(config)
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_INIT_STD)
+    build: dict = {"seed": seed, "sft_path": str(sft_path)}
+    if copy_steps:
+        from training.copy_probe import pretrain, probe
+
+        model.set_attn_implementation("eager")  # Gemma 3 trains with eager attention
+        losses = pretrain(model, tokenizer, copy_steps, seed=seed)
+        build |= {
+            "copy_steps": copy_steps,
+            "copy_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        }
+        build["copy_exact"] = probe(model, tokenizer, 60, seed)
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"],
@@ -230,11 +246,8 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0) -> Path:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        n_params = sum(p.numel() for p in model.parameters())
-        (tmp / "aria_build.json").write_text(
-            json.dumps({"seed": seed, "sft_path": str(sft_path), "parameters": n_params}, indent=2)
-            + "\n"
-        )
+        build["parameters"] = sum(p.numel() for p in model.parameters())
+        (tmp / "aria_build.json").write_text(json.dumps(build, indent=2) + "\n")
     return out_dir
 
 
@@ -245,12 +258,16 @@ def main(cfg: TinyModelConfig) -> Path:
     settings = get_settings()
     out_dir = cfg.out_dir or settings.models_dir.parent / "tiny" / "base"
     sft_path = cfg.sft_path or settings.training_dir / "sft.jsonl"
-    path = build_tiny_model(out_dir, sft_path, cfg.seed)
+    path = build_tiny_model(out_dir, sft_path, cfg.seed, cfg.copy_steps)
     build = json.loads((path / "aria_build.json").read_text())
     print(
         f"tiny base model: {path}  ({build['parameters'] / 1e6:.2f}M parameters, seed {cfg.seed})"
     )
     print(f"tokenizer trained on {sft_path}")
+    if cfg.copy_steps:
+        print(
+            f"copy pretraining: {cfg.copy_steps} steps, copies {build['copy_exact']:.1%} of values"
+        )
     return path
 
 
@@ -260,8 +277,18 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--sft-path", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--copy-steps",
+        type=int,
+        default=0,
+        help="pretrain the base on copying first (1,000 steps: ~12 min on 2 cores); 0: none",
+    )
     args = parser.parse_args(argv)
-    return TinyModelConfig(out_dir=args.out_dir, sft_path=args.sft_path, seed=args.seed)
+    if args.copy_steps < 0:
+        parser.error(f"--copy-steps must be 0 or more, got {args.copy_steps}")
+    return TinyModelConfig(
+        out_dir=args.out_dir, sft_path=args.sft_path, seed=args.seed, copy_steps=args.copy_steps
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ A pretrained base (MedGemma) copies from its context; the tiny base is random, a
 teach it to copy within the CPU budget (docs/training.md, "Outside profiles, grounding and
 reports"). This module measures that ability and, with `--steps`, trains it into a copy of the
 base with full-parameter updates, so that `train_sft --model_name_or_path <out>` can test whether
-a base that copies grounds its justifications.
+a base that copies grounds its justifications. `make tiny-model ARGS="--copy-steps N"` builds the
+tiny base with this pretraining in it.
 
 The task knows no label, threshold or rule: the seven measurements with random values over their
 physical ranges, written as the diagnostic prompt writes them (`render_measurements`), then the
@@ -119,28 +120,34 @@ def _batch(tokenizer, examples: list[tuple[str, str, Mapping]]):
     return input_ids, label_ids, mask
 
 
-def pretrain(model, tokenizer, cfg: CopyProbeConfig) -> list[float]:
+def pretrain(
+    model,
+    tokenizer,
+    steps: int,
+    *,
+    learning_rate: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[float]:
     """Full-parameter AdamW on the copy task, 20 warm-up steps then a linear decay; the losses."""
     import torch
 
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     model.train()
     losses = []
-    for step in range(cfg.steps):
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * min(1.0, (step + 1) / 20) * (1 - step / cfg.steps)
-        input_ids, labels, mask = _batch(
-            tokenizer, [copy_example(rng) for _ in range(cfg.batch_size)]
-        )
+            group["lr"] = learning_rate * min(1.0, (step + 1) / 20) * (1 - step / steps)
+        input_ids, labels, mask = _batch(tokenizer, [copy_example(rng) for _ in range(batch_size)])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss))
-        if step % 50 == 0 or step == cfg.steps - 1:
+        if step % 50 == 0 or step == steps - 1:
             print(f"step {step:>4}  loss {losses[-1]:.3f}", flush=True)
     model.eval()
     return losses
@@ -164,7 +171,14 @@ def main(cfg: CopyProbeConfig) -> dict:
     }
     if cfg.steps:
         started = time.perf_counter()
-        losses = pretrain(model, tokenizer, cfg)
+        losses = pretrain(
+            model,
+            tokenizer,
+            cfg.steps,
+            learning_rate=cfg.learning_rate,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
         result.update(
             steps=cfg.steps,
             learning_rate=cfg.learning_rate,
