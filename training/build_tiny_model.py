@@ -211,8 +211,8 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
     The same `sft_path` and `seed` give the same tokenizer and the same weights. `copy_steps` > 0
     first pretrains the random weights on copying a measured value from the prompt
     (`training.copy_probe`, no label or threshold), the ability a pretrained base brings and LoRA
-    cannot teach a random one: 1,000 steps gave a base that grounds its justifications
-    (docs/training.md, "Copying"), in about 12 minutes, so it is off by default.
+    cannot teach a random one. docs/training.md ("Copying") measures how many steps that takes
+    and how long; longer than the tiny chain's time bar allows, so it is off by default.
     """
     import torch
     from transformers import Gemma3ForCausalLM, GenerationConfig
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
         "--copy-steps",
         type=int,
         default=0,
-        help="pretrain the base on copying first (1,000 steps: ~12 min on 2 cores); 0: none",
+        help="pretrain the base on copying first (docs/training.md, Copying); 0: none",
     )
     args = parser.parse_args(argv)
     if args.copy_steps < 0:
