@@ -226,7 +226,7 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
         model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_INIT_STD)
     build: dict = {"seed": seed, "sft_path": str(sft_path)}
     if copy_steps:
-        from training.copy_probe import pretrain, probe
+        from training.copy_probe import PROBES, pretrain, probe
 
         model.set_attn_implementation("eager")  # Gemma 3 trains with eager attention
         losses = pretrain(model, tokenizer, copy_steps, seed=seed)
@@ -234,7 +234,7 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
             "copy_steps": copy_steps,
             "copy_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         }
-        build["copy_exact"] = probe(model, tokenizer, 60, seed)
+        build["copy_exact"] = probe(model, tokenizer, PROBES, seed)
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"],

@@ -34,6 +34,7 @@ from aria.prompts import render_measurements
 
 ANSWER_LEAD = "Valeurs :"
 INSTRUCTION = "Recopie quelques valeurs."
+PROBES = 60  # held-out tables the probe asks: one value each
 
 
 @dataclass
@@ -45,7 +46,7 @@ class CopyProbeConfig:
     steps: int = 0
     learning_rate: float = 1e-3
     batch_size: int = 16
-    probes: int = 60
+    probes: int = PROBES
     seed: int = 0
 
 
@@ -203,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
     parser.add_argument("--steps", type=int, default=0, help="copy pretraining steps (0: probe)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--probes", type=int, default=60, help="held-out tables to probe")
+    parser.add_argument("--probes", type=int, default=PROBES, help="held-out tables to probe")
     parser.add_argument("--seed", type=int, default=0)
     return CopyProbeConfig(**vars(parser.parse_args(argv)))
 
