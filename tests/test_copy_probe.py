@@ -47,6 +47,16 @@ def test_steps_without_an_output_folder_are_refused(tmp_path: Path):
     assert parse_args(["--base", "b", "--steps", "3"]).steps == 3
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [["--steps", "-1"], ["--batch-size", "0"], ["--probes", "0"], ["--learning-rate", "0"]],
+)
+def test_nonsense_copy_probe_flags_are_refused(flags, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "b", *flags])
+    assert flags[0] in capsys.readouterr().err  # the message names the flag
+
+
 @pytest.mark.engine
 def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_path: Path):
     from transformers import AutoModelForCausalLM

@@ -147,7 +147,7 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             print(f"step {step:>4}  loss {losses[-1]:.3f}", flush=True)
     model.eval()
@@ -206,7 +206,17 @@ def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--probes", type=int, default=PROBES, help="held-out tables to probe")
     parser.add_argument("--seed", type=int, default=0)
-    return CopyProbeConfig(**vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    for flag, value, least in (
+        ("--steps", args.steps, 0),
+        ("--batch-size", args.batch_size, 1),
+        ("--probes", args.probes, 1),
+    ):
+        if value < least:
+            parser.error(f"{flag} must be {least} or more, got {value}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
+    return CopyProbeConfig(**vars(args))
 
 
 if __name__ == "__main__":
