@@ -15,7 +15,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ copy-datasets: $(STAMP) ## Import JSONL datasets from SRC=folder through the sam
 dataset-card: $(STAMP) ## Render data/training/README.md, the Hugging Face dataset card
 	$(PY) -m preparation.generate_dataset_card $(ARGS)
 
-tiny-model: $(STAMP) ## Build the tiny Gemma 3 base and its tokenizer in data/models/tiny/base
+tiny-model: $(STAMP) ## Install the committed, copy-pretrained tiny Gemma 3 base in data/models/tiny/base
 	$(PY) -m training.build_tiny_model $(ARGS)
+
+tiny-pretrain: $(STAMP) ## Rebuild that committed base (training/tiny_base): random weights, then the copy pretraining
+	$(PY) -m training.build_tiny_model --scratch --copy-steps 1000 --out-dir training/tiny_base $(ARGS)
 
 convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked
 	$(PY) -m training.convert_base $(ARGS)

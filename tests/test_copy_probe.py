@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -74,10 +75,68 @@ def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_pa
 def test_negative_copy_steps_are_refused():
     from training.build_tiny_model import parse_args as tiny_args
 
-    assert tiny_args(["--copy-steps", "5"]).copy_steps == 5
-    assert tiny_args([]).copy_steps == 0
+    assert tiny_args(["--scratch", "--copy-steps", "5"]).copy_steps == 5
+    assert tiny_args(["--scratch"]).copy_steps == 0
     with pytest.raises(SystemExit):
-        tiny_args(["--copy-steps", "-1"])
+        tiny_args(["--scratch", "--copy-steps", "-1"])
+
+
+@pytest.mark.parametrize(
+    "flags", [["--copy-steps", "5"], ["--sft-path", "x.jsonl"], ["--seed", "3"]]
+)
+def test_build_flags_without_scratch_are_refused(flags, capsys):
+    from training.build_tiny_model import parse_args as tiny_args
+
+    with pytest.raises(SystemExit):
+        tiny_args(flags)
+    assert "--scratch" in capsys.readouterr().err
+    assert tiny_args([]).scratch is False  # plain `make tiny-model` installs the committed base
+
+
+@pytest.mark.engine
+def test_the_committed_tiny_base_installs_and_copies(tmp_path: Path, capsys):
+    """`make tiny-model`: the committed base is installed as it is, and it copies a measured
+    value asked by its key from held-out tables (the ability the recipe's grounding rests on)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from training.build_tiny_model import (
+        CHECKED_FILES,
+        PRETRAIN_COPY_STEPS,
+        PRETRAINED_DIR,
+        TinyModelConfig,
+    )
+    from training.build_tiny_model import main as build_main
+    from training.copy_probe import probe
+
+    out = build_main(TinyModelConfig(out_dir=tmp_path / "base"))
+    assert "installed from" in capsys.readouterr().out
+    for name in CHECKED_FILES:
+        assert (out / name).read_bytes() == (PRETRAINED_DIR / name).read_bytes()
+    build = json.loads((out / "aria_build.json").read_text())
+    assert build["copy_steps"] == PRETRAIN_COPY_STEPS and build["copy_exact"] >= 0.95
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert probe(model, tokenizer, 20, seed=7) >= 0.9  # tables the build's probe never drew
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in eos
+
+
+def test_a_damaged_committed_base_is_refused_and_nothing_is_installed(tmp_path: Path):
+    import shutil
+
+    from training.build_tiny_model import PRETRAINED_DIR, install_pretrained
+
+    source = tmp_path / "tiny_base"
+    shutil.copytree(PRETRAINED_DIR, source)
+    weights = source / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # a truncated checkout
+    with pytest.raises(SystemExit, match=r"model\.safetensors does not match.*make tiny-pretrain"):
+        install_pretrained(tmp_path / "base", source)
+    assert not (tmp_path / "base").exists()
+    (source / "aria_build.json").unlink()
+    with pytest.raises(SystemExit, match=r"aria_build\.json is missing"):
+        install_pretrained(tmp_path / "base", source)
 
 
 @pytest.mark.engine
@@ -91,6 +150,8 @@ def test_tiny_base_built_with_copy_pretraining(
     out = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", 0, 2)
     build = json.loads((out / "aria_build.json").read_text())
     assert build["copy_steps"] == 2 and 0.0 <= build["copy_exact"] <= 1.0
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert build["sha256"]["model.safetensors"] == digest  # what `make tiny-model` checks
     plain = json.loads((tiny_base_model / "aria_build.json").read_text())
     assert "copy_steps" not in plain and build["parameters"] == plain["parameters"]
     pretrained = load_file(out / "model.safetensors")

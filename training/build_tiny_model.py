@@ -1,9 +1,19 @@
 """Build the tiny Gemma 3 base model and its tokenizer, locally, with no download.
 
     python -m training.build_tiny_model            # make tiny-model → data/models/tiny/base
+    python -m training.build_tiny_model --scratch --copy-steps 1000 --out-dir training/tiny_base
+                                                   # make tiny-pretrain (rebuilds the committed base)
 
 The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a CPU in minutes.
-Its base is a Gemma 3 with small dimensions (hidden 256, 4 layers; the parameter count follows the
+Like MedGemma, its base comes pretrained: `make tiny-model` installs the committed
+`training/tiny_base`, after checking the sha256 of its weights and tokenizer against its
+aria_build.json. That base was built by `make tiny-pretrain`: random weights, then
+PRETRAIN_COPY_STEPS full-parameter steps of `training.copy_probe`'s task (copy a measured value
+asked by its key; no label, threshold or rule), which teaches the one ability a pretrained model
+brings and LoRA cannot teach a random one within the chain's budget: copying a number from the
+prompt. It takes longer than the whole chain, hence committed (docs/training.md, "Copying").
+
+Its architecture is a Gemma 3 with small dimensions (hidden 256, 4 layers; the parameter count follows the
 learned vocabulary: the build prints it and writes it to aria_build.json), randomly
 initialised from a fixed seed and saved in bf16 safetensors; its tokenizer is a byte-level BPE
 (every text encodes) trained with `tokenizers` on our own dataset text, with digits split one per
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +62,12 @@ VOCAB_SIZE = 2048
 WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+| ?\p{N}+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
 # Serving defaults to VLLM_MAX_MODEL_LEN=4096; vLLM refuses a length above the model's positions.
 MAX_POSITIONS = 4096
+# The copy-pretrained tiny base, committed: `make tiny-model` installs it, `make tiny-pretrain`
+# rebuilds it (random weights, then PRETRAIN_COPY_STEPS full-parameter steps of the copy task).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "tiny_base"
+PRETRAIN_COPY_STEPS = 1000
+# The files whose sha256 the build records in aria_build.json and the install checks.
+CHECKED_FILES = ("model.safetensors", "tokenizer.json")
 # Std of the (tied) embedding at init. LoRA never trains it, so it bounds the output logits:
 # at Gemma's 0.02 the largest reachable logit gap is ~5 (loss floor ~2.2 nats) and SFT stalls.
 EMBEDDING_INIT_STD = 0.1
@@ -108,6 +125,7 @@ class TinyModelConfig:
     sft_path: Path | None = None  # default: data/training/sft.jsonl
     seed: int = 0
     copy_steps: int = 0  # full-parameter copy pretraining steps (training/copy_probe.py); 0: none
+    scratch: bool = False  # build from random weights instead of installing the committed base
 
 
 def dataset_texts(sft_path: Path) -> list[str]:
@@ -209,10 +227,10 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
     """Build the tiny base (weights, tokenizer, generation config) into `out_dir`, atomically.
 
     The same `sft_path` and `seed` give the same tokenizer and the same weights. `copy_steps` > 0
-    first pretrains the random weights on copying a measured value from the prompt
+    then pretrains the random weights on copying a measured value from the prompt
     (`training.copy_probe`, no label or threshold), the ability a pretrained base brings and LoRA
-    cannot teach a random one. docs/training.md ("Copying") measures how many steps that takes
-    and how long; longer than the tiny chain's time bar allows, so it is off by default.
+    cannot teach a random one; `make tiny-pretrain` builds the committed base this way.
+    docs/training.md ("Copying") measures how many steps that takes and how long.
     """
     import torch
     from transformers import Gemma3ForCausalLM, GenerationConfig
@@ -225,16 +243,6 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_INIT_STD)
     build: dict = {"seed": seed, "sft_path": str(sft_path)}
-    if copy_steps:
-        from training.copy_probe import PROBES, pretrain, probe
-
-        model.set_attn_implementation("eager")  # Gemma 3 trains with eager attention
-        losses = pretrain(model, tokenizer, copy_steps, seed=seed)
-        build |= {
-            "copy_steps": copy_steps,
-            "copy_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
-        }
-        build["copy_exact"] = probe(model, tokenizer, PROBES, seed)
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"],
@@ -246,9 +254,72 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if copy_steps:
+            build |= _copy_pretrain(tmp, tokenizer, copy_steps, seed)
         build["parameters"] = sum(p.numel() for p in model.parameters())
+        build["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
         (tmp / "aria_build.json").write_text(json.dumps(build, indent=2) + "\n")
     return out_dir
+
+
+def _copy_pretrain(folder: Path, tokenizer, steps: int, seed: int) -> dict:
+    """Pretrain the base saved in `folder` on copying, in place, and return what to record.
+
+    It loads the saved bf16 weights in fp32, as `python -m training.copy_probe` does, so that both
+    train the same numbers: converting the model in memory instead leaves its rotary frequencies
+    rounded to bf16, and that draw had not learnt to copy by step 750 (loss 0.54 against 0.27)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from training.copy_probe import PROBES, pretrain, probe
+
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"  # Gemma 3 trains with eager
+    )
+    started = time.perf_counter()
+    losses = pretrain(model, tokenizer, steps, seed=seed)
+    record = {
+        "copy_steps": steps,
+        "copy_seconds": round(time.perf_counter() - started),
+        "copy_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "copy_exact": probe(model, tokenizer, PROBES, seed),
+    }
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    return record
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def install_pretrained(out_dir: Path, source: Path = PRETRAINED_DIR) -> Path:
+    """Copy the committed copy-pretrained base into `out_dir`, atomically, after checking that
+    its files are the ones its aria_build.json records (a truncated or hand-edited checkout would
+    otherwise train on broken weights)."""
+    import shutil
+
+    source = Path(source)
+    manifest = source / "aria_build.json"
+    if not manifest.exists():
+        raise SystemExit(
+            f"{manifest} is missing: the committed tiny base is incomplete; restore it with "
+            "`git checkout -- training/tiny_base`, or rebuild it with `make tiny-pretrain`"
+        )
+    build = json.loads(manifest.read_text())
+    for name, digest in build.get("sha256", {}).items():
+        if not (source / name).exists() or _sha256(source / name) != digest:
+            raise SystemExit(
+                f"{source / name} does not match the sha256 in {manifest}: the committed tiny "
+                "base is damaged; restore it with `git checkout -- training/tiny_base`, or "
+                "rebuild it with `make tiny-pretrain`"
+            )
+    with atomic_dir(Path(out_dir)) as tmp:
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copy2(path, tmp / path.name)
+    return Path(out_dir)
 
 
 def main(cfg: TinyModelConfig) -> Path:
@@ -258,15 +329,21 @@ def main(cfg: TinyModelConfig) -> Path:
     settings = get_settings()
     out_dir = cfg.out_dir or settings.models_dir.parent / "tiny" / "base"
     sft_path = cfg.sft_path or settings.training_dir / "sft.jsonl"
-    path = build_tiny_model(out_dir, sft_path, cfg.seed, cfg.copy_steps)
+    if cfg.scratch:
+        path = build_tiny_model(out_dir, sft_path, cfg.seed, cfg.copy_steps)
+    else:
+        path = install_pretrained(out_dir)
     build = json.loads((path / "aria_build.json").read_text())
+    origin = "built" if cfg.scratch else f"installed from {PRETRAINED_DIR}"
     print(
-        f"tiny base model: {path}  ({build['parameters'] / 1e6:.2f}M parameters, seed {cfg.seed})"
+        f"tiny base model: {path}  ({build['parameters'] / 1e6:.2f}M parameters, "
+        f"seed {build['seed']}, {origin})"
     )
-    print(f"tokenizer trained on {sft_path}")
-    if cfg.copy_steps:
+    print(f"tokenizer trained on {build['sft_path']}")
+    if build.get("copy_steps"):
         print(
-            f"copy pretraining: {cfg.copy_steps} steps, copies {build['copy_exact']:.1%} of values"
+            f"copy pretraining: {build['copy_steps']} steps, "
+            f"copies {build['copy_exact']:.1%} of values"
         )
     return path
 
@@ -278,16 +355,32 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     parser.add_argument("--sft-path", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="build from random weights and a tokenizer trained on --sft-path, instead of "
+        "installing the committed copy-pretrained base (training/tiny_base)",
+    )
+    parser.add_argument(
         "--copy-steps",
         type=int,
         default=0,
-        help="pretrain the base on copying first (docs/training.md, Copying); 0: none",
+        help="with --scratch: pretrain the base on copying first (docs/training.md, Copying); "
+        f"make tiny-pretrain uses {PRETRAIN_COPY_STEPS}; 0: none",
     )
     args = parser.parse_args(argv)
     if args.copy_steps < 0:
         parser.error(f"--copy-steps must be 0 or more, got {args.copy_steps}")
+    if not args.scratch and (args.copy_steps or args.sft_path or args.seed):
+        parser.error(
+            "--copy-steps, --sft-path and --seed build a base, so they need --scratch; "
+            "without it the committed base is installed as it is"
+        )
     return TinyModelConfig(
-        out_dir=args.out_dir, sft_path=args.sft_path, seed=args.seed, copy_steps=args.copy_steps
+        out_dir=args.out_dir,
+        sft_path=args.sft_path,
+        seed=args.seed,
+        copy_steps=args.copy_steps,
+        scratch=args.scratch,
     )
 
 
