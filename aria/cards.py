@@ -320,8 +320,9 @@ def render_model_card(
         size = f"{base_parameters:,}-parameter" if base_parameters else "small"
         origin = (
             f"Trained from `{base_model}`: the *tiny* profile, a {size} Gemma 3 built "
-            "locally from a config by `make tiny-model` with a tokenizer learned on our data. It "
-            "exists to run the whole chain on a CPU in minutes; it is not a medical model."
+            "locally from a config with a tokenizer learned on our data, then pretrained on "
+            "copying values from its prompt (`make tiny-pretrain`; `make tiny-model` installs "
+            "it). It exists to run the whole chain on a CPU in minutes; it is not a medical model."
         )
         licence = "The tiny model and the ARIA code are Apache-2.0; no MedGemma weight is used."
     dataset_line = (

@@ -4,12 +4,12 @@
     python -m training.copy_probe --base data/models/tiny/base --steps 400 --out /tmp/copy-base
 
 Issue 18's grounding bar needs the model to write a measured value exactly as the prompt shows it.
-A pretrained base (MedGemma) copies from its context; the tiny base is random, and LoRA did not
-teach it to copy within the CPU budget (docs/training.md, "Outside profiles, grounding and
+A pretrained base (MedGemma) copies from its context; a random tiny base does not, and LoRA did
+not teach it to copy within the CPU budget (docs/training.md, "Outside profiles, grounding and
 reports"). This module measures that ability and, with `--steps`, trains it into a copy of the
 base with full-parameter updates, so that `train_sft --model_name_or_path <out>` can test whether
-a base that copies grounds its justifications. `make tiny-model ARGS="--copy-steps N"` builds the
-tiny base with this pretraining in it.
+a base that copies grounds its justifications. `make tiny-pretrain` builds the committed tiny
+base with this pretraining in it (`training.build_tiny_model`), and `make tiny-model` installs it.
 
 The task knows no label, threshold or rule: the seven measurements with random values over their
 physical ranges, written as the diagnostic prompt writes them (`render_measurements`), then the
