@@ -274,7 +274,9 @@ def _copy_pretrain(folder: Path, tokenizer, steps: int, seed: int) -> dict:
     from training.copy_probe import PROBES, pretrain, probe
 
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation="eager"  # Gemma 3 trains with eager
+        folder,
+        dtype=torch.float32,
+        attn_implementation="eager",  # Gemma 3 trains with eager
     )
     started = time.perf_counter()
     losses = pretrain(model, tokenizer, steps, seed=seed)
