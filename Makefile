@@ -41,7 +41,7 @@ tiny-model: $(STAMP) ## Install the committed, copy-pretrained tiny Gemma 3 base
 	$(PY) -m training.build_tiny_model $(ARGS)
 
 tiny-pretrain: $(STAMP) ## Rebuild that committed base (training/tiny_base): random weights, then the copy pretraining
-	$(PY) -m training.build_tiny_model --scratch --copy-steps 1000 --out-dir training/tiny_base $(ARGS)
+	$(PY) -m training.build_tiny_model --pretrain $(ARGS)
 
 convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked
 	$(PY) -m training.convert_base $(ARGS)

@@ -82,7 +82,7 @@ def test_negative_copy_steps_are_refused():
 
 
 @pytest.mark.parametrize(
-    "flags", [["--copy-steps", "5"], ["--sft-path", "x.jsonl"], ["--seed", "3"]]
+    "flags", [["--copy-steps", "5"], ["--sft-path", "x.jsonl"], ["--seed", "0"]]
 )
 def test_build_flags_without_scratch_are_refused(flags, capsys):
     from training.build_tiny_model import parse_args as tiny_args
@@ -91,6 +91,17 @@ def test_build_flags_without_scratch_are_refused(flags, capsys):
         tiny_args(flags)
     assert "--scratch" in capsys.readouterr().err
     assert tiny_args([]).scratch is False  # plain `make tiny-model` installs the committed base
+
+
+def test_pretrain_rebuilds_the_committed_base_with_its_steps():
+    from training.build_tiny_model import PRETRAIN_COPY_STEPS, PRETRAINED_DIR
+    from training.build_tiny_model import parse_args as tiny_args
+
+    cfg = tiny_args(["--pretrain"])
+    assert cfg.scratch and cfg.copy_steps == PRETRAIN_COPY_STEPS and cfg.out_dir == PRETRAINED_DIR
+    assert tiny_args(["--pretrain", "--seed", "1"]).seed == 1
+    with pytest.raises(SystemExit):
+        tiny_args(["--pretrain", "--copy-steps", "5"])
 
 
 @pytest.mark.engine
@@ -134,6 +145,12 @@ def test_a_damaged_committed_base_is_refused_and_nothing_is_installed(tmp_path: 
     with pytest.raises(SystemExit, match=r"model\.safetensors does not match.*make tiny-pretrain"):
         install_pretrained(tmp_path / "base", source)
     assert not (tmp_path / "base").exists()
+    manifest = json.loads((source / "aria_build.json").read_text())
+    del manifest["sha256"]["tokenizer.json"]  # a manifest that checks less than it should
+    (source / "aria_build.json").write_text(json.dumps(manifest))
+    weights.write_bytes((PRETRAINED_DIR / "model.safetensors").read_bytes())
+    with pytest.raises(SystemExit, match=r"tokenizer\.json does not match"):
+        install_pretrained(tmp_path / "base", source)
     (source / "aria_build.json").unlink()
     with pytest.raises(SystemExit, match=r"aria_build\.json is missing"):
         install_pretrained(tmp_path / "base", source)

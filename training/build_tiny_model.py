@@ -1,8 +1,8 @@
 """Build the tiny Gemma 3 base model and its tokenizer, locally, with no download.
 
     python -m training.build_tiny_model            # make tiny-model → data/models/tiny/base
-    python -m training.build_tiny_model --scratch --copy-steps 1000 --out-dir training/tiny_base
-                                                   # make tiny-pretrain (rebuilds the committed base)
+    python -m training.build_tiny_model --pretrain # make tiny-pretrain: rebuild training/tiny_base
+    python -m training.build_tiny_model --scratch  # a random base (what the test suite trains on)
 
 The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a CPU in minutes.
 Like MedGemma, its base comes pretrained: `make tiny-model` installs the committed
@@ -309,9 +309,10 @@ def install_pretrained(out_dir: Path, source: Path = PRETRAINED_DIR) -> Path:
             f"{manifest} is missing: the committed tiny base is incomplete; restore it with "
             "`git checkout -- training/tiny_base`, or rebuild it with `make tiny-pretrain`"
         )
-    build = json.loads(manifest.read_text())
-    for name, digest in build.get("sha256", {}).items():
-        if not (source / name).exists() or _sha256(source / name) != digest:
+    recorded = json.loads(manifest.read_text()).get("sha256") or {}
+    for name in CHECKED_FILES:
+        digest = recorded.get(name)
+        if digest is None or not (source / name).exists() or _sha256(source / name) != digest:
             raise SystemExit(
                 f"{source / name} does not match the sha256 in {manifest}: the committed tiny "
                 "base is damaged; restore it with `git checkout -- training/tiny_base`, or "
@@ -355,7 +356,13 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--sft-path", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="with --scratch (default 0)")
+    parser.add_argument(
+        "--pretrain",
+        action="store_true",
+        help=f"rebuild the committed base: --scratch --copy-steps {PRETRAIN_COPY_STEPS} "
+        "--out-dir training/tiny_base (make tiny-pretrain)",
+    )
     parser.add_argument(
         "--scratch",
         action="store_true",
@@ -372,7 +379,11 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     args = parser.parse_args(argv)
     if args.copy_steps < 0:
         parser.error(f"--copy-steps must be 0 or more, got {args.copy_steps}")
-    if not args.scratch and (args.copy_steps or args.sft_path or args.seed):
+    if args.pretrain:
+        if args.scratch or args.copy_steps or args.out_dir:
+            parser.error("--pretrain sets --scratch, --copy-steps and --out-dir itself")
+        args.scratch, args.copy_steps, args.out_dir = True, PRETRAIN_COPY_STEPS, PRETRAINED_DIR
+    if not args.scratch and (args.copy_steps or args.sft_path or args.seed is not None):
         parser.error(
             "--copy-steps, --sft-path and --seed build a base, so they need --scratch; "
             "without it the committed base is installed as it is"
@@ -380,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     return TinyModelConfig(
         out_dir=args.out_dir,
         sft_path=args.sft_path,
-        seed=args.seed,
+        seed=args.seed or 0,
         copy_steps=args.copy_steps,
         scratch=args.scratch,
     )
