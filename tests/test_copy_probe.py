@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from aria.domain import MEASUREMENT_KEYS, format_value
+from aria.domain import MEASUREMENT_KEYS, PATHOLOGIES, THRESHOLD_BY_KEY, format_value
+from aria.prompts import render_measurements
 from training.copy_probe import (
     ANSWER_LEAD,
+    RANK_LEAD,
     CopyProbeConfig,
     copied_value,
     copy_example,
     main,
     parse_args,
+    rank_example,
 )
 
 
@@ -36,6 +39,22 @@ def test_copy_answers_cite_the_prompts_values_and_no_label():
         assert "seuil franchi" not in answer and "Lombalgie" not in prompt
 
 
+def test_rank_answers_order_the_prompts_percents_and_name_no_label():
+    rng = random.Random(4)
+    close = 0
+    for _ in range(200):
+        prompt, answer, runner = rank_example(rng)
+        assert render_measurements(runner) in prompt
+        assert answer.startswith(RANK_LEAD + " ") and answer.endswith(".")
+        keys = answer[len(RANK_LEAD) + 1 : -1].split(" > ")
+        assert sorted(keys) == sorted(MEASUREMENT_KEYS)
+        ratios = [runner[key] / THRESHOLD_BY_KEY[key] for key in keys]
+        assert ratios == sorted(ratios, reverse=True)
+        close += ratios[0] - ratios[1] < 0.05
+        assert not any(pathology in prompt + answer for pathology in PATHOLOGIES)
+    assert close > 20  # the top two are often within 5 points: the task is the comparison
+
+
 def test_copied_value_reads_the_first_word():
     assert copied_value(" 14.2 ; valgus_genou 3.1.") == "14.2"
     assert copied_value(" -0.5.") == "-0.5"
@@ -50,7 +69,13 @@ def test_steps_without_an_output_folder_are_refused(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--steps", "-1"], ["--batch-size", "0"], ["--probes", "0"], ["--learning-rate", "0"]],
+    [
+        ["--steps", "-1"],
+        ["--batch-size", "0"],
+        ["--probes", "0"],
+        ["--learning-rate", "0"],
+        ["--rank-share", "1.5"],
+    ],
 )
 def test_nonsense_copy_probe_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit):
@@ -70,6 +95,18 @@ def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_pa
     before = AutoModelForCausalLM.from_pretrained(tiny_base_model)
     changed = model.get_input_embeddings().weight != before.get_input_embeddings().weight
     assert bool(changed.any())  # full-parameter: the embedding moved too
+
+
+@pytest.mark.engine
+def test_rank_pretraining_probes_the_ranking_too(tiny_base_model: Path, tmp_path: Path):
+    config = CopyProbeConfig(
+        base=tiny_base_model, out=tmp_path / "rank-base", steps=2, probes=2, batch_size=4
+    )
+    config.rank_share = 0.5
+    result = main(config)
+    assert 0.0 <= result["rank_first_before"] <= 1.0 and 0.0 <= result["rank_first_after"] <= 1.0
+    assert result["rank_share"] == 0.5
+    assert "rank_first_after" not in main(CopyProbeConfig(base=tiny_base_model, probes=2))
 
 
 def test_negative_copy_steps_are_refused():

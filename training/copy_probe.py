@@ -2,6 +2,8 @@
 
     python -m training.copy_probe --base data/models/tiny/base                      # probe only
     python -m training.copy_probe --base data/models/tiny/base --steps 400 --out /tmp/copy-base
+    python -m training.copy_probe --base training/tiny_base --steps 800 --rank-share 0.5 \
+        --seed 1 --out /tmp/rank-base                                  # copying and ranking
 
 Issue 18's grounding bar needs the model to write a measured value exactly as the prompt shows it.
 A pretrained base (MedGemma) copies from its context; a random tiny base does not, and LoRA did
@@ -16,6 +18,13 @@ physical ranges, written as the diagnostic prompt writes them (`render_measureme
 answer `Valeurs : key value ; key value.` for 1 to 4 keys in random order; the loss is on the
 answer only. The probe writes `Valeurs : <key>` into the model's turn and reads the value the
 model writes greedily; `copy_exact` is the share written exactly as the prompt shows it.
+
+`--rank-share` mixes in a second task, numeracy: the same table (values drawn around a common
+percent of threshold, so that several are close) and the answer `Ordre : key > key > ...`, the
+seven keys from the largest percent of threshold to the smallest. It knows no label and no rule
+(the Achilles rule's minimum of two, the ties, the confidence are the SFT's to teach); it is the
+comparison of two written numbers that a pretrained base (MedGemma) brings and a random one
+lacks. `rank_first` is the share of held-out tables whose first key the model gets right.
 """
 
 from __future__ import annotations
@@ -28,13 +37,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aria.domain import MEASUREMENT_KEYS, MEASUREMENTS, format_value
+from aria.domain import MEASUREMENT_KEYS, MEASUREMENTS, THRESHOLD_BY_KEY, format_value
 from aria.files import atomic_dir
 from aria.prompts import render_measurements
 
 ANSWER_LEAD = "Valeurs :"
 INSTRUCTION = "Recopie quelques valeurs."
 PROBES = 60  # held-out tables the probe asks: one value each
+RANK_LEAD = "Ordre :"
+RANK_INSTRUCTION = "Range les mesures du plus grand au plus petit pourcentage du seuil."
+RANK_PROBES = 100  # held-out tables whose first key the ranking probe asks
 
 
 @dataclass
@@ -48,6 +60,7 @@ class CopyProbeConfig:
     batch_size: int = 16
     probes: int = PROBES
     seed: int = 0
+    rank_share: float = 0.0  # share of the pretraining's examples that rank instead of copy
 
 
 def random_runner(rng: random.Random) -> dict[str, float]:
@@ -68,6 +81,48 @@ def copy_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
     answer = " ; ".join(f"{key} {format_value(key, runner[key])}" for key in keys)
     prompt = f"Mesures :\n{render_measurements(runner)}\n{INSTRUCTION}"
     return prompt, f"{ANSWER_LEAD} {answer}.", runner
+
+
+def rank_runner(rng: random.Random) -> dict[str, float]:
+    """Seven values around one common percent of threshold (normal, sd 30 points), one in five
+    anywhere from 5 to 250 %, kept in the physical ranges and rounded as the prompt writes them."""
+    runner = {}
+    centre = rng.uniform(50, 150)
+    for m in MEASUREMENTS:
+        percent = rng.uniform(5, 250) if rng.random() < 0.2 else rng.gauss(centre, 30)
+        step = 10**-m.decimals
+        lowest = m.low + step if m.low_exclusive else m.low
+        value = min(max(percent / 100 * THRESHOLD_BY_KEY[m.key], lowest), m.high)
+        runner[m.key] = float(format_value(m.key, value))
+    return runner
+
+
+def rank_order(runner: Mapping[str, float]) -> list[str]:
+    """The seven keys from the largest value over threshold to the smallest (ties: table order)."""
+    return sorted(MEASUREMENT_KEYS, key=lambda key: -runner[key] / THRESHOLD_BY_KEY[key])
+
+
+def rank_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
+    """(user prompt, answer, runner) of one ranking task."""
+    runner = rank_runner(rng)
+    prompt = f"Mesures :\n{render_measurements(runner)}\n{RANK_INSTRUCTION}"
+    return prompt, f"{RANK_LEAD} " + " > ".join(rank_order(runner)) + ".", runner
+
+
+def probe_rank(model, tokenizer, n: int, seed: int) -> float:
+    """Share of `n` held-out tables whose first key (the largest percent) the model names."""
+    import torch
+
+    rng = random.Random(seed + 20_000)  # never the pretraining's draws
+    hits = 0
+    for _ in range(n):
+        prompt, _, runner = rank_example(rng)
+        text = _chat(tokenizer, prompt) + RANK_LEAD
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1]
+        hits += tokenizer.decode([int(logits.argmax())]).strip() == rank_order(runner)[0]
+    return hits / n
 
 
 def copied_value(generated: str) -> str:
@@ -129,8 +184,10 @@ def pretrain(
     learning_rate: float = 1e-3,
     batch_size: int = 16,
     seed: int = 0,
+    rank_share: float = 0.0,
 ) -> list[float]:
-    """Full-parameter AdamW on the copy task, 20 warm-up steps then a linear decay; the losses."""
+    """Full-parameter AdamW on the copy task (and the ranking task for `rank_share` of the
+    examples), 20 warm-up steps then a linear decay; the losses."""
     import torch
 
     torch.manual_seed(seed)
@@ -141,7 +198,11 @@ def pretrain(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * min(1.0, (step + 1) / 20) * (1 - step / steps)
-        input_ids, labels, mask = _batch(tokenizer, [copy_example(rng) for _ in range(batch_size)])
+        examples = [
+            rank_example(rng) if rank_share and rng.random() < rank_share else copy_example(rng)
+            for _ in range(batch_size)
+        ]
+        input_ids, labels, mask = _batch(tokenizer, examples)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -170,6 +231,8 @@ def main(cfg: CopyProbeConfig) -> dict:
         "probes": cfg.probes,
         "copy_exact_before": probe(model, tokenizer, cfg.probes, cfg.seed),
     }
+    if cfg.rank_share:
+        result["rank_first_before"] = probe_rank(model, tokenizer, RANK_PROBES, cfg.seed)
     if cfg.steps:
         started = time.perf_counter()
         losses = pretrain(
@@ -179,6 +242,7 @@ def main(cfg: CopyProbeConfig) -> dict:
             learning_rate=cfg.learning_rate,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            rank_share=cfg.rank_share,
         )
         result.update(
             steps=cfg.steps,
@@ -189,6 +253,11 @@ def main(cfg: CopyProbeConfig) -> dict:
             copy_exact_after=probe(model, tokenizer, cfg.probes, cfg.seed),
             out=str(cfg.out),
         )
+        if cfg.rank_share:
+            result.update(
+                rank_share=cfg.rank_share,
+                rank_first_after=probe_rank(model, tokenizer, RANK_PROBES, cfg.seed),
+            )
         with atomic_dir(Path(cfg.out)) as tmp:
             model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -206,7 +275,12 @@ def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--probes", type=int, default=PROBES, help="held-out tables to probe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rank-share", type=float, default=0.0, help="share of ranking examples (0 to 1)"
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.rank_share <= 1:
+        parser.error(f"--rank-share must be between 0 and 1, got {args.rank_share}")
     for flag, value, least in (
         ("--steps", args.steps, 0),
         ("--batch-size", args.batch_size, 1),
