@@ -99,10 +99,10 @@ def test_copy_pretraining_writes_a_base_that_loads(tiny_base_model: Path, tmp_pa
 
 @pytest.mark.engine
 def test_rank_pretraining_probes_the_ranking_too(tiny_base_model: Path, tmp_path: Path):
+    out = tmp_path / "rank-base"
     config = CopyProbeConfig(
-        base=tiny_base_model, out=tmp_path / "rank-base", steps=2, probes=2, batch_size=4
+        base=tiny_base_model, out=out, steps=2, probes=2, batch_size=4, rank_share=0.5
     )
-    config.rank_share = 0.5
     result = main(config)
     assert 0.0 <= result["rank_first_before"] <= 1.0 and 0.0 <= result["rank_first_after"] <= 1.0
     assert result["rank_share"] == 0.5
