@@ -19,6 +19,7 @@ from training.copy_probe import (
     copy_example,
     main,
     parse_args,
+    pretraining_example,
     rank_example,
 )
 
@@ -53,6 +54,18 @@ def test_rank_answers_order_the_prompts_percents_and_name_no_label():
         close += ratios[0] - ratios[1] < 0.05
         assert not any(pathology in prompt + answer for pathology in PATHOLOGIES)
     assert close > 20  # the top two are often within 5 points: the task is the comparison
+
+
+def test_pretraining_mixes_ranking_at_its_share_and_copies_alone_without_it():
+    rng = random.Random(5)
+    answers = [pretraining_example(rng, 0.7)[1] for _ in range(1000)]
+    ranking = sum(answer.startswith(RANK_LEAD) for answer in answers)
+    assert 640 < ranking < 760
+    assert all(a.startswith((RANK_LEAD, ANSWER_LEAD)) for a in answers)
+    # No ranking: the very draws of the copy task, which `make tiny-pretrain` replays.
+    mixed, alone = random.Random(6), random.Random(6)
+    for _ in range(50):
+        assert pretraining_example(mixed) == copy_example(alone)
 
 
 def test_copied_value_reads_the_first_word():

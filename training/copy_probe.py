@@ -109,6 +109,16 @@ def rank_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
     return prompt, f"{RANK_LEAD} " + " > ".join(rank_order(runner)) + ".", runner
 
 
+def pretraining_example(
+    rng: random.Random, rank_share: float = 0.0
+) -> tuple[str, str, dict[str, float]]:
+    """One example of the pretraining: a ranking one for `rank_share` of the draws, else a copy
+    one. With no ranking the draws are exactly the copy task's, so the committed base rebuilds."""
+    if rank_share and rng.random() < rank_share:
+        return rank_example(rng)
+    return copy_example(rng)
+
+
 def probe_rank(model, tokenizer, n: int, seed: int) -> float:
     """Share of `n` held-out tables whose first key (the largest percent) the model names."""
     import torch
@@ -198,10 +208,7 @@ def pretrain(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * min(1.0, (step + 1) / 20) * (1 - step / steps)
-        examples = [
-            rank_example(rng) if rank_share and rng.random() < rank_share else copy_example(rng)
-            for _ in range(batch_size)
-        ]
+        examples = [pretraining_example(rng, rank_share) for _ in range(batch_size)]
         input_ids, labels, mask = _batch(tokenizer, examples)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
