@@ -13,10 +13,12 @@ from aria.domain import MEASUREMENT_KEYS, PATHOLOGIES, THRESHOLD_BY_KEY, format_
 from aria.prompts import render_measurements
 from training.copy_probe import (
     ANSWER_LEAD,
+    DESCRIBE_LEAD,
     RANK_LEAD,
     CopyProbeConfig,
     copied_value,
     copy_example,
+    describe_example,
     main,
     parse_args,
     pretraining_example,
@@ -68,6 +70,39 @@ def test_pretraining_mixes_ranking_at_its_share_and_copies_alone_without_it():
         assert pretraining_example(mixed) == copy_example(alone)
 
 
+def test_descriptions_cite_each_value_and_threshold_in_percent_order_and_no_label():
+    rng = random.Random(7)
+    for _ in range(200):
+        prompt, answer, runner = describe_example(rng)
+        assert render_measurements(runner) in prompt
+        assert answer.startswith(DESCRIBE_LEAD + " ")
+        sentences = answer[len(DESCRIBE_LEAD) + 1 :].split(". ")
+        keys = [sentence.split()[0] for sentence in sentences]
+        assert sorted(keys) == sorted(MEASUREMENT_KEYS)
+        ratios = [runner[key] / THRESHOLD_BY_KEY[key] for key in keys]
+        assert ratios == sorted(ratios, reverse=True)
+        for key, sentence in zip(keys, sentences, strict=True):
+            value, threshold = (
+                format_value(key, runner[key]),
+                format_value(key, THRESHOLD_BY_KEY[key]),
+            )
+            side = "au-dessus de" if runner[key] > THRESHOLD_BY_KEY[key] else "sous"
+            assert sentence.rstrip(".") == f"{key} mesure {value}, {side} son seuil de {threshold}"
+        assert not any(pathology in prompt + answer for pathology in PATHOLOGIES)
+
+
+def test_descriptions_take_their_share_and_leave_the_ranking_mix_as_it_was():
+    rng = random.Random(8)
+    answers = [pretraining_example(rng, 0.5, 0.4)[1] for _ in range(1000)]
+    described = sum(answer.startswith(DESCRIBE_LEAD) for answer in answers)
+    ranked = sum(answer.startswith(RANK_LEAD) for answer in answers)
+    assert 340 < described < 460 and 240 < ranked < 360  # 0.4, then half of the other 0.6
+    # No description: the very draws of the ranking mix, so the ranking bases rebuild.
+    mixed, alone = random.Random(9), random.Random(9)
+    for _ in range(50):
+        assert pretraining_example(mixed, 0.7, 0.0) == pretraining_example(alone, 0.7)
+
+
 def test_copied_value_reads_the_first_word():
     assert copied_value(" 14.2 ; valgus_genou 3.1.") == "14.2"
     assert copied_value(" -0.5.") == "-0.5"
@@ -88,6 +123,7 @@ def test_steps_without_an_output_folder_are_refused(tmp_path: Path):
         ["--probes", "0"],
         ["--learning-rate", "0"],
         ["--rank-share", "1.5"],
+        ["--describe-share", "-0.1"],
     ],
 )
 def test_nonsense_copy_probe_flags_are_refused(flags, capsys):

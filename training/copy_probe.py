@@ -47,6 +47,8 @@ PROBES = 60  # held-out tables the probe asks: one value each
 RANK_LEAD = "Ordre :"
 RANK_INSTRUCTION = "Range les mesures du plus grand au plus petit pourcentage du seuil."
 RANK_PROBES = 100  # held-out tables whose first key the ranking probe asks
+DESCRIBE_LEAD = "Lecture :"
+DESCRIBE_INSTRUCTION = "Décris chaque mesure par rapport à son seuil."
 
 
 @dataclass
@@ -61,6 +63,7 @@ class CopyProbeConfig:
     probes: int = PROBES
     seed: int = 0
     rank_share: float = 0.0  # share of the pretraining's examples that rank instead of copy
+    describe_share: float = 0.0  # share that describe the table in sentences (drawn first)
 
 
 def random_runner(rng: random.Random) -> dict[str, float]:
@@ -109,11 +112,30 @@ def rank_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
     return prompt, f"{RANK_LEAD} " + " > ".join(rank_order(runner)) + ".", runner
 
 
+def describe_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
+    """(user prompt, answer, runner) of one description: a sentence per measurement, from the
+    largest percent of threshold to the smallest, with its value, threshold and side of it."""
+    runner = rank_runner(rng)
+    sentences = []
+    for key in rank_order(runner):
+        threshold = THRESHOLD_BY_KEY[key]
+        side = "au-dessus de" if runner[key] > threshold else "sous"
+        sentences.append(
+            f"{key} mesure {format_value(key, runner[key])}, {side} son seuil de "
+            f"{format_value(key, threshold)}."
+        )
+    prompt = f"Mesures :\n{render_measurements(runner)}\n{DESCRIBE_INSTRUCTION}"
+    return prompt, f"{DESCRIBE_LEAD} " + " ".join(sentences), runner
+
+
 def pretraining_example(
-    rng: random.Random, rank_share: float = 0.0
+    rng: random.Random, rank_share: float = 0.0, describe_share: float = 0.0
 ) -> tuple[str, str, dict[str, float]]:
-    """One example of the pretraining: a ranking one for `rank_share` of the draws, else a copy
-    one. With no ranking the draws are exactly the copy task's, so the committed base rebuilds."""
+    """One example of the pretraining: a description for `describe_share` of the draws, else a
+    ranking one for `rank_share` of the rest, else a copy one. With neither the draws are exactly
+    the copy task's (and with no description, the ranking mix's), so earlier bases rebuild."""
+    if describe_share and rng.random() < describe_share:
+        return describe_example(rng)
     if rank_share and rng.random() < rank_share:
         return rank_example(rng)
     return copy_example(rng)
@@ -195,6 +217,7 @@ def pretrain(
     batch_size: int = 16,
     seed: int = 0,
     rank_share: float = 0.0,
+    describe_share: float = 0.0,
 ) -> list[float]:
     """Full-parameter AdamW on the copy task (and the ranking task for `rank_share` of the
     examples), 20 warm-up steps then a linear decay; the losses."""
@@ -208,7 +231,7 @@ def pretrain(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * min(1.0, (step + 1) / 20) * (1 - step / steps)
-        examples = [pretraining_example(rng, rank_share) for _ in range(batch_size)]
+        examples = [pretraining_example(rng, rank_share, describe_share) for _ in range(batch_size)]
         input_ids, labels, mask = _batch(tokenizer, examples)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -250,6 +273,7 @@ def main(cfg: CopyProbeConfig) -> dict:
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             rank_share=cfg.rank_share,
+            describe_share=cfg.describe_share,
         )
         result.update(
             steps=cfg.steps,
@@ -260,6 +284,8 @@ def main(cfg: CopyProbeConfig) -> dict:
             copy_exact_after=probe(model, tokenizer, cfg.probes, cfg.seed),
             out=str(cfg.out),
         )
+        if cfg.describe_share:
+            result["describe_share"] = cfg.describe_share
         if cfg.rank_share:
             result.update(
                 rank_share=cfg.rank_share,
@@ -285,9 +311,19 @@ def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
     parser.add_argument(
         "--rank-share", type=float, default=0.0, help="share of ranking examples (0 to 1)"
     )
+    parser.add_argument(
+        "--describe-share",
+        type=float,
+        default=0.0,
+        help="share of examples that describe the table in sentences (0 to 1)",
+    )
     args = parser.parse_args(argv)
-    if not 0 <= args.rank_share <= 1:
-        parser.error(f"--rank-share must be between 0 and 1, got {args.rank_share}")
+    for flag, share in (
+        ("--rank-share", args.rank_share),
+        ("--describe-share", args.describe_share),
+    ):
+        if not 0 <= share <= 1:
+            parser.error(f"{flag} must be between 0 and 1, got {share}")
     for flag, value, least in (
         ("--steps", args.steps, 0),
         ("--batch-size", args.batch_size, 1),
