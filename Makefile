@@ -37,10 +37,10 @@ copy-datasets: $(STAMP) ## Import JSONL datasets from SRC=folder through the sam
 dataset-card: $(STAMP) ## Render data/training/README.md, the Hugging Face dataset card
 	$(PY) -m preparation.generate_dataset_card $(ARGS)
 
-tiny-model: $(STAMP) ## Install the committed, copy-pretrained tiny Gemma 3 base in data/models/tiny/base
+tiny-model: $(STAMP) ## Install the committed, pretrained tiny Gemma 3 base in data/models/tiny/base
 	$(PY) -m training.build_tiny_model $(ARGS)
 
-tiny-pretrain: $(STAMP) ## Rebuild that committed base (training/tiny_base): random weights, then the copy pretraining
+tiny-pretrain: $(STAMP) ## Rebuild that committed base (training/tiny_base): random weights, then copying, ranking and describing
 	$(PY) -m training.build_tiny_model --pretrain $(ARGS)
 
 convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked

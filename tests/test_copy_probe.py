@@ -179,12 +179,16 @@ def test_build_flags_without_scratch_are_refused(flags, capsys):
     assert tiny_args([]).scratch is False  # plain `make tiny-model` installs the committed base
 
 
-def test_pretrain_rebuilds_the_committed_base_with_its_steps():
-    from training.build_tiny_model import PRETRAIN_COPY_STEPS, PRETRAINED_DIR
+def test_pretrain_rebuilds_the_committed_base_with_its_stages():
+    from training.build_tiny_model import PRETRAIN_COPY_STEPS, PRETRAIN_STAGES, PRETRAINED_DIR
     from training.build_tiny_model import parse_args as tiny_args
 
     cfg = tiny_args(["--pretrain"])
-    assert cfg.scratch and cfg.copy_steps == PRETRAIN_COPY_STEPS and cfg.out_dir == PRETRAINED_DIR
+    assert cfg.scratch and cfg.pretrain and cfg.out_dir == PRETRAINED_DIR
+    # Copying alone comes first (the build's seed), ranking and describing after it.
+    first, *later = PRETRAIN_STAGES
+    assert first.steps == PRETRAIN_COPY_STEPS and not (first.rank_share or first.describe_share)
+    assert later and all(stage.rank_share for stage in later)
     assert tiny_args(["--pretrain", "--seed", "1"]).seed == 1
     with pytest.raises(SystemExit):
         tiny_args(["--pretrain", "--copy-steps", "5"])
@@ -261,3 +265,22 @@ def test_tiny_base_built_with_copy_pretraining(
     random_init = load_file(tiny_base_model / "model.safetensors")
     assert pretrained.keys() == random_init.keys()
     assert any(not (pretrained[k] == random_init[k]).all() for k in pretrained)
+
+
+@pytest.mark.engine
+def test_tiny_base_built_in_stages_records_each(dataset_dir: Path, tmp_path: Path):
+    from training.build_tiny_model import PretrainStage, build_tiny_model
+
+    stages = (
+        PretrainStage(2, seed=5),
+        PretrainStage(2, seed=1, rank_share=0.5, describe_share=0.5),
+    )
+    out = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", 0, 0, stages)
+    build = json.loads((out / "aria_build.json").read_text())
+    first, second = build["stages"]
+    assert first["seed"] == 0 and "rank_first" not in first  # the build's seed, copying alone
+    assert second["describe_share"] == 0.5 and 0.0 <= second["rank_first"] <= 1.0
+    assert build["copy_steps"] == 2 and build["copy_exact"] == second["copy_exact"]
+    with pytest.raises(ValueError, match="give one of them"):
+        build_tiny_model(tmp_path / "other", dataset_dir / "training" / "sft.jsonl", 0, 2, stages)
+    assert not (tmp_path / "other").exists()

@@ -7,11 +7,13 @@
 The tiny profile runs the whole chain (SFT, merge, DPO, serving, benchmark) on a CPU in minutes.
 Like MedGemma, its base comes pretrained: `make tiny-model` installs the committed
 `training/tiny_base`, after checking the sha256 of its weights and tokenizer against its
-aria_build.json. That base was built by `make tiny-pretrain`: random weights, then
-PRETRAIN_COPY_STEPS full-parameter steps of `training.copy_probe`'s task (copy a measured value
-asked by its key; no label, threshold or rule), which teaches the one ability a pretrained model
-brings and LoRA cannot teach a random one within the chain's budget: copying a number from the
-prompt. It takes longer than the whole chain, hence committed (docs/training.md, "Copying").
+aria_build.json. That base was built by `make tiny-pretrain`: random weights, then the
+full-parameter stages of PRETRAIN_STAGES on `training.copy_probe`'s tasks (copy a measured value
+asked by its key, then also rank the measurements by percent of threshold and describe them in
+sentences; no label or rule), which teach what a pretrained model brings and LoRA cannot teach a
+random one within the chain's budget: copying a number from the prompt, comparing numbers and
+writing about a table. It takes longer than the whole chain, hence committed (docs/training.md,
+"Copying", "Ranking", "Describing").
 
 Its architecture is a Gemma 3 with small dimensions (hidden 256, 4 layers; the parameter count follows the
 learned vocabulary: the build prints it and writes it to aria_build.json), randomly
@@ -62,10 +64,33 @@ VOCAB_SIZE = 2048
 WORD_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+| ?\p{N}+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
 # Serving defaults to VLLM_MAX_MODEL_LEN=4096; vLLM refuses a length above the model's positions.
 MAX_POSITIONS = 4096
-# The copy-pretrained tiny base, committed: `make tiny-model` installs it, `make tiny-pretrain`
-# rebuilds it (random weights, then PRETRAIN_COPY_STEPS full-parameter steps of the copy task).
+# The pretrained tiny base, committed: `make tiny-model` installs it, `make tiny-pretrain`
+# rebuilds it (random weights, then PRETRAIN_STAGES of full-parameter pretraining).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "tiny_base"
 PRETRAIN_COPY_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class PretrainStage:
+    """One run of `training.copy_probe`'s pretraining: its steps, seed and task mix (the shares
+    of descriptions, then of ranking among the rest; the others copy). Each stage reloads the
+    bf16 weights the previous one saved, as `python -m training.copy_probe` does."""
+
+    steps: int
+    seed: int
+    rank_share: float = 0.0
+    describe_share: float = 0.0
+
+
+# `make tiny-pretrain`: copying alone (the seed is the build's), then ranking, then ranking and
+# descriptions; each stage is the `python -m training.copy_probe` command of docs/training.md
+# ("Describing"), which measured it.
+PRETRAIN_STAGES = (
+    PretrainStage(PRETRAIN_COPY_STEPS, seed=0),
+    PretrainStage(800, seed=1, rank_share=0.5),
+    PretrainStage(1000, seed=1, rank_share=0.7),
+    PretrainStage(400, seed=3, rank_share=0.7, describe_share=0.4),
+)
 # The files whose sha256 the build records in aria_build.json and the install checks.
 CHECKED_FILES = ("model.safetensors", "tokenizer.json")
 # Std of the (tied) embedding at init. LoRA never trains it, so it bounds the output logits:
@@ -125,6 +150,7 @@ class TinyModelConfig:
     sft_path: Path | None = None  # default: data/training/sft.jsonl
     seed: int = 0
     copy_steps: int = 0  # full-parameter copy pretraining steps (training/copy_probe.py); 0: none
+    pretrain: bool = False  # with scratch: PRETRAIN_STAGES instead of copy_steps
     scratch: bool = False  # build from random weights instead of installing the committed base
 
 
@@ -223,18 +249,29 @@ def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
     )
 
 
-def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: Path,
+    sft_path: Path,
+    seed: int = 0,
+    copy_steps: int = 0,
+    stages: tuple[PretrainStage, ...] = (),
+) -> Path:
     """Build the tiny base (weights, tokenizer, generation config) into `out_dir`, atomically.
 
     The same `sft_path` and `seed` give the same tokenizer and the same weights. `copy_steps` > 0
     then pretrains the random weights on copying a measured value from the prompt
     (`training.copy_probe`, no label or threshold), the ability a pretrained base brings and LoRA
-    cannot teach a random one; `make tiny-pretrain` builds the committed base this way.
-    docs/training.md ("Copying") measures how many steps that takes and how long.
+    cannot teach a random one; `stages` (instead) runs several pretraining stages in turn, the
+    first with the build's `seed`: `make tiny-pretrain` builds the committed base with
+    PRETRAIN_STAGES. docs/training.md ("Copying", "Ranking", "Describing") measures them.
     """
     import torch
     from transformers import Gemma3ForCausalLM, GenerationConfig
 
+    if copy_steps and stages:
+        raise ValueError("copy_steps and stages both pretrain the base: give one of them")
+    if copy_steps:
+        stages = (PretrainStage(copy_steps, seed),)
     tokenizer = train_tokenizer(dataset_texts(Path(sft_path)))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = tiny_gemma3_config(len(tokenizer), ids["<pad>"], ids["<eos>"], ids["<bos>"])
@@ -254,16 +291,34 @@ def build_tiny_model(out_dir: Path, sft_path: Path, seed: int = 0, copy_steps: i
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if copy_steps:
-            build |= _copy_pretrain(tmp, tokenizer, copy_steps, seed)
+        records = []
+        for i, stage in enumerate(stages):
+            # The first stage's seed is the build's, so that --seed moves the whole build.
+            stage = (
+                stage
+                if i
+                else PretrainStage(stage.steps, seed, stage.rank_share, stage.describe_share)
+            )
+            records.append(_pretrain_stage(tmp, tokenizer, stage))
+            print(f"pretraining stage {i + 1}/{len(stages)}: {json.dumps(records[-1])}", flush=True)
+        if records:
+            first = records[0]
+            build |= {
+                "copy_steps": first["steps"],
+                "copy_seconds": first["seconds"],
+                "copy_loss": first["loss"],
+                "copy_exact": records[-1]["copy_exact"],
+            }
+            if len(records) > 1:
+                build["stages"] = records
         build["parameters"] = sum(p.numel() for p in model.parameters())
         build["sha256"] = {name: _sha256(tmp / name) for name in CHECKED_FILES}
         (tmp / "aria_build.json").write_text(json.dumps(build, indent=2) + "\n")
     return out_dir
 
 
-def _copy_pretrain(folder: Path, tokenizer, steps: int, seed: int) -> dict:
-    """Pretrain the base saved in `folder` on copying, in place, and return what to record.
+def _pretrain_stage(folder: Path, tokenizer, stage: PretrainStage) -> dict:
+    """Pretrain the base saved in `folder` for one stage, in place, and return what to record.
 
     It loads the saved bf16 weights in fp32, as `python -m training.copy_probe` does, so that both
     train the same numbers: converting the model in memory instead leaves its rotary frequencies
@@ -271,7 +326,7 @@ def _copy_pretrain(folder: Path, tokenizer, steps: int, seed: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training.copy_probe import PROBES, pretrain, probe
+    from training.copy_probe import PROBES, RANK_PROBES, pretrain, probe, probe_rank
 
     model = AutoModelForCausalLM.from_pretrained(
         folder,
@@ -279,13 +334,25 @@ def _copy_pretrain(folder: Path, tokenizer, steps: int, seed: int) -> dict:
         attn_implementation="eager",  # Gemma 3 trains with eager
     )
     started = time.perf_counter()
-    losses = pretrain(model, tokenizer, steps, seed=seed)
+    losses = pretrain(
+        model,
+        tokenizer,
+        stage.steps,
+        seed=stage.seed,
+        rank_share=stage.rank_share,
+        describe_share=stage.describe_share,
+    )
     record = {
-        "copy_steps": steps,
-        "copy_seconds": round(time.perf_counter() - started),
-        "copy_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
-        "copy_exact": probe(model, tokenizer, PROBES, seed),
+        "steps": stage.steps,
+        "seed": stage.seed,
+        "rank_share": stage.rank_share,
+        "describe_share": stage.describe_share,
+        "seconds": round(time.perf_counter() - started),
+        "loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "copy_exact": probe(model, tokenizer, PROBES, stage.seed),
     }
+    if stage.rank_share:
+        record["rank_first"] = probe_rank(model, tokenizer, RANK_PROBES, stage.seed)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return record
 
@@ -297,7 +364,7 @@ def _sha256(path: Path) -> str:
 
 
 def install_pretrained(out_dir: Path, source: Path = PRETRAINED_DIR) -> Path:
-    """Copy the committed copy-pretrained base into `out_dir`, atomically, after checking that
+    """Copy the committed pretrained base into `out_dir`, atomically, after checking that
     its files are the ones its aria_build.json records (a truncated or hand-edited checkout would
     otherwise train on broken weights)."""
     import shutil
@@ -333,7 +400,8 @@ def main(cfg: TinyModelConfig) -> Path:
     out_dir = cfg.out_dir or settings.models_dir.parent / "tiny" / "base"
     sft_path = cfg.sft_path or settings.training_dir / "sft.jsonl"
     if cfg.scratch:
-        path = build_tiny_model(out_dir, sft_path, cfg.seed, cfg.copy_steps)
+        stages = PRETRAIN_STAGES if cfg.pretrain else ()
+        path = build_tiny_model(out_dir, sft_path, cfg.seed, cfg.copy_steps, stages)
     else:
         path = install_pretrained(out_dir)
     build = json.loads((path / "aria_build.json").read_text())
@@ -348,6 +416,12 @@ def main(cfg: TinyModelConfig) -> Path:
             f"copy pretraining: {build['copy_steps']} steps, "
             f"copies {build['copy_exact']:.1%} of values"
         )
+    for stage in build.get("stages", [])[1:]:
+        print(
+            f"then {stage['steps']} steps, ranking {stage['rank_share']:.0%} and describing "
+            f"{stage['describe_share']:.0%} of examples: first key ranked right for "
+            f"{stage.get('rank_first', 0):.0%} of held-out tables"
+        )
     return path
 
 
@@ -360,14 +434,14 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     parser.add_argument(
         "--pretrain",
         action="store_true",
-        help=f"rebuild the committed base: --scratch --copy-steps {PRETRAIN_COPY_STEPS} "
-        "--out-dir training/tiny_base (make tiny-pretrain)",
+        help="rebuild the committed base: --scratch, the stages of PRETRAIN_STAGES (copying, "
+        "ranking, describing), --out-dir training/tiny_base (make tiny-pretrain)",
     )
     parser.add_argument(
         "--scratch",
         action="store_true",
         help="build from random weights and a tokenizer trained on --sft-path, instead of "
-        "installing the committed copy-pretrained base (training/tiny_base)",
+        "installing the committed pretrained base (training/tiny_base)",
     )
     parser.add_argument(
         "--copy-steps",
@@ -382,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
     if args.pretrain:
         if args.scratch or args.copy_steps or args.out_dir:
             parser.error("--pretrain sets --scratch, --copy-steps and --out-dir itself")
-        args.scratch, args.copy_steps, args.out_dir = True, PRETRAIN_COPY_STEPS, PRETRAINED_DIR
+        args.scratch, args.out_dir = True, PRETRAINED_DIR
     if not args.scratch and (args.copy_steps or args.sft_path or args.seed is not None):
         parser.error(
             "--copy-steps, --sft-path and --seed build a base, so they need --scratch; "
@@ -393,6 +467,7 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
         sft_path=args.sft_path,
         seed=args.seed or 0,
         copy_steps=args.copy_steps,
+        pretrain=args.pretrain,
         scratch=args.scratch,
     )
 

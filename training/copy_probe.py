@@ -25,6 +25,12 @@ seven keys from the largest percent of threshold to the smallest. It knows no la
 (the Achilles rule's minimum of two, the ties, the confidence are the SFT's to teach); it is the
 comparison of two written numbers that a pretrained base (MedGemma) brings and a random one
 lacks. `rank_first` is the share of held-out tables whose first key the model gets right.
+
+`--describe-share` mixes in a third, language: the same ranking table and the answer `Lecture :`
+then one sentence per measurement, in the ranking's order, `key mesure value, au-dessus de (or
+sous) son seuil de threshold.` No pathology, no count of fired rules; it is the prose about a
+table of values that a pretrained base brings and the reports need (a base pretrained on the two
+short answers alone wrote broken reports, docs/training.md "Ranking").
 """
 
 from __future__ import annotations
