@@ -240,6 +240,37 @@ def test_openai_parse_with_a_pydantic_model_in_the_seed_order(live_server):
         assert message.parsed.pathologie == EXPECTED_LABEL
 
 
+def test_sdk_parse_script_counts_right_answers_and_exceptions(live_server, tmp_path):
+    # `python -m evaluation.sdk_parse`: the `.parse` call above over an eval file, as measured.
+    runners = [dict(EXAMPLE_MEASUREMENTS), *soak_measurements(2, seed=5)]
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text(
+        "".join(json.dumps({"id": f"r{i}", "profile": m}) + "\n" for i, m in enumerate(runners))
+    )
+    out = tmp_path / "sdk.json"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "evaluation.sdk_parse", "--base-url", live_server.base_url,
+            "--model", live_server.served_name, "--eval", str(eval_path), "--limit", "2",
+            "--out", str(out), "--timeout", "120",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "VLLM_API_KEY": live_server.api_key},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(out.read_text())
+    assert summary == json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 2 and list(summary["per_set"]) == ["eval"]
+    # Every runner is either parsed or counted under its exception's name.
+    assert summary["exception_rate"] * 2 == sum(summary["exceptions"].values())
+    assert set(summary["exceptions"]) <= {"LengthFinishReasonError", "ValidationError"}
+    if TRAINED:
+        assert summary["exceptions"] == {} and summary["exact_match"] > 0
+
+
 @pytest.mark.parametrize("order", FIELD_ORDERS, ids=["-".join(o) for o in FIELD_ORDERS])
 def test_project_body_in_every_field_order_answers_in_that_order(live_server, order):
     body = diagnostic_request(EXAMPLE_MEASUREMENTS, live_server.served_name, order=order)

@@ -1,0 +1,48 @@
+"""evaluation.sdk_parse without a server: its tally, and the errors that name the fix (the live
+run against the session's server is in test_serving_live.py)."""
+
+from __future__ import annotations
+
+import json
+
+from aria.domain import EXAMPLE_MEASUREMENTS
+from evaluation import sdk_parse
+from evaluation.inputs import EvalItem
+from serve.vllm_server import free_port
+
+
+def item(set_name: str) -> EvalItem:
+    return EvalItem(
+        "x", dict(EXAMPLE_MEASUREMENTS), "Tendinite Achille", "élevée", [], set=set_name
+    )
+
+
+def test_summarise_counts_right_answers_and_exceptions_per_set():
+    results = [
+        (item("eval"), True, None),
+        (item("eval"), False, "LengthFinishReasonError"),
+        (item("outside"), False, None),
+        (item("outside"), True, None),
+    ]
+    summary = sdk_parse.summarise(results)
+    assert summary["n"] == 4 and summary["exact_match"] == 0.5
+    assert summary["exception_rate"] == 0.25
+    assert summary["exceptions"] == {"LengthFinishReasonError": 1}
+    assert summary["per_set"] == {
+        "eval": {"n": 2, "exact_match": 0.5, "exception_rate": 0.5},
+        "outside": {"n": 2, "exact_match": 0.5, "exception_rate": 0.0},
+    }
+
+
+def test_a_missing_eval_set_names_make_datasets(tmp_path, capsys):
+    assert sdk_parse.main(["--eval", str(tmp_path / "eval.jsonl")]) == 2
+    assert "make datasets" in capsys.readouterr().err
+
+
+def test_no_server_names_the_url_and_the_fix(tmp_path, capsys):
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text(json.dumps({"id": "r0", "profile": dict(EXAMPLE_MEASUREMENTS)}) + "\n")
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    assert sdk_parse.main(["--eval", str(eval_path), "--base-url", url, "--timeout", "5"]) == 2
+    err = capsys.readouterr().err
+    assert url in err and "make serve-ft-bg" in err
