@@ -32,7 +32,8 @@ from evaluation.inputs import EvalItem, load_eval
 
 
 class SeedOrderDiagnostic(BaseModel):
-    """A client's own pydantic model, its fields in the seed's order (pathologie a free string)."""
+    """A client's own pydantic model, its fields in the seed's order (pathologie a free string),
+    written as a client writes it (its own literals, not aria.schema's)."""
 
     pathologie: str
     confiance: Literal["élevée", "modérée", "faible"]
@@ -125,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"error: no server answers at {args.base_url}: start one (`make serve-ft-bg`) or "
             "pass --base-url",
+            file=sys.stderr,
+        )
+        return 2
+    except openai.APIStatusError as e:
+        print(
+            f"error: the server at {args.base_url} answered {e.status_code}: {e.message} "
+            "(a 401 means VLLM_API_KEY differs from the server's; a 404, --model is not served)",
             file=sys.stderr,
         )
         return 2

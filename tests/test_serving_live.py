@@ -18,12 +18,10 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel
 
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import EXAMPLE_MEASUREMENTS, label
@@ -38,6 +36,7 @@ from aria.schema import (
     is_json_prefix,
     parse_diagnostic,
 )
+from evaluation.sdk_parse import SeedOrderDiagnostic
 from evaluation.soak import soak_measurements
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
 from serve.vllm_server import free_port
@@ -207,14 +206,6 @@ def test_seed_body_with_the_plain_openai_client(live_server):
     completion = client.chat.completions.create(**seed_body(live_server))
     choice = completion.choices[0]
     assert_seed_answer(choice.message.content, choice.finish_reason)
-
-
-class SeedOrderDiagnostic(BaseModel):
-    """A client's own pydantic model, its fields in the seed's order (pathologie a free string)."""
-
-    pathologie: str
-    confiance: Literal["élevée", "modérée", "faible"]
-    justification: str
 
 
 def test_openai_parse_with_a_pydantic_model_in_the_seed_order(live_server):
