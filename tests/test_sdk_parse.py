@@ -1,11 +1,9 @@
 """evaluation.sdk_parse without a server: its tally, and the errors that name the fix (the live
-run against the session's server is in test_serving_live.py)."""
+run against the session's server is in test_serving_live.py, a refused key in test_serving.py)."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 from aria.domain import EXAMPLE_MEASUREMENTS
 from evaluation import sdk_parse
@@ -48,29 +46,3 @@ def test_no_server_names_the_url_and_the_fix(tmp_path, capsys):
     assert sdk_parse.main(["--eval", str(eval_path), "--base-url", url, "--timeout", "5"]) == 2
     err = capsys.readouterr().err
     assert url in err and "make serve-ft-bg" in err
-
-
-def test_a_refused_key_names_the_status_and_the_setting(tmp_path, capsys):
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.dumps({"error": {"message": "Unauthorized"}}).encode()
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    eval_path = tmp_path / "eval.jsonl"
-    eval_path.write_text(json.dumps({"id": "r0", "profile": dict(EXAMPLE_MEASUREMENTS)}) + "\n")
-    url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
-        assert sdk_parse.main(["--eval", str(eval_path), "--base-url", url]) == 2
-    finally:
-        server.shutdown()
-    err = capsys.readouterr().err
-    assert "401" in err and "VLLM_API_KEY" in err

@@ -906,3 +906,15 @@ def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_n
     chosen = order_items(dpo, items)
     assert len(chosen) == 60 and {it.set for it in chosen} == {"eval"}
     assert max(it.rank for it in chosen) == 59
+
+
+def test_sdk_parse_names_the_status_and_the_setting_of_a_refused_key(tmp_path, fake_vllm, capsys):
+    from evaluation import sdk_parse
+
+    fake_vllm.chat_status = 401
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text(json.dumps({"id": "r0", "profile": dict(EXAMPLE_MEASUREMENTS)}) + "\n")
+    url = f"http://127.0.0.1:{fake_vllm.port}/v1"
+    assert sdk_parse.main(["--eval", str(eval_path), "--base-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "401" in err and "VLLM_API_KEY" in err
