@@ -405,7 +405,7 @@ def test_independent_draws_keep_label_and_slice_and_drop_the_correlations() -> N
     assert abs(_correlation(independent, "valgus_genou", "adduction_hanche")) < 0.2
 
 
-def test_extended_set_is_half_independent_and_reports_come_with_and_without_context(
+def test_extended_set_is_independent_and_reports_come_with_and_without_context(
     tmp_path: Path,
 ) -> None:
     _, extra, *_ = build_datasets(GenerateConfig(**SMALL, n_outside=8, out_dir=tmp_path))
