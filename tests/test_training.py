@@ -325,6 +325,26 @@ def test_quick_eval_counts_grounded_justifications():
     assert "grounded" not in score_answers(answers, expected)
 
 
+def test_quick_eval_scores_by_the_gap_between_the_top_two():
+    from aria.domain import EXAMPLE_MEASUREMENTS, label
+    from training.quick_eval import gap_bucket, gap_buckets, score_answers
+
+    assert gap_buckets() == ["<0.03", "0.03-0.07", "0.07-0.15", ">=0.15"]
+    # Trunk lean decides; the knee's valgus 2 % under it is a near tie, far under it is not.
+    near = {**EXAMPLE_MEASUREMENTS, "inclinaison_tronc": 7.7, "valgus_genou": 10.8}
+    wide = {**EXAMPLE_MEASUREMENTS, "inclinaison_tronc": 9.1, "valgus_genou": 5.0}
+    assert label(near)[0] == label(wide)[0] == "Lombalgie mécanique"
+    assert (gap_bucket(near), gap_bucket(wide)) == ("<0.03", ">=0.15")
+    right = '{"pathologie":"Lombalgie mécanique","confiance":"faible","justification":"x"}'
+    wrong = '{"pathologie":"Syndrome fémoro-patellaire","confiance":"faible","justification":"x"}'
+    result = score_answers(
+        [wrong, right, right], [("Lombalgie mécanique", "faible")] * 3, runners=[near, near, wide]
+    )
+    assert result["exact_match_by_gap"]["<0.03"] == {"n": 2, "exact_match": pytest.approx(0.5)}
+    assert result["exact_match_by_gap"][">=0.15"] == {"n": 1, "exact_match": pytest.approx(1.0)}
+    assert result["exact_match_by_gap"]["0.03-0.07"] == {"n": 0, "exact_match": None}
+
+
 def test_quick_eval_opens_the_answer_as_the_seeds_schema_does():
     from aria.domain import EXAMPLE_MEASUREMENTS
     from aria.references import reference_diagnostic

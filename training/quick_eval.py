@@ -17,16 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from aria.domain import label
+from aria.domain import label, ranked_pathologies
 from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
 from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
 from aria.verdicts import justification_verdict
+
+# Bounds of the top-two gap buckets (the label's exceedance minus the runner-up's; 0.03 is three
+# points of the prompt's percent): docs/training.md ("Independent runners") scores by them.
+GAP_BOUNDS: tuple[float, ...] = (0.03, 0.07, 0.15)
 
 # What guided decoding of the seed's schema writes before the model chooses anything.
 SEED_ANSWER_PREFIX = '{"' + FIELD_ORDER[0] + '"' + GUIDED_SEPARATORS[1] + '"'
@@ -73,10 +79,13 @@ def score_answers(
     With the eval records' `slices`, also the pathology exact match of each slice. With their
     `runners` (measurements), also `grounded`: the share of answers whose justification cites
     only numbers of the input (an invalid answer counts as not grounded), as the release gate
-    counts it (`aria.verdicts.justification_verdict`).
+    counts it (`aria.verdicts.justification_verdict`); and `exact_match_by_gap`: the exact match
+    and count of each bucket of the gap between the label's exceedance and the runner-up's
+    (`gap_bucket`).
     """
     valid = pathology_ok = confidence_ok = grounded = 0
     per_slice: dict[str, list[int]] = {}
+    per_gap: dict[str, list[int]] = {name: [0, 0] for name in gap_buckets()}
     slices = slices or [None] * len(answers)
     runners = runners or [None] * len(answers)
     for text, (pathology, confiance), slice_name, measurements in zip(
@@ -84,6 +93,8 @@ def score_answers(
     ):
         hits = per_slice.setdefault(slice_name, [0, 0]) if slice_name else [0, 0]
         hits[1] += 1
+        gap_hits = per_gap[gap_bucket(measurements)] if measurements is not None else [0, 0]
+        gap_hits[1] += 1
         try:
             diagnostic = parse_diagnostic(text.strip())
         except ValueError:
@@ -91,6 +102,7 @@ def score_answers(
         valid += 1
         pathology_ok += diagnostic.pathologie == pathology
         hits[0] += diagnostic.pathologie == pathology
+        gap_hits[0] += diagnostic.pathologie == pathology
         confidence_ok += diagnostic.confiance == confiance
         if measurements is not None:
             grounded += justification_verdict(diagnostic.justification, measurements)["grounded"]
@@ -103,9 +115,28 @@ def score_answers(
     }
     if any(m is not None for m in runners):
         result["grounded"] = grounded / n
+        result["exact_match_by_gap"] = {
+            name: {"n": total, "exact_match": ok / total if total else None}
+            for name, (ok, total) in per_gap.items()
+        }
     if per_slice:
         result["exact_match_by_slice"] = {k: ok / total for k, (ok, total) in per_slice.items()}
     return result
+
+
+def gap_buckets() -> list[str]:
+    """Names of the top-two gap buckets, narrowest first: `<0.03`, `0.03-0.07`, ..., `>=0.15`."""
+    edges = [f"{b:g}" for b in GAP_BOUNDS]
+    return [f"<{edges[0]}", *(f"{a}-{b}" for a, b in pairwise(edges)), f">={edges[-1]}"]
+
+
+def gap_bucket(measurements: Mapping[str, Any]) -> str:
+    """The bucket of the gap between the label's exceedance and the runner-up's: a near tie is
+    where a model that reads percents loosely errs (docs/training.md, "Independent runners")."""
+    ranked = ranked_pathologies(measurements)
+    gap = ranked[0][1] - ranked[1][1]
+    names = gap_buckets()
+    return names[bisect_right(GAP_BOUNDS, gap)]
 
 
 def generate_answers(
@@ -202,6 +233,9 @@ def main(cfg: QuickEvalConfig) -> dict:
         )
     for slice_name, rate in result.get("exact_match_by_slice", {}).items():
         print(f"  {slice_name:<14} {rate:.1%}")
+    for bucket, tally in result.get("exact_match_by_gap", {}).items():
+        if tally["n"]:
+            print(f"  top-two gap {bucket:<9} {tally['exact_match']:.1%} of {tally['n']}")
     print(json.dumps(result, ensure_ascii=False))
     return result
 
