@@ -78,8 +78,8 @@ REPORT_NO_CONTEXT_SHARE = 0.5
 # Share of the tiny profile's extra runners whose measurements that do not decide are drawn
 # independently (aria.population.sample_measurements): the population's laws correlate them (valgus
 # and adduction, step length and heel strike), and a model can learn those correlations instead
-# of comparing each measurement with its threshold. All of them since 2026-12-02: half gave 80.0 %
-# exact match on outside.jsonl, all 84.0 % (docs/training.md, "Independent runners").
+# of comparing each measurement with its threshold. All of them since 2026-12-02, which measured
+# better on outside.jsonl than half (docs/training.md, "Independent runners", has the figures).
 INDEPENDENT_SHARE = 1.0
 
 
