@@ -106,6 +106,13 @@ def load_eval(cfg: BenchmarkConfig, limit: int | None = None) -> list[EvalItem]:
     return items
 
 
+def report_order(items: list[EvalItem]) -> list[EvalItem]:
+    """The report runners' order: one seeded order mixing the sets (each set's rank, then the
+    set), so that the first N alternate between eval.jsonl and outside.jsonl. The benchmark's
+    report pass and `training.quick_reports` take its first N."""
+    return sorted(items, key=lambda it: (it.rank, it.set))
+
+
 def target_items(t: Target, items: list[EvalItem]) -> list[EvalItem]:
     """The run's items this target is asked: its sets, and per set its `limit` lowest ranks."""
     return [

@@ -37,6 +37,7 @@ from evaluation.inputs import (
     load_eval,
     load_prompts,
     order_items,
+    report_order,
     target_items,
 )
 from evaluation.passes import Pass, build_body, plan_passes
@@ -187,7 +188,7 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
     notes: list[str] = []
     embedder = Embedder()
     # One seeded order of report runners, mixing the sets; each target takes its first N.
-    report_order = sorted(items, key=lambda it: (it.rank, it.set))
+    reports_first = report_order(items)
 
     def n_reports(t: Target) -> int:
         return cfg.report_sample if t.reports is None else t.reports
@@ -195,7 +196,7 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
     for t in cfg.targets:
         mine = target_items(t, items)
         ids = {it.id for it in mine}
-        report_items = [it for it in report_order if it.id in ids][: n_reports(t)]
+        report_items = [it for it in reports_first if it.id in ids][: n_reports(t)]
         for p in plan_passes(cfg, t, templates, mine, report_items, records_dir):
             asyncio.run(run_pass(p, api_key, cfg, embedder))
 

@@ -291,6 +291,31 @@ def test_merge_refuses_a_quantized_base(tmp_path: Path):
         refuse_quantized_base(str(tmp_path))
 
 
+def test_quick_reports_asks_the_benchmarks_report_runners(dataset_dir: Path):
+    """The first N report runners alternate eval.jsonl and outside.jsonl by seeded rank, as the
+    benchmark's report pass takes them, and a larger N extends a smaller one."""
+    from training.quick_reports import report_runners
+
+    eval_path = dataset_dir / "eval" / "eval.jsonl"
+    six = report_runners(eval_path, 6, seed=0)
+    assert [(it.set, it.rank) for it in six] == [
+        (name, rank) for rank in range(3) for name in ("eval", "outside")
+    ]
+    assert [it.id for it in report_runners(eval_path, 10, seed=0)][:6] == [it.id for it in six]
+    assert [it.id for it in report_runners(eval_path, 6, seed=1)] != [it.id for it in six]
+
+
+def test_quick_reports_tally_counts_each_check_per_set_and_overall():
+    from training.quick_reports import tally
+
+    ok = {"prose": True, "names_pathology": True, "grounded": True, "passed": True}
+    wrong = ok | {"names_pathology": False, "passed": False}
+    counts = tally([("eval", ok), ("outside", wrong), ("eval", wrong)])
+    assert counts["eval"] == {"n": 2, "prose": 2, "names_pathology": 1, "grounded": 2, "passed": 1}
+    assert counts["outside"]["passed"] == 0
+    assert counts["all"] == {"n": 3, "prose": 3, "names_pathology": 1, "grounded": 3, "passed": 1}
+
+
 def test_quick_eval_scores_exact_match():
     from training.quick_eval import score_answers
 
@@ -410,6 +435,27 @@ def test_tiny_base_is_reproducible(tiny_base_model: Path, dataset_dir: Path, tmp
     assert (again / "model.safetensors").read_bytes() == (
         tiny_base_model / "model.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.engine
+def test_quick_reports_samples_and_judges_the_report_call(tiny_sft_run, dataset_dir: Path):
+    """Reports sampled at the report's temperature from a merged model, judged by
+    aria.verdicts.report_verdict; the same seed draws the same reports."""
+    from training.quick_reports import QuickReportsConfig, quick_reports
+
+    cfg = QuickReportsConfig(
+        tiny_sft_run.merged, dataset_dir / "eval" / "eval.jsonl", reports=2, max_new_tokens=8
+    )
+    first = quick_reports(cfg)
+    assert first["temperature"] == 0.3
+    assert first["counts"]["all"]["n"] == 2
+    assert first["counts"]["eval"]["n"] == first["counts"]["outside"]["n"] == 1
+    # Eight tokens are too short for a report: each fails, and says why.
+    assert first["counts"]["all"]["passed"] == 0 and len(first["failures"]) == 2
+    assert all(f["problems"] for f in first["failures"])
+    again = quick_reports(cfg)
+    assert [f["text"] for f in again["failures"]] == [f["text"] for f in first["failures"]]
+    json.dumps(first)
 
 
 @pytest.mark.engine

@@ -145,9 +145,13 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     answer_prefix: str = "",
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
-    """Greedy completions of chat prompts, decoded without special tokens; each answer starts
-    with `answer_prefix`, written into the model's turn before it generates."""
+    """Completions of chat prompts, decoded without special tokens; each answer starts with
+    `answer_prefix`, written into the model's turn before it generates. Greedy, or sampled at
+    `temperature` > 0 (top-p 1, torch seeded with `seed` first: the same batches give the same
+    samples on one machine)."""
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer, GenerationConfig
@@ -166,6 +170,9 @@ def generate_answers(
         eos_ids = eos_ids_with_end_of_turn(tokenizer, GenerationConfig.from_pretrained(model_dir))
     except OSError:
         eos_ids = eos_ids_with_end_of_turn(tokenizer, model.generation_config)
+    if temperature > 0:
+        torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
     answers: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="quick eval", unit="batch"):
         texts = [
@@ -178,7 +185,7 @@ def generate_answers(
         with torch.no_grad():
             out = model.generate(
                 **inputs,
-                do_sample=False,
+                **(sampling if temperature > 0 else {"do_sample": False}),
                 max_new_tokens=max_new_tokens,
                 eos_token_id=eos_ids,
                 pad_token_id=tokenizer.pad_token_id,
