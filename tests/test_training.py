@@ -305,6 +305,22 @@ def test_quick_reports_asks_the_benchmarks_report_runners(dataset_dir: Path):
     assert [it.id for it in report_runners(eval_path, 6, seed=1)] != [it.id for it in six]
 
 
+def test_findings_pathology_reads_the_measurement_a_report_picks():
+    """The pathology of the first key on the report's findings line, which a report that names
+    the wrong pathology usually follows (docs/training.md)."""
+    from aria.domain import EXAMPLE_MEASUREMENTS, label
+    from aria.references import reference_report
+    from training.quick_reports import findings_pathology
+
+    report = reference_report(EXAMPLE_MEASUREMENTS)
+    assert findings_pathology(report) == label(EXAMPLE_MEASUREMENTS)[0]
+    achilles = (
+        "Constats : heel_strike_index 0.80 (seuil 0.70) et dorsiflexion_max 16.0.\nvalgus_genou"
+    )
+    assert findings_pathology(achilles) == "Tendinite Achille"
+    assert findings_pathology("Constats : rien.\nadduction_hanche 9.0") is None
+
+
 def test_quick_reports_tally_counts_each_check_per_set_and_overall():
     from training.quick_reports import tally
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aria.domain import MEASUREMENT_KEYS, RULES
 from aria.prompts import REPORT_MAX_TOKENS, REPORT_TEMPERATURE, report_messages
 from aria.verdicts import named_pathologies, report_verdict
 
@@ -43,6 +44,17 @@ class QuickReportsConfig:
     max_new_tokens: int = REPORT_MAX_TOKENS
     batch_size: int = 10
     show_failures: bool = False
+
+
+def findings_pathology(text: str) -> str | None:
+    """The pathology of the first measurement key the report's first line names (its findings,
+    `aria.references.reference_report`), or None when it names none."""
+    first_line = text.strip().split("\n", 1)[0]
+    found = [(first_line.find(key), key) for key in MEASUREMENT_KEYS if key in first_line]
+    if not found:
+        return None
+    key = min(found)[1]
+    return next(r.pathology for r in RULES if key in dict(r.thresholds))
 
 
 def report_runners(eval_path: Path, n: int, seed: int) -> list:
@@ -104,16 +116,24 @@ def quick_reports(cfg: QuickReportsConfig) -> dict:
                     "id": it.id,
                     "label": it.pathology,
                     "named": named_pathologies(text)[:1],
+                    "findings_pathology": findings_pathology(text),
                     "problems": verdict["problems"],
                     "ungrounded": verdict["ungrounded"],
                     "text": text,
                 }
             )
+    misnamed = [f for f in failures if f["named"] and f["named"][0] != f["label"]]
     return {
         "model": str(cfg.model),
         "temperature": cfg.temperature,
         "seed": cfg.seed,
         "counts": tally(verdicts),
+        # Reports naming another pathology than the rule's, and how many of them name the one
+        # of the measurement their findings line picked (the choice of measurement was wrong).
+        "misnamed": len(misnamed),
+        "misnamed_following_findings": sum(
+            f["named"][0] == f["findings_pathology"] for f in misnamed
+        ),
         "seconds": time.perf_counter() - started,
         "failures": failures,
     }
@@ -128,6 +148,10 @@ def main(cfg: QuickReportsConfig) -> dict:
     for name in sorted(counts_by_set, key=lambda name: (name == "all", name)):
         counts = counts_by_set[name]
         print(f"{name:<9} {counts['n']:>3} " + " ".join(f"{counts[c]:>15}" for c in CHECKS))
+    print(
+        f"naming another pathology than the rule's: {result['misnamed']}, of which "
+        f"{result['misnamed_following_findings']} name the one of their findings' measurement"
+    )
     if cfg.show_failures:
         for f in result["failures"]:
             why = ", ".join(
