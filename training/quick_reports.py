@@ -89,13 +89,14 @@ def quick_reports(cfg: QuickReportsConfig) -> dict:
     """Sample and judge the reports; the counts, and each failing report with why it fails."""
     from training.quick_eval import generate_answers
 
-    if cfg.eval_path is None:
+    eval_path = cfg.eval_path
+    if eval_path is None:
         from aria.settings import get_settings
 
-        cfg.eval_path = get_settings().eval_path
-    if not Path(cfg.eval_path).exists():
-        raise SystemExit(f"{cfg.eval_path} does not exist: run `make datasets` first")
-    items = report_runners(Path(cfg.eval_path), cfg.reports, cfg.seed)
+        eval_path = get_settings().eval_path
+    if not Path(eval_path).exists():
+        raise SystemExit(f"{eval_path} does not exist: run `make datasets` first")
+    items = report_runners(Path(eval_path), cfg.reports, cfg.seed)
     prompts = [report_messages(it.measurements) for it in items]
     started = time.perf_counter()
     texts = generate_answers(
