@@ -321,6 +321,17 @@ def test_findings_pathology_reads_the_measurement_a_report_picks():
     assert findings_pathology("Constats : rien.\nadduction_hanche 9.0") is None
 
 
+def test_quick_scores_refuse_a_folder_that_is_not_a_model(dataset_dir: Path, tmp_path: Path):
+    from training.quick_eval import quick_eval
+    from training.quick_reports import QuickReportsConfig, quick_reports
+
+    eval_path = dataset_dir / "eval" / "eval.jsonl"
+    with pytest.raises(SystemExit, match=r"not a model folder .*make train-all"):
+        quick_eval(tmp_path / "missing", eval_path, limit=1)
+    with pytest.raises(SystemExit, match="not a model folder"):
+        quick_reports(QuickReportsConfig(tmp_path, eval_path, reports=1))
+
+
 def test_quick_reports_tally_counts_each_check_per_set_and_overall():
     from training.quick_reports import tally
 

@@ -152,6 +152,11 @@ def generate_answers(
     `answer_prefix`, written into the model's turn before it generates. Greedy, or sampled at
     `temperature` > 0 (top-p 1, torch seeded with `seed` first: the same batches give the same
     samples on one machine)."""
+    if not (Path(model_dir) / "config.json").exists():
+        raise SystemExit(
+            f"{model_dir} is not a model folder (no config.json): pass a merged model, e.g. "
+            "data/models/<profile>/aria-ft-dpo after `make train-all`"
+        )
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer, GenerationConfig
