@@ -63,77 +63,50 @@ def reference_diagnostic(measurements: Mapping[str, Any]) -> Diagnostic:
     )
 
 
+# What the report writes on the line before the pathology.
+REPORT_PATHOLOGY_LEAD = "Pathologie probable :"
+
 # What drives each pathology and what helps, in words a runner reads; no number, so that a report
-# only ever cites the input's values and the thresholds.
+# only ever cites the input's values and the thresholds. One short sentence each, with few words
+# shared between pathologies: sampled at temperature 0.3, the tiny model spliced the longer
+# sentences of two pathologies at a shared word and looped there (docs/training.md).
 MECHANISM: dict[str, str] = {
-    "Lombalgie mécanique": (
-        "Un tronc trop penché vers l'avant augmente le cisaillement sur le rachis lombaire et "
-        "sollicite en continu les muscles extenseurs du dos."
-    ),
-    "Syndrome fémoro-patellaire": (
-        "Un valgus du genou marqué déporte la rotule vers l'extérieur et concentre la pression "
-        "sur le cartilage fémoro-patellaire."
-    ),
+    "Lombalgie mécanique": "Un tronc penché en avant surcharge les muscles du bas du dos.",
+    "Syndrome fémoro-patellaire": "Un genou qui rentre en dedans comprime la rotule sur le fémur.",
     "Syndrome bandelette ilio-tibiale": (
-        "Une adduction de hanche excessive tend la bandelette ilio-tibiale, qui frotte sur la "
-        "face externe du genou à chaque flexion."
+        "Une hanche qui bascule en dedans tend la bandelette sur la face externe du genou."
     ),
-    "Périostite tibiale": (
-        "Une foulée trop longue fait attaquer le sol loin devant le centre de masse : le freinage "
-        "répété charge le tibia et son périoste."
-    ),
-    "Fasciite plantaire": (
-        "Une pronation excessive affaisse la voûte plantaire et étire le fascia plantaire à son "
-        "insertion sur le talon."
-    ),
-    "Tendinite Achille": (
-        "Une attaque marquée du talon associée à une forte dorsiflexion met le tendon d'Achille "
-        "en tension maximale à chaque appui."
-    ),
+    "Périostite tibiale": "Une foulée trop longue freine chaque pas et charge le tibia.",
+    "Fasciite plantaire": "Un pied qui s'affaisse étire le fascia sous la voûte plantaire.",
+    "Tendinite Achille": "Une attaque talon avec une forte dorsiflexion tire sur le tendon d'Achille.",
 }
 ADVICE: dict[str, str] = {
-    "Lombalgie mécanique": (
-        "Renforcer le gainage et les extenseurs du dos, courir le buste plus droit et réduire "
-        "temporairement le volume."
-    ),
-    "Syndrome fémoro-patellaire": (
-        "Renforcer les fessiers et le quadriceps, travailler le contrôle du genou à l'appui et "
-        "limiter les descentes."
-    ),
-    "Syndrome bandelette ilio-tibiale": (
-        "Renforcer les abducteurs de hanche, assouplir la chaîne latérale et éviter les pistes "
-        "inclinées."
-    ),
-    "Périostite tibiale": (
-        "Raccourcir la foulée en augmentant un peu la cadence, poser le pied sous le bassin et "
-        "privilégier des surfaces souples."
-    ),
-    "Fasciite plantaire": (
-        "Étirer le mollet et le fascia plantaire, renforcer les muscles du pied et vérifier "
-        "l'usure des chaussures."
-    ),
-    "Tendinite Achille": (
-        "Renforcement excentrique du mollet, progression prudente du volume et pas de côtes au "
-        "début."
-    ),
+    "Lombalgie mécanique": "Renforcer le gainage et courir le buste plus droit.",
+    "Syndrome fémoro-patellaire": "Renforcer les fessiers et le quadriceps, limiter les descentes.",
+    "Syndrome bandelette ilio-tibiale": "Renforcer les abducteurs et éviter les pistes inclinées.",
+    "Périostite tibiale": "Raccourcir la foulée et courir sur un sol souple.",
+    "Fasciite plantaire": "Étirer le mollet et vérifier l'usure des chaussures.",
+    "Tendinite Achille": "Renforcer le mollet en excentrique et progresser prudemment.",
 }
 
 
 def reference_report(measurements: Mapping[str, Any]) -> str:
-    """The report a perfect model writes: findings, likely pathology, what drives it, advice.
+    """The report a perfect model writes: likely pathology, findings, what drives it, advice.
 
-    French prose for the runner and their clinician, in four labelled parts. The findings are the
-    diagnostic's justification (how many thresholds are crossed, the deciding measurement(s) with
-    value and threshold, keyed as the prompt shows them), so the report reasons before it names
-    the pathology and a small model reuses what the diagnostic taught it. The runner's context is
-    not repeated: the only numbers are the deciding values and their thresholds (copies are where
-    a small model errs). One wording per pathology: with two, the tiny model sampled at
-    temperature 0.3 spliced them into sentences that meant nothing.
+    French prose for the runner and their clinician, in four labelled parts. The pathology comes
+    first, on a line of its own, so that its tokens are the diagnostic's (`Tendinite`, not
+    ` Tendinite`) and the report makes the choice the diagnostic learns, at the same distance
+    from the table (`aria.prompts.REPORT_TEMPLATE`). The findings are the diagnostic's
+    justification (how many thresholds are crossed, the deciding measurement(s) with value and
+    threshold, keyed as the prompt shows them). The runner's context is not repeated: the only
+    numbers are the deciding values and their thresholds (copies are where a small model errs).
+    One wording per pathology: with two, the tiny model sampled at temperature 0.3 spliced them
+    into sentences that meant nothing.
     """
     pathology, confiance = label(dict(measurements))
     return (
+        f"{REPORT_PATHOLOGY_LEAD}\n{pathology} (confiance {confiance}).\n"
         f"Constats : {reference_justification(measurements, pathology)}\n"
-        f"Pathologie probable : {pathology} (confiance {confiance}).\n"
         f"Mécanisme : {MECHANISM[pathology]}\n"
         f"Conseils : {ADVICE[pathology]}\n"
         "Ce rapport ne remplace pas un examen clinique."

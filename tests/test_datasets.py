@@ -270,16 +270,17 @@ def test_reports_are_grounded_and_sized(datasets) -> None:
         assert set(cited_numbers(text)) <= {float(n) for e in evidence for n in e[1:]}
 
 
-def test_report_reasons_first_then_names_the_label(population) -> None:
+def test_report_names_the_label_first_then_its_findings(population) -> None:
     for measurements in population[:200]:
         report = reference_report(measurements)
         assert report == reference_report(dict(measurements))  # deterministic
         lines = report.splitlines()
-        # The findings are the diagnostic's justification: what the model learns there, it reuses.
-        assert lines[0] == f"Constats : {reference_justification(measurements)}"
+        # The pathology on a line of its own, in the diagnostic's tokens (no leading space).
         pathology, confiance = label(measurements)
-        assert lines[1] == f"Pathologie probable : {pathology} (confiance {confiance})."
-        assert [line.split(" : ", 1)[0] for line in lines[2:4]] == ["Mécanisme", "Conseils"]
+        assert lines[:2] == ["Pathologie probable :", f"{pathology} (confiance {confiance})."]
+        # The findings are the diagnostic's justification: what the model learns there, it reuses.
+        assert lines[2] == f"Constats : {reference_justification(measurements)}"
+        assert [line.split(" : ", 1)[0] for line in lines[3:5]] == ["Mécanisme", "Conseils"]
 
 
 # --- DPO -----------------------------------------------------------------------------------

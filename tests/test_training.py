@@ -694,3 +694,38 @@ def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path)
         )
     on_label = sum(float(per_token[i - 1]) for i in label_positions(ids, marker, quotes))
     assert loss(5.0) == pytest.approx(plain + 4 * on_label / (len(ids) - 1), rel=1e-4)
+
+
+@pytest.mark.engine
+def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_model: Path):
+    """The report names the pathology on its own line, so its tokens are the ones the diagnostic's
+    `pathologie` string uses, and the label loss finds them in both."""
+    from transformers import AutoTokenizer
+
+    import random
+
+    from aria.domain import label
+    from aria.population import balanced_plan, sample_measurements
+    from aria.references import reference_diagnostic, reference_report
+    from training.label_loss import label_markers, label_positions, report_label_markers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    marker, quotes = label_markers(tokenizer)
+    report_marker, opening = report_label_markers(tokenizer)
+    assert tokenizer.decode(report_marker) == "Pathologie probable :\n"
+    seen = set()
+    rng = random.Random(5)
+    for target, slice_name in balanced_plan(120):
+        measurements = sample_measurements(rng, target, slice_name)
+        pathology = label(measurements)[0]
+        report = tokenizer(reference_report(measurements), add_special_tokens=False)["input_ids"]
+        in_report = [report[i] for i in label_positions(report, report_marker, opening)]
+        answer = reference_diagnostic(measurements).to_json()
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert in_report == [ids[i] for i in label_positions(ids, marker, quotes)]
+        assert tokenizer.decode(in_report) == pathology
+        # The diagnostic's marker is not in a report, nor the report's in a diagnostic.
+        assert label_positions(report, marker, quotes) == []
+        assert label_positions(ids, report_marker, opening) == []
+        seen.add(pathology)
+    assert len(seen) == 6

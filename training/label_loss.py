@@ -11,7 +11,10 @@ the tiny model's 2,048-token vocabulary and meant for it.
 
 The label's tokens are found in the token ids: after the tokens that spell the key and its opening
 quote (`pathologie":"`), up to the first token holding a `"`. `label_markers` reads both from the
-tokenizer, and refuses a tokenizer on which the marker is not one stable token sequence.
+tokenizer, and refuses a tokenizer on which the marker is not one stable token sequence. The report
+names the pathology first too, on the line after `Pathologie probable :` (`aria.references`), in
+the same tokens: `report_label_markers` finds those, up to the first token holding a `(`, so that
+the report's choice weighs as the diagnostic's does.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aria.domain import EXAMPLE_MEASUREMENTS
-from aria.references import reference_diagnostic
+from aria.references import REPORT_PATHOLOGY_LEAD, reference_diagnostic, reference_report
 from aria.schema import FIELD_ORDERS
 
 LABEL_KEY = "pathologie"
@@ -56,6 +59,27 @@ def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     return list(markers.pop()), quotes
 
 
+def report_label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
+    """(ids spelling `Pathologie probable :` and the newline before the report's pathology, ids of
+    every token holding a `(`, which closes it). Raises ValueError, naming the fix, when the
+    tokenizer merges the lead with the pathology."""
+    text = reference_report(EXAMPLE_MEASUREMENTS)
+    start = text.index(REPORT_PATHOLOGY_LEAD)
+    end = start + len(REPORT_PATHOLOGY_LEAD) + 1  # the newline
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, spans = encoded["input_ids"], encoded["offset_mapping"]
+    inside = [i for i, (a, b) in enumerate(spans) if a >= start and b <= end]
+    if not inside or spans[inside[-1]][1] != end or spans[inside[0]][0] != start:
+        raise ValueError(
+            f"the tokenizer merges '{REPORT_PATHOLOGY_LEAD}' and its newline with their neighbours "
+            f"in {text[:60]!r}: label_loss_weight cannot find the report's pathology; set it to 1 "
+            "in the recipe"
+        )
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    opening = frozenset(i for i, token in enumerate(vocab) if token and "(" in token)
+    return [ids[i] for i in inside], opening
+
+
 def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset[int]) -> list[int]:
     """Positions of the tokens inside every `pathologie` string of one token sequence."""
     positions: list[int] = []
@@ -73,9 +97,17 @@ def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset
     return positions
 
 
-def label_weighted_trainer(base_class, weight: float, marker: list[int], quotes: frozenset[int]):
+def label_weighted_trainer(
+    base_class,
+    weight: float,
+    marker: list[int],
+    quotes: frozenset[int],
+    more: tuple[tuple[list[int], frozenset[int]], ...] = (),
+):
     """A subclass of TRL's `base_class` (SFTTrainer) whose loss weighs the label's tokens by
-    `weight`: the mean over completion tokens of weight x cross-entropy (weight 1 elsewhere)."""
+    `weight`: the mean over completion tokens of weight x cross-entropy (weight 1 elsewhere).
+    `more` holds other (marker, closing ids) pairs whose spans weigh the same (the report's)."""
+    spans = ((marker, quotes), *more)
     import torch
 
     class LabelWeightedSFTTrainer(base_class):
@@ -93,9 +125,10 @@ def label_weighted_trainer(base_class, weight: float, marker: list[int], quotes:
             ).view_as(target)
             weights = torch.ones_like(per_token)
             for row, ids in enumerate(inputs["input_ids"].tolist()):
-                for pos in label_positions(ids, marker, quotes):
-                    if pos >= 1:  # the logits at pos - 1 predict the token at pos
-                        weights[row, pos - 1] = weight
+                for start, stop in spans:
+                    for pos in label_positions(ids, start, stop):
+                        if pos >= 1:  # the logits at pos - 1 predict the token at pos
+                            weights[row, pos - 1] = weight
             count = (target != -100).sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(count).clamp(min=1)
             return (loss, outputs) if return_outputs else loss

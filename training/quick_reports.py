@@ -47,9 +47,11 @@ class QuickReportsConfig:
 
 
 def findings_pathology(text: str) -> str | None:
-    """The pathology of the first measurement key the report's first line names (its findings,
-    `aria.references.reference_report`), or None when it names none."""
-    first_line = text.strip().split("\n", 1)[0]
+    """The pathology of the first measurement key the report's findings line names (the first
+    line that starts with `Constats`, `aria.references.reference_report`; else the first line),
+    or None when it names none."""
+    lines = text.strip().split("\n")
+    first_line = next((line for line in lines if line.startswith("Constats")), lines[0])
     found = [(first_line.find(key), key) for key in MEASUREMENT_KEYS if key in first_line]
     if not found:
         return None

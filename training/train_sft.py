@@ -99,10 +99,11 @@ def sft_trainer_class(label_loss_weight: float, tokenizer):
 
     if label_loss_weight == 1.0:
         return SFTTrainer
-    from training.label_loss import label_markers, label_weighted_trainer
+    from training.label_loss import label_markers, label_weighted_trainer, report_label_markers
 
     marker, quotes = label_markers(tokenizer)
-    return label_weighted_trainer(SFTTrainer, label_loss_weight, marker, quotes)
+    report = report_label_markers(tokenizer)
+    return label_weighted_trainer(SFTTrainer, label_loss_weight, marker, quotes, more=(report,))
 
 
 def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
