@@ -28,6 +28,23 @@ from aria.schema import FIELD_ORDERS
 LABEL_KEY = "pathologie"
 
 
+def _span_ids(tokenizer, text: str, start: int, end: int) -> list[int] | None:
+    """The ids of the tokens that spell exactly text[start:end], or None when a token crosses
+    either edge (the tokenizer merges the span with its neighbours)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, spans = encoded["input_ids"], encoded["offset_mapping"]
+    inside = [i for i, (a, b) in enumerate(spans) if a >= start and b <= end]
+    if not inside or spans[inside[0]][0] != start or spans[inside[-1]][1] != end:
+        return None
+    return [ids[i] for i in inside]
+
+
+def _ids_holding(tokenizer, char: str) -> frozenset[int]:
+    """The ids of every token whose text holds `char`."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return frozenset(i for i, token in enumerate(vocab) if token and char in token)
+
+
 def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     """(ids spelling `pathologie":"` just before the label, ids of every token holding a `"`).
 
@@ -39,24 +56,19 @@ def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     for order in FIELD_ORDERS:
         text = answer.to_json(order)
         key_start = text.index(f'"{LABEL_KEY}":"') + 1
-        value_start = key_start + len(f'{LABEL_KEY}":"')
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, spans = encoded["input_ids"], encoded["offset_mapping"]
-        inside = [i for i, (a, b) in enumerate(spans) if a >= key_start and b <= value_start]
-        if not inside or spans[inside[-1]][1] != value_start or spans[inside[0]][0] != key_start:
+        found = _span_ids(tokenizer, text, key_start, key_start + len(f'{LABEL_KEY}":"'))
+        if found is None:
             raise ValueError(
                 f"the tokenizer merges '{LABEL_KEY}\":\"' with its neighbours in {text!r}: "
                 "label_loss_weight cannot find the label's tokens; set it to 1 in the recipe"
             )
-        markers.add(tuple(ids[i] for i in inside))
+        markers.add(tuple(found))
     if len(markers) != 1:
         raise ValueError(
             f"the tokenizer spells '{LABEL_KEY}\":\"' differently across field orders {markers}: "
             "set label_loss_weight to 1 in the recipe"
         )
-    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    quotes = frozenset(i for i, token in enumerate(vocab) if token and '"' in token)
-    return list(markers.pop()), quotes
+    return list(markers.pop()), _ids_holding(tokenizer, '"')
 
 
 def report_label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
@@ -65,19 +77,14 @@ def report_label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     tokenizer merges the lead with the pathology."""
     text = reference_report(EXAMPLE_MEASUREMENTS)
     start = text.index(REPORT_PATHOLOGY_LEAD)
-    end = start + len(REPORT_PATHOLOGY_LEAD) + 1  # the newline
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, spans = encoded["input_ids"], encoded["offset_mapping"]
-    inside = [i for i, (a, b) in enumerate(spans) if a >= start and b <= end]
-    if not inside or spans[inside[-1]][1] != end or spans[inside[0]][0] != start:
+    found = _span_ids(tokenizer, text, start, start + len(REPORT_PATHOLOGY_LEAD) + 1)
+    if found is None:
         raise ValueError(
             f"the tokenizer merges '{REPORT_PATHOLOGY_LEAD}' and its newline with their neighbours "
             f"in {text[:60]!r}: label_loss_weight cannot find the report's pathology; set it to 1 "
             "in the recipe"
         )
-    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    opening = frozenset(i for i, token in enumerate(vocab) if token and "(" in token)
-    return [ids[i] for i in inside], opening
+    return found, _ids_holding(tokenizer, "(")
 
 
 def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset[int]) -> list[int]:
