@@ -700,9 +700,9 @@ def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path)
 def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_model: Path):
     """The report names the pathology on its own line, so its tokens are the ones the diagnostic's
     `pathologie` string uses, and the label loss finds them in both."""
-    from transformers import AutoTokenizer
-
     import random
+
+    from transformers import AutoTokenizer
 
     from aria.domain import label
     from aria.population import balanced_plan, sample_measurements
