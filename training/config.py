@@ -93,9 +93,9 @@ class SFTScriptArguments(PublishArguments):
     label_loss_weight: float = field(
         default=1.0,
         metadata={
-            "help": "weight of the pathology's tokens in the loss (1: TRL's own loss); the label "
-            "comes first in the seed's order and is picked in one forward pass "
-            "(training/label_loss.py)"
+            "help": "weight of the pathology's tokens in the loss, in the diagnostic's JSON and "
+            "in the report (1: TRL's own loss); the label comes first in the seed's order and is "
+            "picked in one forward pass (training/label_loss.py)"
         },
     )
 
