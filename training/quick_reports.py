@@ -51,8 +51,8 @@ def findings_pathology(text: str) -> str | None:
     line that starts with `Constats`, `aria.references.reference_report`; else the first line),
     or None when it names none."""
     lines = text.strip().split("\n")
-    first_line = next((line for line in lines if line.startswith("Constats")), lines[0])
-    found = [(first_line.find(key), key) for key in MEASUREMENT_KEYS if key in first_line]
+    findings = next((line for line in lines if line.startswith("Constats")), lines[0])
+    found = [(findings.find(key), key) for key in MEASUREMENT_KEYS if key in findings]
     if not found:
         return None
     key = min(found)[1]
