@@ -729,3 +729,23 @@ def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_mo
         assert label_positions(ids, report_marker, opening) == []
         seen.add(pathology)
     assert len(seen) == 6
+
+
+def test_label_markers_refuse_a_tokenizer_that_merges_them():
+    """A tokenizer whose tokens cross the marker's edges gets a ValueError naming the fix (set
+    label_loss_weight to 1), not a silently unweighted label."""
+    from training.label_loss import label_markers, report_label_markers
+
+    class WholeTextTokenizer:  # one token per text: every marker is merged with its neighbours
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            return {"input_ids": [0], "offset_mapping": [(0, len(text))]}
+
+        def __len__(self):
+            return 1
+
+        def convert_ids_to_tokens(self, ids):
+            return ["x" for _ in ids]
+
+    for find in (label_markers, report_label_markers):
+        with pytest.raises(ValueError, match="set it to 1 in the recipe"):
+            find(WholeTextTokenizer())
