@@ -27,8 +27,8 @@ DIAGNOSTIC_TEMPLATE = (
     "Mesures biomécaniques d'un coureur :\n{measurements}\n"
     "Diagnostic en JSON (pathologie, confiance, justification)."
 )
-# The report's prompt ends as the diagnostic's does: the table, then a line of the same length
-# (`Diagnostic en ...`, ten tokens of the tiny tokenizer), and its answer names the pathology
+# The report's prompt ends as the diagnostic's does: the table, then a closing line of as many
+# tokens (`Diagnostic en ...`, on the tiny tokenizer), and its answer names the pathology
 # first, on a line of its own, in the same tokens as the diagnostic's `pathologie` string. The
 # table then sits as far from the pathology in both calls, and the choice the diagnostic learns
 # is the one the report makes (docs/training.md, "Reports that choose as the diagnostic does").

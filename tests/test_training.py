@@ -729,6 +729,12 @@ def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_mo
         assert label_positions(ids, report_marker, opening) == []
         seen.add(pathology)
     assert len(seen) == 6
+    # Both prompts close with a line of as many tokens after the table (aria.prompts).
+    from aria.prompts import DIAGNOSTIC_TEMPLATE, REPORT_TEMPLATE
+
+    closing = [t.rsplit("\n", 1)[1] for t in (DIAGNOSTIC_TEMPLATE, REPORT_TEMPLATE)]
+    lengths = {len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in closing}
+    assert len(lengths) == 1, closing
 
 
 def test_label_markers_refuse_a_tokenizer_that_merges_them():
