@@ -162,6 +162,20 @@ def exceedances(measurements: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def keys_by_exceedance(measurements: Mapping[str, Any]) -> list[str]:
+    """The seven measurement keys, the largest relative exceedance first; ties keep the table's order.
+
+    Read in this order, the rule is positional: the label is Tendinite Achille when its two
+    measurements come first and second (its exceedance is the smaller of the two, so both are
+    above every other), otherwise the pathology of the first measurement that is not one of them.
+    """
+    values = validate_measurements(measurements)
+    # sorted() is stable and MEASUREMENT_KEYS follows RULES, so ties break as the rule does.
+    return sorted(
+        MEASUREMENT_KEYS, key=lambda key: -relative_exceedance(values[key], THRESHOLD_BY_KEY[key])
+    )
+
+
 def fired_rules(measurements: Mapping[str, Any]) -> list[str]:
     """Pathologies whose rule fires (exceedance > 0), in table order."""
     return [p for p, e in exceedances(measurements).items() if e > 0]

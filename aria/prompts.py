@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aria.domain import MEASUREMENTS, format_value, percent_of_threshold, validate_measurements
+from aria.domain import (
+    MEASUREMENT_BY_KEY,
+    MEASUREMENTS,
+    format_value,
+    keys_by_exceedance,
+    percent_of_threshold,
+    validate_measurements,
+)
 from aria.schema import FIELD_ORDER, diagnostic_response_format, seed_response_format
 
 DIAGNOSTIC_TEMPERATURE = 0.1
@@ -42,20 +49,25 @@ REPORT_TEMPLATE = (
 _SEXE_FR = {"F": "femme", "M": "homme"}
 
 
-def render_measurements(measurements: Mapping[str, Any]) -> str:
-    """One line per measurement in the table's order: `key : value unit (ratio % du seuil)`.
+def render_measurements(measurements: Mapping[str, Any], *, ranked: bool = True) -> str:
+    """One line per measurement: `key : value unit (ratio % du seuil)`, the largest ratio first.
 
     The ratio to the measurement's threshold is what the rule ranks, in one scale for every unit
     (above 100 % the signal fires), the way a gait-lab report shows a value against its norm.
-    It is in whole percent (`aria.domain.percent_of_threshold`).
+    It is in whole percent (`aria.domain.percent_of_threshold`). The lines come as such a report
+    lists its findings, the most deviant first (`aria.domain.keys_by_exceedance`; ties in the
+    table's order), so the measurement that decides is read on the first lines, not found by
+    comparing seven numbers (docs/training.md, "Ranked tables"). `ranked=False` keeps the
+    table's order (the tiny base's pretraining tasks, `training.copy_probe`).
     """
     values = validate_measurements(measurements)
+    keys = keys_by_exceedance(values) if ranked else [m.key for m in MEASUREMENTS]
     lines = []
-    for m in MEASUREMENTS:
-        unit = f" {m.unit}" if m.unit else ""
-        value = format_value(m.key, values[m.key])
-        ratio = percent_of_threshold(m.key, values[m.key])
-        lines.append(f"- {m.key} : {value}{unit} ({ratio} % du seuil)")
+    for key in keys:
+        unit = MEASUREMENT_BY_KEY[key].unit
+        value = format_value(key, values[key])
+        ratio = percent_of_threshold(key, values[key])
+        lines.append(f"- {key} : {value}{' ' + unit if unit else ''} ({ratio} % du seuil)")
     return "\n".join(lines)
 
 

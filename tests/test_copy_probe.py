@@ -47,7 +47,7 @@ def test_rank_answers_order_the_prompts_percents_and_name_no_label():
     close = 0
     for _ in range(200):
         prompt, answer, runner = rank_example(rng)
-        assert render_measurements(runner) in prompt
+        assert render_measurements(runner, ranked=False) in prompt
         assert answer.startswith(RANK_LEAD + " ") and answer.endswith(".")
         keys = answer[len(RANK_LEAD) + 1 : -1].split(" > ")
         assert sorted(keys) == sorted(MEASUREMENT_KEYS)
@@ -74,7 +74,7 @@ def test_descriptions_cite_each_value_and_threshold_in_percent_order_and_no_labe
     rng = random.Random(7)
     for _ in range(200):
         prompt, answer, runner = describe_example(rng)
-        assert render_measurements(runner) in prompt
+        assert render_measurements(runner, ranked=False) in prompt
         assert answer.startswith(DESCRIBE_LEAD + " ")
         sentences = answer[len(DESCRIBE_LEAD) + 1 :].split(". ")
         keys = [sentence.split()[0] for sentence in sentences]

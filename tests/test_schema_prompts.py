@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import random
 import re
 
 import pytest
@@ -14,14 +15,17 @@ from aria.domain import (
     RULES,
     THRESHOLD_BY_KEY,
     exceedances,
+    keys_by_exceedance,
     label,
     percent_of_threshold,
     relative_exceedance,
 )
+from aria.population import SLICES, outside_measurements, sample_measurements
 from aria.prompts import (
     DIAGNOSTIC_MAX_TOKENS,
     diagnostic_messages,
     diagnostic_request,
+    render_measurements,
     report_messages,
     report_request,
 )
@@ -181,6 +185,59 @@ def test_diagnostic_prompt_lists_every_measurement_and_no_context():
     assert content.count("% du seuil") == len(MEASUREMENTS)
     assert "ans" not in content and "Contexte" not in content  # the rule never reads it
     assert "JSON" in content
+
+
+def _prompt_keys(table: str) -> list[str]:
+    return [line.removeprefix("- ").split(" : ")[0] for line in table.splitlines()]
+
+
+def test_prompt_lists_the_largest_ratio_first():
+    table = render_measurements(RUNNER)
+    ratios = [int(re.search(r"\((\d+) % du seuil\)", line)[1]) for line in table.splitlines()]
+    assert ratios == sorted(ratios, reverse=True) and len(ratios) == len(MEASUREMENTS)
+    assert _prompt_keys(table)[0] == "valgus_genou"  # 134 %, the only one above its threshold
+    # The pretraining tasks keep the table's order.
+    assert _prompt_keys(render_measurements(RUNNER, ranked=False)) == list(MEASUREMENT_KEYS)
+
+
+def _read_the_ranked_table(keys: list[str]) -> str:
+    """The rule, read on the prompt's order alone (the docstring of keys_by_exceedance)."""
+    achilles = {"heel_strike_index", "dorsiflexion_max"}
+    if set(keys[:2]) == achilles:
+        return "Tendinite Achille"
+    first = next(key for key in keys if key not in achilles)
+    return next(rule.pathology for rule in RULES if rule.thresholds[0][0] == first)
+
+
+def test_the_ranked_prompt_decides_as_the_rule_does():
+    # Uniform values over wide bands, values on a coarse grid (exact ties, ties with the
+    # Achilles rule's smaller signal) and the population's runners: the first lines decide.
+    rng = random.Random(0)
+    runners = []
+    for _ in range(3000):
+        runners.append(
+            {
+                m.key: round(THRESHOLD_BY_KEY[m.key] * rng.uniform(0.6, 1.4), m.decimals)
+                for m in MEASUREMENTS
+            }
+        )
+        runners.append(
+            {
+                m.key: THRESHOLD_BY_KEY[m.key] * rng.choice((0.9, 1.0, 1.1, 1.2))
+                for m in MEASUREMENTS
+            }
+        )
+    for i in range(1200):
+        target, slice_name = PATHOLOGIES[i % 6], SLICES[i % 7 % len(SLICES)]
+        runners.append(sample_measurements(rng, target, slice_name, independent=i % 2 == 0))
+        runners.append(outside_measurements(rng))
+    seen = set()
+    for runner in runners:
+        expected = label(runner)[0]
+        assert _read_the_ranked_table(_prompt_keys(render_measurements(runner))) == expected
+        assert keys_by_exceedance(runner) == _prompt_keys(render_measurements(runner))
+        seen.add(expected)
+    assert seen == set(PATHOLOGIES)
 
 
 def test_report_prompt_keeps_the_context():

@@ -14,8 +14,9 @@ a base that copies grounds its justifications. `make tiny-pretrain` builds the c
 base with this pretraining in it (`training.build_tiny_model`), and `make tiny-model` installs it.
 
 The task knows no label, threshold or rule: the seven measurements with random values over their
-physical ranges, written as the diagnostic prompt writes them (`render_measurements`), then the
-answer `Valeurs : key value ; key value.` for 1 to 4 keys in random order; the loss is on the
+physical ranges, in the lines the diagnostic prompt writes (`render_measurements`) but in the
+table's order (the prompts rank them; the committed base learnt this order, and its rebuild
+keeps it), then the answer `Valeurs : key value ; key value.` for 1 to 4 keys in random order; the loss is on the
 answer only. The probe writes `Valeurs : <key>` into the model's turn and reads the value the
 model writes greedily; `copy_exact` is the share written exactly as the prompt shows it.
 
@@ -88,7 +89,7 @@ def copy_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
     runner = random_runner(rng)
     keys = rng.sample(MEASUREMENT_KEYS, rng.randint(1, 4))
     answer = " ; ".join(f"{key} {format_value(key, runner[key])}" for key in keys)
-    prompt = f"Mesures :\n{render_measurements(runner)}\n{INSTRUCTION}"
+    prompt = f"Mesures :\n{render_measurements(runner, ranked=False)}\n{INSTRUCTION}"
     return prompt, f"{ANSWER_LEAD} {answer}.", runner
 
 
@@ -114,7 +115,7 @@ def rank_order(runner: Mapping[str, float]) -> list[str]:
 def rank_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
     """(user prompt, answer, runner) of one ranking task."""
     runner = rank_runner(rng)
-    prompt = f"Mesures :\n{render_measurements(runner)}\n{RANK_INSTRUCTION}"
+    prompt = f"Mesures :\n{render_measurements(runner, ranked=False)}\n{RANK_INSTRUCTION}"
     return prompt, f"{RANK_LEAD} " + " > ".join(rank_order(runner)) + ".", runner
 
 
@@ -130,7 +131,7 @@ def describe_example(rng: random.Random) -> tuple[str, str, dict[str, float]]:
             f"{key} mesure {format_value(key, runner[key])}, {side} son seuil de "
             f"{format_value(key, threshold)}."
         )
-    prompt = f"Mesures :\n{render_measurements(runner)}\n{DESCRIBE_INSTRUCTION}"
+    prompt = f"Mesures :\n{render_measurements(runner, ranked=False)}\n{DESCRIBE_INSTRUCTION}"
     return prompt, f"{DESCRIBE_LEAD} " + " ".join(sentences), runner
 
 
