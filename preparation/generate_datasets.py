@@ -103,6 +103,8 @@ class GenerateConfig:
     # it: a randomly initialised model knows no language and learns the rule from more distinct
     # runners, not from more passes over the same 1,500 (MedGemma's recipe uses sft.jsonl).
     n_sft_extended: int = 12000
+    # Share of reports among the extra runners of sft_extended.jsonl (sft.jsonl keeps REPORT_SHARE).
+    extended_report_share: float = REPORT_SHARE
     # eval/outside.jsonl: runners drawn by aria.population.outside_measurements (independent uniform
     # measurements, not the training data's runners), an equal share per slice.
     n_outside: int = 300
@@ -316,7 +318,12 @@ def build_datasets(
     # gets the clear ones right early.
     n_extra = max(cfg.n_sft_extended - len(sft), 0)
     extra = _sft_records(
-        rng, n_extra, seen, slice_weights=HARD_SLICE_WEIGHTS, independent_share=INDEPENDENT_SHARE
+        rng,
+        n_extra,
+        seen,
+        report_share=cfg.extended_report_share,
+        slice_weights=HARD_SLICE_WEIGHTS,
+        independent_share=INDEPENDENT_SHARE,
     )
     for r in sft + extra:
         validate_sft_record(r)
@@ -366,7 +373,8 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
         "independent_share": INDEPENDENT_SHARE,
         "command": "python -m preparation.generate_datasets"
         + f" --seed {cfg.seed} --n-sft {cfg.n_sft} --n-dpo {cfg.n_dpo} --n-eval {cfg.n_eval}"
-        + f" --n-sft-extended {cfg.n_sft_extended} --n-outside {cfg.n_outside}",
+        + f" --n-sft-extended {cfg.n_sft_extended} --n-outside {cfg.n_outside}"
+        + f" --extended-report-share {cfg.extended_report_share}",
         "sft_extended_records": len(sft) + len(extra),
     }
     atomic_write_jsonl(out_dir / "eval" / "eval.jsonl", evaluation)
@@ -400,6 +408,12 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
         help="size of sft_extended.jsonl (sft.jsonl plus fresh draws; the tiny profile's SFT set)",
     )
     parser.add_argument(
+        "--extended-report-share",
+        type=float,
+        default=defaults.extended_report_share,
+        help="share of reports among the extra runners of sft_extended.jsonl",
+    )
+    parser.add_argument(
         "--n-outside",
         type=int,
         default=defaults.n_outside,
@@ -407,6 +421,10 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="default: ARIA_DATA_DIR")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.extended_report_share <= 1.0:
+        parser.error(
+            f"--extended-report-share must be a share in [0, 1], got {args.extended_report_share}"
+        )
     for name in ("n_sft", "n_dpo", "n_eval"):
         if getattr(args, name) < len(PATHOLOGIES):
             parser.error(f"--{name.replace('_', '-')} must be at least {len(PATHOLOGIES)}")

@@ -54,7 +54,12 @@ from aria.schema import FIELD_ORDER, FIELD_ORDERS, parse_diagnostic
 from aria.verdicts import cited_numbers, grounding
 from preparation import copy_datasets
 from preparation.generate_dataset_card import render_dataset_card, size_category
-from preparation.generate_datasets import REPORT_SHARE, GenerateConfig, build_datasets
+from preparation.generate_datasets import (
+    REPORT_SHARE,
+    GenerateConfig,
+    build_datasets,
+    parse_args,
+)
 from preparation.generate_datasets import main as generate
 
 SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48, "n_sft_extended": 120}
@@ -123,6 +128,27 @@ def test_extended_sft_is_sft_plus_fresh_records(tmp_path: Path) -> None:
     assert read("none", "sft_extended.jsonl") == sft
     keys = [canonical_measurements(r["profile"]) for r in extended]
     assert len(set(keys)) == len(keys)
+
+
+def test_extended_report_share_changes_the_extra_runners_only(tmp_path: Path) -> None:
+    base = {**SMALL, "n_sft_extended": 216}
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "half", extended_report_share=0.5, **base))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "default", **base))
+    extended = read_jsonl(
+        tmp_path / "half" / "training" / "sft_extended.jsonl", validate_sft_record
+    )
+    extra = extended[SMALL["n_sft"] :]
+    assert sum(r["kind"] == "report" for r in extra) == round(len(extra) * 0.5)
+    for f in ("training/sft.jsonl", "training/dpo.jsonl", "eval/eval.jsonl", "eval/outside.jsonl"):
+        assert (tmp_path / "half" / f).read_bytes() == (tmp_path / "default" / f).read_bytes(), f
+    stats = json.loads((tmp_path / "half" / "training" / "stats.json").read_text(encoding="utf-8"))
+    assert "--extended-report-share 0.5" in stats["generation"]["command"]
+
+
+def test_extended_report_share_must_be_a_share(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--extended-report-share", "24"])
+    assert "--extended-report-share must be a share in [0, 1], got 24" in capsys.readouterr().err
 
 
 def test_answers_teach_every_field_order_the_seeds_most(datasets) -> None:
