@@ -55,7 +55,7 @@ from aria.verdicts import cited_numbers, grounding
 from preparation import copy_datasets
 from preparation.generate_dataset_card import render_dataset_card, size_category
 from preparation.generate_datasets import (
-    REPORT_SHARE,
+    EXTENDED_REPORT_SHARE,
     GenerateConfig,
     build_datasets,
     parse_args,
@@ -118,8 +118,8 @@ def test_extended_sft_is_sft_plus_fresh_records(tmp_path: Path) -> None:
     sft, extended = read("small", "sft.jsonl"), read("small", "sft_extended.jsonl")
     assert len(extended) == 216 and extended[: len(sft)] == sft
     extra = extended[len(sft) :]
-    # Reports in the same share as sft.jsonl: the tiny model learns to write one from them.
-    assert sum(r["kind"] == "report" for r in extra) == round(len(extra) * REPORT_SHARE)
+    # Reports in their own share: the tiny model learns to write one from them.
+    assert sum(r["kind"] == "report" for r in extra) == round(len(extra) * EXTENDED_REPORT_SHARE)
     hard = Counter(r["slice"] for r in extra)
     assert hard["two_rules"] > hard["clear"]  # HARD_SLICE_WEIGHTS
     # Its size changes nothing else, and every extra runner is new.
@@ -435,7 +435,8 @@ def test_independent_draws_keep_label_and_slice_and_drop_the_correlations() -> N
 def test_extended_set_is_independent_and_reports_come_with_and_without_context(
     tmp_path: Path,
 ) -> None:
-    _, extra, *_ = build_datasets(GenerateConfig(**SMALL, n_outside=8, out_dir=tmp_path))
+    config = GenerateConfig(**{**SMALL, "n_sft_extended": 160}, n_outside=8, out_dir=tmp_path)
+    _, extra, *_ = build_datasets(config)
     diagnostics = [r["profile"] for r in extra if r["kind"] == "diagnostic"]
     assert len(diagnostics) > 20
     assert _correlation(diagnostics, "valgus_genou", "adduction_hanche") < 0.3
