@@ -273,7 +273,9 @@ def _calls_section(served_name: str) -> list[str]:
         "```",
         "",
         "In Python, `aria.prompts.diagnostic_request(measurements, model)` and "
-        "`report_request(measurements, model)` build these bodies from a dict of measurements.",
+        "`report_request(measurements, model)` build these bodies from a dict of measurements. "
+        "Build the prompt with them rather than by hand: the model was trained on their table, "
+        "which lists the measurements from the largest percentage of threshold to the smallest.",
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,11 @@ def test_the_two_calls_are_exact_request_bodies() -> None:
     assert diagnostic["temperature"] == 0.1 and diagnostic["max_tokens"] == 256
     assert diagnostic["response_format"]["json_schema"]["name"] == "diagnostic"
     assert report["temperature"] == 0.3 and "response_format" not in report
+    # The bodies are the trained prompt's, its table ranked largest percentage first.
+    for body in (diagnostic, report):
+        content = body["messages"][0]["content"]
+        ratios = [int(r) for r in re.findall(r"\((\d+) % du seuil\)", content)]
+        assert len(ratios) == 7 and ratios == sorted(ratios, reverse=True)
 
 
 def test_missing_summary_says_to_run_the_benchmark() -> None:
