@@ -359,6 +359,23 @@ def test_quick_eval_scores_exact_match():
     assert by_slice == {"clear": pytest.approx(0.5), "two_rules": pytest.approx(1.0)}
 
 
+def test_quick_eval_tells_which_confidence_was_answered_for_which():
+    from training.quick_eval import score_answers
+
+    def answer(confiance: str) -> str:
+        return json.dumps(
+            {"pathologie": "Tendinite Achille", "confiance": confiance, "justification": "x"}
+        )
+
+    answers = [answer("faible"), answer("faible"), answer("élevée"), "cut {", answer("modérée")]
+    expected = [
+        ("Tendinite Achille", c) for c in ("élevée", "élevée", "élevée", "faible", "faible")
+    ]
+    table = score_answers(answers, expected)["confiance_answered"]
+    assert table == {"élevée": {"élevée": 1, "faible": 2}, "faible": {"modérée": 1, "null": 1}}
+    assert list(table["élevée"]) == ["élevée", "faible"]  # the domain's order, invalid last
+
+
 def test_quick_eval_counts_grounded_justifications():
     from aria.domain import EXAMPLE_MEASUREMENTS
     from training.quick_eval import score_answers

@@ -24,7 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from aria.domain import label, ranked_pathologies
+from aria.domain import CONFIDENCES, label, ranked_pathologies
 from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
 from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
@@ -68,6 +68,10 @@ def eval_example(record: dict) -> tuple[list[dict], str, str]:
     raise ValueError("an eval record needs a 'profile' or a 'prompt' with a 'completion'")
 
 
+def _confidence_rank(name: str) -> int:
+    return CONFIDENCES.index(name) if name in CONFIDENCES else len(CONFIDENCES)
+
+
 def score_answers(
     answers: list[str],
     expected: list[tuple[str, str]],
@@ -81,9 +85,11 @@ def score_answers(
     only numbers of the input (an invalid answer counts as not grounded), as the release gate
     counts it (`aria.verdicts.justification_verdict`); and `exact_match_by_gap`: the exact match
     and count of each bucket of the gap between the label's exceedance and the runner-up's
-    (`gap_bucket`).
+    (`gap_bucket`). `confiance_answered`: for each expected confidence, how often each one was
+    answered (an invalid answer counts under `null`).
     """
     valid = pathology_ok = confidence_ok = grounded = 0
+    answered: dict[str, dict[str, int]] = {}
     per_slice: dict[str, list[int]] = {}
     per_gap: dict[str, list[int]] = {name: [0, 0] for name in gap_buckets()}
     slices = slices or [None] * len(answers)
@@ -95,10 +101,13 @@ def score_answers(
         hits[1] += 1
         gap_hits = per_gap[gap_bucket(measurements)] if measurements is not None else [0, 0]
         gap_hits[1] += 1
+        row = answered.setdefault(confiance, {})
         try:
             diagnostic = parse_diagnostic(text.strip())
         except ValueError:
+            row["null"] = row.get("null", 0) + 1
             continue
+        row[diagnostic.confiance] = row.get(diagnostic.confiance, 0) + 1
         valid += 1
         pathology_ok += diagnostic.pathologie == pathology
         hits[0] += diagnostic.pathologie == pathology
@@ -112,6 +121,10 @@ def score_answers(
         "json_valid": valid / n,
         "exact_match": pathology_ok / n,
         "exact_match_confiance": confidence_ok / n,
+        "confiance_answered": {
+            expected: dict(sorted(row.items(), key=lambda item: _confidence_rank(item[0])))
+            for expected, row in sorted(answered.items(), key=lambda i: _confidence_rank(i[0]))
+        },
     }
     if any(m is not None for m in runners):
         result["grounded"] = grounded / n
@@ -239,6 +252,9 @@ def main(cfg: QuickEvalConfig) -> dict:
     print(f"JSON valid       {result['json_valid']:.1%}")
     print(f"exact match      {result['exact_match']:.1%}  (pathologie)")
     print(f"confiance match  {result['exact_match_confiance']:.1%}")
+    for expected, row in result["confiance_answered"].items():
+        answers = ", ".join(f"{name} {count}" for name, count in row.items())
+        print(f"  {expected:<14} answered {answers}")
     if "grounded" in result:
         print(
             f"grounded         {result['grounded']:.1%}  (justifications citing only the input's numbers)"
