@@ -115,6 +115,13 @@ class GenerateConfig:
     n_outside: int = 300
     out_dir: Path | None = None  # default: settings.aria_data_dir
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.extended_report_share <= 1.0:
+            raise ValueError(
+                "extended_report_share (--extended-report-share) must be a share in [0, 1], "
+                f"got {self.extended_report_share:g}"
+            )
+
 
 def _fresh_measurements(
     rng: random.Random,
@@ -426,14 +433,13 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     )
     parser.add_argument("--out-dir", type=Path, default=None, help="default: ARIA_DATA_DIR")
     args = parser.parse_args(argv)
-    if not 0.0 <= args.extended_report_share <= 1.0:
-        parser.error(
-            f"--extended-report-share must be a share in [0, 1], got {args.extended_report_share}"
-        )
     for name in ("n_sft", "n_dpo", "n_eval"):
         if getattr(args, name) < len(PATHOLOGIES):
             parser.error(f"--{name.replace('_', '-')} must be at least {len(PATHOLOGIES)}")
-    return GenerateConfig(**vars(args))
+    try:
+        return GenerateConfig(**vars(args))
+    except ValueError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

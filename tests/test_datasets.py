@@ -148,7 +148,9 @@ def test_extended_report_share_changes_the_extra_runners_only(tmp_path: Path) ->
 def test_extended_report_share_must_be_a_share(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--extended-report-share", "24"])
-    assert "--extended-report-share must be a share in [0, 1], got 24" in capsys.readouterr().err
+    assert "(--extended-report-share) must be a share in [0, 1], got 24" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="extended_report_share"):
+        GenerateConfig(extended_report_share=-0.1)  # from Python too, before any file is written
 
 
 def test_answers_teach_every_field_order_the_seeds_most(datasets) -> None:

@@ -202,9 +202,10 @@ def test_prompt_lists_the_largest_ratio_first():
 
 def _read_the_ranked_table(keys: list[str]) -> str:
     """The rule, read on the prompt's order alone (the docstring of keys_by_exceedance)."""
-    achilles = {"heel_strike_index", "dorsiflexion_max"}
+    (two_signal,) = [rule for rule in RULES if len(rule.thresholds) == 2]
+    achilles = {key for key, _ in two_signal.thresholds}
     if set(keys[:2]) == achilles:
-        return "Tendinite Achille"
+        return two_signal.pathology
     first = next(key for key in keys if key not in achilles)
     return next(rule.pathology for rule in RULES if rule.thresholds[0][0] == first)
 
