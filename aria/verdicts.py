@@ -23,8 +23,10 @@ from aria.domain import (
     PATHOLOGIES,
     RULE_BY_PATHOLOGY,
     RULES,
+    fired_rules,
     validate_measurements,
 )
+from aria.references import justification_lead
 
 # ---------------------------------------------------------------- labels
 
@@ -243,17 +245,31 @@ def clinician_readable(text: str) -> bool:
     return sum(1 for w in words(text) if len(w) >= 2) >= MIN_JUSTIFICATION_WORDS
 
 
+# The justification's leads (aria.references.justification_lead), by the count each states.
+_LEADS: dict[str, int] = {justification_lead(n): n for n in range(len(RULES) + 1)}
+
+
+def stated_crossings(text: str) -> int | None:
+    """How many thresholds a justification says are crossed, read from its lead (`Seul seuil
+    franchi :` says 1), or None when it opens with none of the leads."""
+    opening = " ".join(text.split())
+    return next((n for lead, n in _LEADS.items() if opening.startswith(lead)), None)
+
+
 def justification_verdict(
     text: str, measurements: Mapping[str, Any], prompt: str | None = None
 ) -> dict[str, Any]:
-    """Is the justification grounded (every number from the input), free of a code trace, and
-    readable by a clinician? `ungrounded` lists the numbers that are not from the input."""
+    """Is the justification grounded (every number from the input), free of a code trace,
+    readable by a clinician, and right about how many thresholds are crossed (`crossings_right`:
+    its lead states the input's count; a `Aucun seuil franchi` beside a crossed threshold is
+    grounded but false)? `ungrounded` lists the numbers that are not from the input."""
     ground = grounding(text, measurements, prompt)
     return {
         "grounded": not ground["ungrounded"],
         "ungrounded": ground["ungrounded"],
         "code_trace": looks_like_code_trace(text),
         "readable": clinician_readable(text),
+        "crossings_right": stated_crossings(text) == len(fired_rules(measurements)),
     }
 
 

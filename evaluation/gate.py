@@ -177,8 +177,8 @@ def load_gate(path: Path, profile: str) -> dict:
 
 def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float | None]:
     """The gateable numbers of one body's diagnostic summary under flat names: its numeric
-    fields, latency_p50_ms..., justification_grounded_rate (and code_trace, readable), and
-    exact_match_<set> / json_valid_rate_<set> for each eval set."""
+    fields, latency_p50_ms..., justification_grounded_rate (and code_trace, readable,
+    crossings_right), and exact_match_<set> / json_valid_rate_<set> for each eval set."""
     flat = {
         k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
@@ -186,7 +186,7 @@ def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float
         for q in ("p50", "p95", "p99", "mean", "max"):
             flat[f"{prefix}_{q}_ms"] = (summary.get(f"{prefix}_ms") or {}).get(q)
     justification = summary.get("justification") or {}
-    for name in ("grounded_rate", "code_trace_rate", "readable_rate"):
+    for name in ("grounded_rate", "code_trace_rate", "readable_rate", "crossings_right_rate"):
         flat[f"justification_{name}"] = justification.get(name)
     for name, part in (summary.get("per_set") or {}).items():
         for key in ("exact_match", "json_valid_rate", "cut_by_length_rate"):

@@ -24,14 +24,20 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _justification_summary(rows: list[dict]) -> dict:
-    """The justification's verdict rates (grounded, code trace, readable) and the text means."""
-    return {
+    """The justification's verdict rates (grounded, code trace, readable, crossings right) and
+    the text means. The crossings' rate is left out (as aria.summary leaves a None out) when
+    there is no justification or a record was written before `crossings_right` existed."""
+    crossings = [r["crossings_right"] for r in rows if "crossings_right" in r]
+    out = {
         "n": len(rows),
         "grounded_rate": metrics.share([r["grounded"] for r in rows]),
         "code_trace_rate": metrics.share([r["code_trace"] for r in rows]),
         "readable_rate": metrics.share([r["readable"] for r in rows]),
         **_text_summary(rows),
     }
+    if rows and len(crossings) == len(rows):
+        out["crossings_right_rate"] = metrics.share(crossings)
+    return out
 
 
 def _text_summary(rows: list[dict]) -> dict:

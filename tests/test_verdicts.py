@@ -98,7 +98,36 @@ def test_clinician_readable_needs_words_and_no_code():
         "ungrounded": [9.8],
         "code_trace": False,
         "readable": True,
+        "crossings_right": True,
     }
+
+
+def test_crossings_right_reads_the_lead_against_the_input():
+    """The lead states how many thresholds are crossed; `Aucun seuil franchi` beside a crossed
+    threshold is grounded (its numbers are the input's) and still false."""
+    import random
+
+    from aria.domain import fired_rules
+    from aria.population import balanced_plan, sample_measurements
+    from aria.references import reference_justification
+
+    assert len(fired_rules(RUNNER)) == 1
+    false = "Aucun seuil franchi ; le plus proche : inclinaison_tronc 9.1 (seuil 7.0)."
+    verdict = verdicts.justification_verdict(false, RUNNER)
+    assert verdict["grounded"] and not verdict["crossings_right"]
+    assert verdicts.stated_crossings(false) == 0
+    assert verdicts.stated_crossings("Le plus net de  trois seuils franchis : x") == 3
+    assert verdicts.stated_crossings("inclinaison_tronc 9.1 > 7.0") is None
+    assert not verdicts.justification_verdict("inclinaison_tronc 9.1", RUNNER)["crossings_right"]
+    # Every reference justification states its runner's count, whatever the count.
+    counts = set()
+    rng = random.Random(3)
+    for target, slice_name in balanced_plan(240):
+        runner = sample_measurements(rng, target, slice_name)
+        text = reference_justification(runner)
+        assert verdicts.justification_verdict(text, runner)["crossings_right"], text
+        counts.add(verdicts.stated_crossings(text))
+    assert {0, 1, 2} <= counts
 
 
 REPORT = (

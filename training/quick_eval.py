@@ -83,12 +83,13 @@ def score_answers(
     With the eval records' `slices`, also the pathology exact match of each slice. With their
     `runners` (measurements), also `grounded`: the share of answers whose justification cites
     only numbers of the input (an invalid answer counts as not grounded), as the release gate
-    counts it (`aria.verdicts.justification_verdict`); and `exact_match_by_gap`: the exact match
+    counts it (`aria.verdicts.justification_verdict`); `crossings_right`: the share whose
+    justification states the input's count of crossed thresholds; and `exact_match_by_gap`: the exact match
     and count of each bucket of the gap between the label's exceedance and the runner-up's
     (`gap_bucket`). `confiance_answered`: for each expected confidence, how often each one was
     answered (an invalid answer counts under `null`).
     """
-    valid = pathology_ok = confidence_ok = grounded = 0
+    valid = pathology_ok = confidence_ok = grounded = crossings_right = 0
     answered: dict[str, dict[str, int]] = {}
     per_slice: dict[str, list[int]] = {}
     per_gap: dict[str, list[int]] = {name: [0, 0] for name in gap_buckets()}
@@ -114,7 +115,9 @@ def score_answers(
         gap_hits[0] += diagnostic.pathologie == pathology
         confidence_ok += diagnostic.confiance == confiance
         if measurements is not None:
-            grounded += justification_verdict(diagnostic.justification, measurements)["grounded"]
+            verdict = justification_verdict(diagnostic.justification, measurements)
+            grounded += verdict["grounded"]
+            crossings_right += verdict["crossings_right"]
     n = max(len(answers), 1)
     result = {
         "n": len(answers),
@@ -128,6 +131,7 @@ def score_answers(
     }
     if any(m is not None for m in runners):
         result["grounded"] = grounded / n
+        result["crossings_right"] = crossings_right / n
         result["exact_match_by_gap"] = {
             name: {"n": total, "exact_match": ok / total if total else None}
             for name, (ok, total) in per_gap.items()
@@ -255,6 +259,11 @@ def main(cfg: QuickEvalConfig) -> dict:
     for expected, row in result["confiance_answered"].items():
         answers = ", ".join(f"{name} {count}" for name, count in row.items())
         print(f"  {expected:<14} answered {answers}")
+    if "crossings_right" in result:
+        print(
+            f"crossings right  {result['crossings_right']:.1%}  (justifications stating the input's "
+            "count of crossed thresholds)"
+        )
     if "grounded" in result:
         print(
             f"grounded         {result['grounded']:.1%}  (justifications citing only the input's numbers)"
