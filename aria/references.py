@@ -65,6 +65,7 @@ def reference_diagnostic(measurements: Mapping[str, Any]) -> Diagnostic:
 
 # What the report writes on the line before the pathology.
 REPORT_PATHOLOGY_LEAD = "Pathologie probable :"
+REPORT_CONFIDENCE_LEAD = "(confiance"
 
 # What drives each pathology and what helps, in words a runner reads; no number, so that a report
 # only ever cites the input's values and the thresholds. One short sentence each, with few words
@@ -105,7 +106,7 @@ def reference_report(measurements: Mapping[str, Any]) -> str:
     """
     pathology, confiance = label(dict(measurements))
     return (
-        f"{REPORT_PATHOLOGY_LEAD}\n{pathology} (confiance {confiance}).\n"
+        f"{REPORT_PATHOLOGY_LEAD}\n{pathology} {REPORT_CONFIDENCE_LEAD} {confiance}).\n"
         f"Constats : {reference_justification(measurements, pathology)}\n"
         f"Mécanisme : {MECHANISM[pathology]}\n"
         f"Conseils : {ADVICE[pathology]}\n"

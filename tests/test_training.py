@@ -391,6 +391,11 @@ def test_quick_eval_counts_grounded_justifications():
     expected = [("Lombalgie mécanique", "élevée")] * 3
     result = score_answers(answers, expected, runners=[EXAMPLE_MEASUREMENTS] * 3)
     assert result["grounded"] == pytest.approx(1 / 3)
+    # Both valid answers state one crossed threshold, as the runner crosses one.
+    assert result["crossings_right"] == pytest.approx(2 / 3)
+    none = answer("9.1").replace("Seul seuil franchi :", "Aucun seuil franchi ; le plus proche :")
+    false = score_answers([none], expected[:1], runners=[EXAMPLE_MEASUREMENTS])
+    assert (false["grounded"], false["crossings_right"]) == (1.0, 0.0)
     assert "grounded" not in score_answers(answers, expected)
 
 
@@ -696,7 +701,7 @@ def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path)
     batch["labels"] = batch["input_ids"].clone()
 
     def loss(weight: float) -> float:
-        trainer = object.__new__(label_weighted_trainer(SFTTrainer, weight, marker, quotes))
+        trainer = object.__new__(label_weighted_trainer(SFTTrainer, [(marker, quotes, weight)]))
         with torch.no_grad():
             return float(trainer.compute_loss(model, dict(batch)))
 
@@ -711,6 +716,74 @@ def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path)
         )
     on_label = sum(float(per_token[i - 1]) for i in label_positions(ids, marker, quotes))
     assert loss(5.0) == pytest.approx(plain + 4 * on_label / (len(ids) - 1), rel=1e-4)
+
+
+@pytest.mark.engine
+def test_confidence_weight_weighs_the_confidence_tokens_as_the_recipe_says(tiny_base_model: Path):
+    """`confidence_loss_weight` (through train_sft's own trainer class) adds (w - 1) x the
+    confidence tokens' share of the loss, in the diagnostic's JSON of every field order and in the
+    report; with both weights, each span keeps its own weight."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from aria.domain import EXAMPLE_MEASUREMENTS
+    from aria.references import reference_diagnostic, reference_report
+    from aria.schema import FIELD_ORDERS
+    from training.label_loss import (
+        CONFIDENCE_KEY,
+        label_markers,
+        label_positions,
+        report_confidence_markers,
+    )
+    from training.train_sft import sft_trainer_class
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    assert sft_trainer_class(1.0, tokenizer, 1.0) is SFTTrainer
+    marker, quotes = label_markers(tokenizer, CONFIDENCE_KEY)
+    label, label_quotes = label_markers(tokenizer)
+    report_marker, closing = report_confidence_markers(tokenizer)
+    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
+    for order in FIELD_ORDERS:
+        ids = tokenizer(answer.to_json(order), add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode([ids[i] for i in label_positions(ids, marker, quotes)]) == (
+            answer.confiance
+        )
+    report = tokenizer(reference_report(EXAMPLE_MEASUREMENTS), add_special_tokens=False)
+    found = [
+        report["input_ids"][i]
+        for i in label_positions(report["input_ids"], *(report_marker, closing))
+    ]
+    assert tokenizer.decode(found).strip() == answer.confiance
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model, dtype=torch.float32)
+    for text, spans in (
+        (answer.to_json(), ((marker, quotes), (label, label_quotes))),
+        (reference_report(EXAMPLE_MEASUREMENTS), ((report_marker, closing),)),
+    ):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids))}
+        batch["labels"] = batch["input_ids"].clone()
+        with torch.no_grad():
+            plain = float(model(**batch).loss)
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1]
+            per_token = torch.nn.functional.cross_entropy(
+                logits, batch["input_ids"][0, 1:], reduction="none"
+            )
+        shares = [
+            sum(float(per_token[i - 1]) for i in label_positions(ids, *span)) / (len(ids) - 1)
+            for span in spans
+        ]
+        assert shares[0] > 0
+
+        def loss(label_weight: float, confidence_weight: float, batch=batch) -> float:
+            cls = sft_trainer_class(label_weight, tokenizer, confidence_weight)
+            with torch.no_grad():
+                return float(object.__new__(cls).compute_loss(model, dict(batch)))
+
+        assert loss(1.0, 5.0) == pytest.approx(plain + 4 * shares[0], rel=1e-4)
+        if len(shares) == 2:  # the diagnostic: the label keeps its own weight beside it
+            assert loss(3.0, 5.0) == pytest.approx(plain + 4 * shares[0] + 2 * shares[1], rel=1e-4)
 
 
 @pytest.mark.engine
@@ -757,7 +830,12 @@ def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_mo
 def test_label_markers_refuse_a_tokenizer_that_merges_them():
     """A tokenizer whose tokens cross the marker's edges gets a ValueError naming the fix (set
     label_loss_weight to 1), not a silently unweighted label."""
-    from training.label_loss import label_markers, report_label_markers
+    from training.label_loss import (
+        CONFIDENCE_KEY,
+        label_markers,
+        report_confidence_markers,
+        report_label_markers,
+    )
 
     class WholeTextTokenizer:  # one token per text: every marker is merged with its neighbours
         def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
@@ -770,5 +848,8 @@ def test_label_markers_refuse_a_tokenizer_that_merges_them():
             return ["x" for _ in ids]
 
     for find in (label_markers, report_label_markers):
-        with pytest.raises(ValueError, match="set it to 1 in the recipe"):
+        with pytest.raises(ValueError, match=r"label_loss_weight .*set it to 1 in the recipe"):
+            find(WholeTextTokenizer())
+    for find in (lambda t: label_markers(t, CONFIDENCE_KEY), report_confidence_markers):
+        with pytest.raises(ValueError, match=r"confidence_loss_weight .*set it to 1 in the recipe"):
             find(WholeTextTokenizer())

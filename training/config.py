@@ -98,6 +98,14 @@ class SFTScriptArguments(PublishArguments):
             "picked in one forward pass (training/label_loss.py)"
         },
     )
+    confidence_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the confidence band's tokens in the loss, in the diagnostic's JSON "
+            "and in the report (1: unweighted); the band is the second field of the seed's order "
+            "(training/label_loss.py)"
+        },
+    )
 
 
 @dataclass

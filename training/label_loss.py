@@ -15,6 +15,10 @@ tokenizer, and refuses a tokenizer on which the marker is not one stable token s
 names the pathology first too, on the line after `Pathologie probable :` (`aria.references`), in
 the same tokens: `report_label_markers` finds those, up to the first token holding a `(`, so that
 the report's choice weighs as the diagnostic's does.
+
+`confidence_loss_weight` does the same for the confidence band, the second decision of the seed's
+order: the tokens inside the `confiance` string, and in the report those after `(confiance`, up to
+the first token holding a `)`.
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aria.domain import EXAMPLE_MEASUREMENTS
-from aria.references import REPORT_PATHOLOGY_LEAD, reference_diagnostic, reference_report
+from aria.references import (
+    REPORT_CONFIDENCE_LEAD,
+    REPORT_PATHOLOGY_LEAD,
+    reference_diagnostic,
+    reference_report,
+)
 from aria.schema import FIELD_ORDERS
 
 LABEL_KEY = "pathologie"
+CONFIDENCE_KEY = "confiance"
+# The recipe knob that weighs each key's tokens, named in the errors.
+KNOB_BY_KEY = {LABEL_KEY: "label_loss_weight", CONFIDENCE_KEY: "confidence_loss_weight"}
 
 
 def _span_ids(tokenizer, text: str, start: int, end: int) -> list[int] | None:
@@ -45,28 +57,30 @@ def _ids_holding(tokenizer, char: str) -> frozenset[int]:
     return frozenset(i for i, token in enumerate(vocab) if token and char in token)
 
 
-def label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
-    """(ids spelling `pathologie":"` just before the label, ids of every token holding a `"`).
+def label_markers(tokenizer, key: str = LABEL_KEY) -> tuple[list[int], frozenset[int]]:
+    """(ids spelling `<key>":"` just before the key's value, ids of every token holding a `"`);
+    `key` is the pathology's (default) or the confidence's.
 
     Raises ValueError, naming the fix, when the tokenizer merges the marker with what precedes or
     follows it, or spells it differently in another field order.
     """
     answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
+    knob = KNOB_BY_KEY[key]
     markers = set()
     for order in FIELD_ORDERS:
         text = answer.to_json(order)
-        key_start = text.index(f'"{LABEL_KEY}":"') + 1
-        found = _span_ids(tokenizer, text, key_start, key_start + len(f'{LABEL_KEY}":"'))
+        key_start = text.index(f'"{key}":"') + 1
+        found = _span_ids(tokenizer, text, key_start, key_start + len(f'{key}":"'))
         if found is None:
             raise ValueError(
-                f"the tokenizer merges '{LABEL_KEY}\":\"' with its neighbours in {text!r}: "
-                "label_loss_weight cannot find the label's tokens; set it to 1 in the recipe"
+                f"the tokenizer merges '{key}\":\"' with its neighbours in {text!r}: "
+                f"{knob} cannot find the tokens of '{key}'; set it to 1 in the recipe"
             )
         markers.add(tuple(found))
     if len(markers) != 1:
         raise ValueError(
-            f"the tokenizer spells '{LABEL_KEY}\":\"' differently across field orders {markers}: "
-            "set label_loss_weight to 1 in the recipe"
+            f"the tokenizer spells '{key}\":\"' differently across field orders {markers}: "
+            f"{knob} cannot find the tokens of '{key}'; set it to 1 in the recipe"
         )
     return list(markers.pop()), _ids_holding(tokenizer, '"')
 
@@ -87,6 +101,23 @@ def report_label_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
     return found, _ids_holding(tokenizer, "(")
 
 
+def report_confidence_markers(tokenizer) -> tuple[list[int], frozenset[int]]:
+    """(ids spelling ` (confiance` before the report's confidence band, ids of every token holding
+    a `)`, which closes it). Raises ValueError, naming the fix, when the tokenizer merges the lead
+    with its neighbours."""
+    text = reference_report(EXAMPLE_MEASUREMENTS)
+    lead = f" {REPORT_CONFIDENCE_LEAD}"  # after the pathology's name, with the space before it
+    start = text.index(lead)
+    found = _span_ids(tokenizer, text, start, start + len(lead))
+    if found is None:
+        raise ValueError(
+            f"the tokenizer merges '{REPORT_CONFIDENCE_LEAD}' with its neighbours in "
+            f"{text[:60]!r}: confidence_loss_weight cannot find the report's confidence; set it "
+            "to 1 in the recipe"
+        )
+    return found, _ids_holding(tokenizer, ")")
+
+
 def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset[int]) -> list[int]:
     """Positions of the tokens inside every `pathologie` string of one token sequence."""
     positions: list[int] = []
@@ -105,16 +136,12 @@ def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset
 
 
 def label_weighted_trainer(
-    base_class,
-    weight: float,
-    marker: list[int],
-    quotes: frozenset[int],
-    more: tuple[tuple[list[int], frozenset[int]], ...] = (),
+    base_class, spans: Sequence[tuple[Sequence[int], frozenset[int], float]]
 ):
-    """A subclass of TRL's `base_class` (SFTTrainer) whose loss weighs the label's tokens by
-    `weight`: the mean over completion tokens of weight x cross-entropy (weight 1 elsewhere).
-    `more` holds other (marker, closing ids) pairs whose spans weigh the same (the report's)."""
-    spans = ((marker, quotes), *more)
+    """A subclass of TRL's `base_class` (SFTTrainer) whose loss weighs the tokens of each span:
+    the mean over completion tokens of weight x cross-entropy, where `spans` holds (marker, closing
+    ids, weight) triples (`label_positions` finds each span's tokens) and other tokens weigh 1."""
+    spans = tuple(spans)
     import torch
 
     class LabelWeightedSFTTrainer(base_class):
@@ -132,8 +159,8 @@ def label_weighted_trainer(
             ).view_as(target)
             weights = torch.ones_like(per_token)
             for row, ids in enumerate(inputs["input_ids"].tolist()):
-                for start, stop in spans:
-                    for pos in label_positions(ids, start, stop):
+                for marker, closers, weight in spans:
+                    for pos in label_positions(ids, marker, closers):
                         if pos >= 1:  # the logits at pos - 1 predict the token at pos
                             weights[row, pos - 1] = weight
             count = (target != -100).sum() if num_items_in_batch is None else num_items_in_batch

@@ -82,7 +82,7 @@ def model_files_signature(name_or_path: str) -> str:
 
 def run_fingerprint(data_path: Path, base: str, training_args, model_args, **extra: Any) -> dict:
     """What a checkpoint must match to be resumed: the data, the base and the recipe's knobs,
-    then the stage's own `extra` knobs (SFT: label_loss_weight), in that order."""
+    then the stage's own `extra` knobs (SFT: the loss weights), in that order."""
     return {
         "data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest()[:16],
         "base": str(base),

@@ -93,17 +93,29 @@ def require_sft_set(path: Path) -> Path:
     return require_dataset(path)
 
 
-def sft_trainer_class(label_loss_weight: float, tokenizer):
-    """TRL's SFTTrainer, or its subclass that weighs the pathology's tokens (weight != 1)."""
+def sft_trainer_class(label_loss_weight: float, tokenizer, confidence_loss_weight: float = 1.0):
+    """TRL's SFTTrainer, or its subclass that weighs the pathology's tokens and the confidence's
+    (either weight != 1), in the diagnostic's JSON and in the report alike."""
     from trl import SFTTrainer
 
-    if label_loss_weight == 1.0:
+    if label_loss_weight == 1.0 and confidence_loss_weight == 1.0:
         return SFTTrainer
-    from training.label_loss import label_markers, label_weighted_trainer, report_label_markers
+    from training.label_loss import (
+        CONFIDENCE_KEY,
+        label_markers,
+        label_weighted_trainer,
+        report_confidence_markers,
+        report_label_markers,
+    )
 
-    marker, quotes = label_markers(tokenizer)
-    report = report_label_markers(tokenizer)
-    return label_weighted_trainer(SFTTrainer, label_loss_weight, marker, quotes, more=(report,))
+    spans = []
+    if label_loss_weight != 1.0:
+        spans += [(*label_markers(tokenizer), label_loss_weight)]
+        spans += [(*report_label_markers(tokenizer), label_loss_weight)]
+    if confidence_loss_weight != 1.0:
+        spans += [(*label_markers(tokenizer, CONFIDENCE_KEY), confidence_loss_weight)]
+        spans += [(*report_confidence_markers(tokenizer), confidence_loss_weight)]
+    return label_weighted_trainer(SFTTrainer, spans)
 
 
 def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
@@ -126,13 +138,20 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
         train_set = ordered_by_kind(train_set, training_args)
     # Resume only checkpoints of the same data, base and recipe.
     fingerprint = run_fingerprint(
-        sft_path, base, training_args, model_args, label_loss_weight=script_args.label_loss_weight
+        sft_path,
+        base,
+        training_args,
+        model_args,
+        label_loss_weight=script_args.label_loss_weight,
+        confidence_loss_weight=script_args.confidence_loss_weight,
     )
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: the 4-bit base with a fresh LoRA adapter, the loss on the completion.
     tokenizer, model = load_tokenizer_and_model(base, model_args, token)
-    trainer = sft_trainer_class(script_args.label_loss_weight, tokenizer)(
+    trainer = sft_trainer_class(
+        script_args.label_loss_weight, tokenizer, script_args.confidence_loss_weight
+    )(
         model=model,
         args=training_args,
         train_dataset=train_set,
