@@ -2,9 +2,13 @@
 
 Datasets teach these texts and the benchmark scores against them. The justification is written for
 the runner's clinician: French words (without accents, in the ASCII alphabet the schema allows),
-how many thresholds are crossed, and the deciding measurement(s) with the measured value and the
-threshold, copied as the prompt shows them. It cites no other number and no code, and it never
-needs the label to be written after it: in the seed's field order the label comes first.
+how many alert signals fire, and the deciding measurement(s) with the measured value and the
+threshold, copied as the prompt shows them. A signal is one rule of the domain's table: one
+measurement above its threshold, or for the Achilles tendinitis both of its measurements above
+theirs. The lead counts signals, not thresholds: a heel-strike index above 0.70 with a dorsiflexion
+under 15 crosses a threshold and fires no signal, where "no threshold crossed" would be false. It
+cites no other number and no code, and it never needs the label to be written after it: in the
+seed's field order the label comes first.
 """
 
 from __future__ import annotations
@@ -15,17 +19,17 @@ from typing import Any
 from aria.domain import RULE_BY_PATHOLOGY, deciding_evidence, fired_rules, label
 from aria.schema import Diagnostic
 
-# How many rules fire, in words: a digit there would be a number the input does not contain.
+# How many signals fire, in words: a digit there would be a number the input does not contain.
 _COUNT_FR = {2: "deux", 3: "trois", 4: "quatre", 5: "cinq", 6: "six"}
 
 
 def justification_lead(n_fired: int) -> str:
-    """What the justification says first: how many thresholds are crossed."""
+    """What the justification says first: how many alert signals (rules) fire."""
     if n_fired == 0:
-        return "Aucun seuil franchi ; le plus proche :"
+        return "Aucun signal d'alerte ; le plus proche :"
     if n_fired == 1:
-        return "Seul seuil franchi :"
-    return f"Le plus net de {_COUNT_FR[n_fired]} seuils franchis :"
+        return "Seul signal d'alerte :"
+    return f"Le plus net de {_COUNT_FR[n_fired]} signaux d'alerte :"
 
 
 def justification(n_fired: int, evidence: list[tuple[str, str, str]]) -> str:
@@ -37,7 +41,7 @@ def justification(n_fired: int, evidence: list[tuple[str, str, str]]) -> str:
 
 
 def reference_justification(measurements: Mapping[str, Any], pathology: str | None = None) -> str:
-    """How many thresholds the measurements cross, then each signal of `pathology` (default: the label)
+    """How many alert signals the measurements fire, then each signal of `pathology` (default: the label)
     with its measured value and threshold.
 
     For another pathology than the label (the DPO pairs' wrong answers), the same lead with that
@@ -98,7 +102,7 @@ def reference_report(measurements: Mapping[str, Any]) -> str:
     first, on a line of its own, so that its tokens are the diagnostic's (`Tendinite`, not
     ` Tendinite`) and the report makes the choice the diagnostic learns, at the same distance
     from the table (`aria.prompts.REPORT_TEMPLATE`). The findings are the diagnostic's
-    justification (how many thresholds are crossed, the deciding measurement(s) with value and
+    justification (how many alert signals fire, the deciding measurement(s) with value and
     threshold, keyed as the prompt shows them). The runner's context is not repeated: the only
     numbers are the deciding values and their thresholds (copies are where a small model errs).
     One wording per pathology: with two, the tiny model sampled at temperature 0.3 spliced them

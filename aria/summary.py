@@ -238,8 +238,8 @@ class Justification(Schema):
     code_trace_rate: float | None
     readable_rate: float | None
     text: TextMeans = field(metadata=FLAT)
-    # Share whose lead states the input's count of crossed thresholds (aria.verdicts); summaries
-    # written before it have none.
+    # Share whose lead states the input's count of alert signals, the rules that fire
+    # (aria.verdicts); summaries written before it have none.
     crossings_right_rate: float | None = field(default=None, metadata=OPTIONAL)
 
 

@@ -224,7 +224,7 @@ def keyword_coverage(text: str, pathology: str) -> float:
 # A ranking code such as `G<T H<T F>T`: one capital letter compared with another (`G<T`, `P >= F`).
 _CODE_TRACE = re.compile(r"(?<![\w.])[A-Z]\s?[<>=]=?\s?[A-Z](?![\w])")
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
-MIN_JUSTIFICATION_WORDS = 3  # "Seul seuil franchi" is three words; a code is none
+MIN_JUSTIFICATION_WORDS = 3  # "Seul signal d'alerte" is three words; a code is none
 
 
 def looks_like_code_trace(text: str) -> bool:
@@ -250,8 +250,8 @@ _LEADS: dict[str, int] = {justification_lead(n): n for n in range(len(RULES) + 1
 
 
 def stated_crossings(text: str) -> int | None:
-    """How many thresholds a justification says are crossed, read from its lead (`Seul seuil
-    franchi :` says 1), or None when it opens with none of the leads."""
+    """How many alert signals (rules) a justification says fire, read from its lead (`Seul signal
+    d'alerte :` says 1), or None when it opens with none of the leads."""
     opening = " ".join(text.split())
     return next((n for lead, n in _LEADS.items() if opening.startswith(lead)), None)
 
@@ -260,9 +260,9 @@ def justification_verdict(
     text: str, measurements: Mapping[str, Any], prompt: str | None = None
 ) -> dict[str, Any]:
     """Is the justification grounded (every number from the input), free of a code trace,
-    readable by a clinician, and right about how many thresholds are crossed (`crossings_right`:
-    its lead states the input's count; a `Aucun seuil franchi` beside a crossed threshold is
-    grounded but false)? `ungrounded` lists the numbers that are not from the input."""
+    readable by a clinician, and right about how many alert signals fire (`crossings_right`: its
+    lead states the input's count of firing rules; `Aucun signal d'alerte` beside a firing rule
+    is grounded but false)? `ungrounded` lists the numbers that are not from the input."""
     ground = grounding(text, measurements, prompt)
     return {
         "grounded": not ground["ungrounded"],

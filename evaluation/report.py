@@ -237,7 +237,7 @@ def _body_section(b: DiagnosticSummary) -> list[str]:
         f"(mean share {_fmt(j.text.grounded_rate_mean, True)}), code trace "
         f"{_fmt(j.code_trace_rate, True)}, clinician-readable {_fmt(j.readable_rate, True)}, "
         f"anchoring {_fmt(j.text.anchoring_mean, True)}, deciding keys named "
-        f"{_fmt(j.text.keyword_coverage_mean, True)}, count of crossed thresholds right "
+        f"{_fmt(j.text.keyword_coverage_mean, True)}, count of alert signals right "
         f"{_fmt(j.crossings_right_rate, True)}.",
     ]
     if b.failed_ids:

@@ -39,7 +39,7 @@ def test_copy_answers_cite_the_prompts_values_and_no_label():
             assert key in MEASUREMENT_KEYS
             assert value == format_value(key, runner[key])
             assert f"- {key} : {value}" in prompt  # the prompt line the value is copied from
-        assert "seuil franchi" not in answer and "Lombalgie" not in prompt
+        assert "signal d'alerte" not in answer and "Lombalgie" not in prompt
 
 
 def test_rank_answers_order_the_prompts_percents_and_name_no_label():

@@ -15,6 +15,7 @@ from aria.domain import (
     RULES,
     THRESHOLD_BY_KEY,
     exceedances,
+    fired_rules,
     keys_by_exceedance,
     label,
     percent_of_threshold,
@@ -101,11 +102,13 @@ def test_reference_diagnostic_round_trips_and_cites_only_input_values():
     diag = reference_diagnostic(RUNNER)
     assert diag.pathologie == "Syndrome fémoro-patellaire"
     assert diag.confiance == "élevée"
-    assert diag.justification == "Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."
+    assert diag.justification == "Seul signal d'alerte : valgus_genou 13.4 (seuil 10.0)."
     text = diag.to_json()
     # The seed's order: the label first, then the confidence, then the reason.
     assert text.startswith('{"pathologie":"Syndrome fémoro-patellaire","confiance":"élevée",')
-    assert text.endswith('"justification":"Seul seuil franchi : valgus_genou 13.4 (seuil 10.0)."}')
+    assert text.endswith(
+        '"justification":"Seul signal d\'alerte : valgus_genou 13.4 (seuil 10.0)."}'
+    )
     assert parse_diagnostic(text) == diag
     assert not ungrounded_numbers(diag.justification, RUNNER)
 
@@ -127,26 +130,32 @@ def test_a_field_order_must_permute_the_three_fields():
         diagnostic_json_schema(("pathologie", "pathologie", "justification"))
 
 
-def test_justification_says_how_many_thresholds_cross_and_cites_the_deciding_values():
+def test_justification_says_how_many_signals_fire_and_cites_the_deciding_values():
     # percents of threshold: tronc 60, genou 134, hanche 61, foulee 87, pied 65, heel 74, dorsi 73
     two = {**RUNNER, "pronation_pied": 9.0}  # 150 % beats the knee's 134 %
     assert reference_justification(two) == (
-        "Le plus net de deux seuils franchis : pronation_pied 9.0 (seuil 6.0)."
+        "Le plus net de deux signaux d'alerte : pronation_pied 9.0 (seuil 6.0)."
     )
     # A wrong answer (the DPO pairs' runner-up) cites the wrong measurement under the same lead.
     assert reference_justification(two, "Syndrome fémoro-patellaire") == (
-        "Le plus net de deux seuils franchis : valgus_genou 13.4 (seuil 10.0)."
+        "Le plus net de deux signaux d'alerte : valgus_genou 13.4 (seuil 10.0)."
     )
     with pytest.raises(ValueError, match="unknown pathology 'SFP'"):
         reference_justification(two, "SFP")
     calm = {**RUNNER, "valgus_genou": 9.5}  # 95 %: nothing fires, the knee is the closest
     assert reference_justification(calm) == (
-        "Aucun seuil franchi ; le plus proche : valgus_genou 9.5 (seuil 10.0)."
+        "Aucun signal d'alerte ; le plus proche : valgus_genou 9.5 (seuil 10.0)."
     )
+    # The Achilles signal needs both of its measurements above their thresholds: a heel strike
+    # above 0.70 alone crosses a threshold and fires nothing, and the lead counts signals.
+    half = {**calm, "heel_strike_index": 1.0, "dorsiflexion_max": 11.0}  # 143 %, 73 %
+    assert fired_rules(half) == []
+    assert reference_justification(half).startswith("Aucun signal d'alerte ; le plus proche :")
+    assert "seuil franchi" not in reference_justification(half)
     both = {**RUNNER, "heel_strike_index": 1.0, "dorsiflexion_max": 21.0}  # 143 %, 140 %
     assert label(both)[0] == "Tendinite Achille"
     assert reference_justification(both) == (
-        "Le plus net de deux seuils franchis : heel_strike_index 1.00 (seuil 0.70) et "
+        "Le plus net de deux signaux d'alerte : heel_strike_index 1.00 (seuil 0.70) et "
         "dorsiflexion_max 21.0 (seuil 15.0)."
     )
     for measurements in (RUNNER, two, calm, both):
@@ -375,7 +384,7 @@ def test_conforms_to_schema_reads_the_seed_schema():
     good = {
         "pathologie": PATHOLOGIES[0],
         "confiance": "faible",
-        "justification": "Seul seuil franchi",
+        "justification": "Seul signal d'alerte",
     }
     assert conforms_to_schema(good, strict)
     assert not conforms_to_schema(good | {"justification": 'a"b'}, strict)  # pattern

@@ -738,7 +738,7 @@ def test_benchmark_measures_both_bodies_and_a_failure_on_the_seed_body_fails_the
     assert project["justification"]["code_trace_rate"] == 0.0
     assert project["justification"]["crossings_right_rate"] == 1.0
     report = (tmp_path / "reports" / "fake" / "report.md").read_text()
-    assert "count of crossed thresholds right 100.0%" in report
+    assert "count of alert signals right 100.0%" in report
     assert set(project["per_set"]) == {"eval", "outside"}
     assert project["per_set"]["outside"]["n"] == 8
     assert model["report"]["n"] == 4 and model["report"]["passed_rate"] == 1.0

@@ -383,7 +383,7 @@ def test_quick_eval_counts_grounded_justifications():
     def answer(value: str) -> str:
         return (
             '{"pathologie":"Lombalgie mécanique","confiance":"élevée","justification":'
-            f'"Seul seuil franchi : inclinaison_tronc {value} (seuil 7.0)."}}'
+            f'"Seul signal d\'alerte : inclinaison_tronc {value} (seuil 7.0)."}}'
         )
 
     # 9.1 is the measured trunk lean; 9.4 is a number the input does not contain.
@@ -391,9 +391,11 @@ def test_quick_eval_counts_grounded_justifications():
     expected = [("Lombalgie mécanique", "élevée")] * 3
     result = score_answers(answers, expected, runners=[EXAMPLE_MEASUREMENTS] * 3)
     assert result["grounded"] == pytest.approx(1 / 3)
-    # Both valid answers state one crossed threshold, as the runner crosses one.
+    # Both valid answers state one alert signal, as one rule fires for the runner.
     assert result["crossings_right"] == pytest.approx(2 / 3)
-    none = answer("9.1").replace("Seul seuil franchi :", "Aucun seuil franchi ; le plus proche :")
+    none = answer("9.1").replace(
+        "Seul signal d'alerte :", "Aucun signal d'alerte ; le plus proche :"
+    )
     false = score_answers([none], expected[:1], runners=[EXAMPLE_MEASUREMENTS])
     assert (false["grounded"], false["crossings_right"]) == (1.0, 0.0)
     assert "grounded" not in score_answers(answers, expected)

@@ -79,9 +79,9 @@ def test_grounding_accepts_the_numbers_the_prompt_shows():
         ("G<T H<T F>T P<F I>F D>F ; pronation_pied 7.2 > 6.0", True),
         ("G>T", True),
         ("P >= F", True),
-        ("Seul seuil franchi : valgus_genou 13.4 (seuil 10.0).", False),
+        ("Seul signal d'alerte : valgus_genou 13.4 (seuil 10.0).", False),
         ("inclinaison_tronc 9.1 > 7.0", False),
-        ("Aucun seuil franchi ; le plus proche : pronation_pied 5.8 (seuil 6.0).", False),
+        ("Aucun signal d'alerte ; le plus proche : pronation_pied 5.8 (seuil 6.0).", False),
     ],
 )
 def test_code_trace_is_single_capital_comparisons(text, code):
@@ -89,10 +89,10 @@ def test_code_trace_is_single_capital_comparisons(text, code):
 
 
 def test_clinician_readable_needs_words_and_no_code():
-    assert verdicts.clinician_readable("Seul seuil franchi : valgus_genou 13.4 (seuil 10.0).")
+    assert verdicts.clinician_readable("Seul signal d'alerte : valgus_genou 13.4 (seuil 10.0).")
     assert not verdicts.clinician_readable("G<T H<T seuil franchi nettement")
     assert not verdicts.clinician_readable("13.4 > 10.0")
-    verdict = verdicts.justification_verdict("Seul seuil franchi : inclinaison_tronc 9.8", RUNNER)
+    verdict = verdicts.justification_verdict("Seul signal d'alerte : inclinaison_tronc 9.8", RUNNER)
     assert verdict == {
         "grounded": False,
         "ungrounded": [9.8],
@@ -103,8 +103,8 @@ def test_clinician_readable_needs_words_and_no_code():
 
 
 def test_crossings_right_reads_the_lead_against_the_input():
-    """The lead states how many thresholds are crossed; `Aucun seuil franchi` beside a crossed
-    threshold is grounded (its numbers are the input's) and still false."""
+    """The lead states how many alert signals (rules) fire; `Aucun signal d'alerte` beside a
+    firing rule is grounded (its numbers are the input's) and still false."""
     import random
 
     from aria.domain import fired_rules
@@ -112,11 +112,11 @@ def test_crossings_right_reads_the_lead_against_the_input():
     from aria.references import reference_justification
 
     assert len(fired_rules(RUNNER)) == 1
-    false = "Aucun seuil franchi ; le plus proche : inclinaison_tronc 9.1 (seuil 7.0)."
+    false = "Aucun signal d'alerte ; le plus proche : inclinaison_tronc 9.1 (seuil 7.0)."
     verdict = verdicts.justification_verdict(false, RUNNER)
     assert verdict["grounded"] and not verdict["crossings_right"]
     assert verdicts.stated_crossings(false) == 0
-    assert verdicts.stated_crossings("Le plus net de  trois seuils franchis : x") == 3
+    assert verdicts.stated_crossings("Le plus net de  trois signaux d'alerte : x") == 3
     assert verdicts.stated_crossings("inclinaison_tronc 9.1 > 7.0") is None
     assert not verdicts.justification_verdict("inclinaison_tronc 9.1", RUNNER)["crossings_right"]
     # Every reference justification states its runner's count, whatever the count.

@@ -84,8 +84,8 @@ def score_answers(
     `runners` (measurements), also `grounded`: the share of answers whose justification cites
     only numbers of the input (an invalid answer counts as not grounded), as the release gate
     counts it (`aria.verdicts.justification_verdict`); `crossings_right`: the share whose
-    justification states the input's count of crossed thresholds; and `exact_match_by_gap`: the exact match
-    and count of each bucket of the gap between the label's exceedance and the runner-up's
+    justification states the input's count of alert signals (firing rules); and
+    `exact_match_by_gap`: the exact match and count of each bucket of the gap between the label's exceedance and the runner-up's
     (`gap_bucket`). `confiance_answered`: for each expected confidence, how often each one was
     answered (an invalid answer counts under `null`).
     """
@@ -262,7 +262,7 @@ def main(cfg: QuickEvalConfig) -> dict:
     if "crossings_right" in result:
         print(
             f"crossings right  {result['crossings_right']:.1%}  (justifications stating the input's "
-            "count of crossed thresholds)"
+            "count of alert signals)"
         )
     if "grounded" in result:
         print(
