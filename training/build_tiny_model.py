@@ -173,6 +173,30 @@ def dataset_texts(sft_path: Path) -> list[str]:
     return texts
 
 
+# Merges the tokenizer leaves out, so that the model writes these words in tokens that guided
+# decoding allows. xgrammar (0.2.8, 0.2.9) leaves out of its token mask a token whose proper
+# suffix is a token that sorts before it: `Ã©levÃ©e` (`élevée`, beside `Ã©e`) was never allowed,
+# and the served model answered `modérée` where it meant `élevée` (`python -m serve.grammar_audit`
+# finds such tokens; docs/serving.md). Without the merge, `élevée` is `Ã©` + `levÃ©e`.
+UNMERGED: tuple[tuple[str, str], ...] = (("Ã©", "levÃ©e"),)
+
+
+def without_merges(tok, merges: tuple[tuple[str, str], ...] = UNMERGED):
+    """The `tokenizers.Tokenizer` `tok` without the BPE merges `merges` (its vocabulary and ids
+    unchanged: the merged token stays, unused). A merge it does not hold is an error."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    held = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["model"]["merges"]
+    ]
+    missing = [m for m in merges if m not in held]
+    if missing:
+        raise ValueError(f"the tokenizer has no merge {missing}: nothing to leave out")
+    spec["model"]["merges"] = [list(m) for m in held if m not in merges]
+    return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+
+
 def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     """A byte-level BPE with one token per digit and per key, as a transformers fast tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -198,6 +222,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok = without_merges(tok, tuple(m for m in UNMERGED if _has_merge(tok, m)))
     bos_id = tok.token_to_id("<bos>")
     # Like Gemma's tokenizer: plain encoding starts with <bos>; the chat template writes its own.
     tok.post_processor = processors.TemplateProcessing(
@@ -215,6 +240,11 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     )
     wrapped.chat_template = GEMMA3_CHAT_TEMPLATE
     return wrapped
+
+
+def _has_merge(tok, merge: tuple[str, str]) -> bool:
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    return any((tuple(m) if isinstance(m, list) else tuple(m.split(" "))) == merge for m in merges)
 
 
 def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):

@@ -1,0 +1,221 @@
+"""Can the served model write its own answers under guided decoding? Walk xgrammar's token mask.
+
+    python -m serve.grammar_audit --model data/models/tiny/aria-ft-dpo   # make grammar-audit
+
+vLLM's xgrammar backend builds a token mask at each step from the request's JSON schema and the
+model's tokenizer, and a token outside the mask can never be sampled. Where the mask leaves out a
+token the model was trained to write, the model writes something else, and no error says so. That
+happened here: xgrammar 0.2.8 and 0.2.9 leave out a token whose proper suffix is a token of the
+vocabulary that sorts before it (a vocabulary of `xe` and `xlxe` compiled for the literal `"xlxe"`
+allows neither; `tests/test_grammar_audit.py` pins it). The tiny tokenizer wrote `élevée` as one
+token, `Ã©levÃ©e`, next to `Ã©e`: under the seed's body the served model answered `modérée` for
+every `élevée` runner while the same model answered `élevée` in process (docs/serving.md,
+"What the grammar lets the model write").
+
+The audit writes every answer the model may give (each pathology with each confidence, the
+reference justification of the domain's example runner) as the model's tokenizer encodes it,
+in the seed's schema and in the project's schema in each field order, and walks xgrammar's
+matcher over it as vLLM does (`TokenizerInfo.from_huggingface`, no whitespace, compact
+separators). At each step it asks whether the mask allows the next token; every token it does not
+allow is reported with the text before it. Exit code 0 when every token is allowed, 1 when some
+are not, 2 when the model folder has no tokenizer. It runs on CPU in seconds, needs no server,
+and reads any model folder: run it on MedGemma's before serving it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aria.domain import CONFIDENCES, EXAMPLE_MEASUREMENTS, PATHOLOGIES
+from aria.files import atomic_write_text
+from aria.references import reference_justification
+from aria.schema import (
+    FIELD_ORDER,
+    FIELD_ORDERS,
+    GUIDED_SEPARATORS,
+    SEED_DIAGNOSTIC_SCHEMA,
+    Diagnostic,
+    diagnostic_json_schema,
+)
+
+EXIT_OK = 0
+EXIT_MASKED = 1
+EXIT_NO_TOKENIZER = 2
+
+
+@dataclass
+class Masked:
+    """A token the mask left out: which schema, which answer, the text before it."""
+
+    schema: str
+    token_id: int
+    token: str
+    before: str
+    answer: str
+
+    def line(self) -> str:
+        return (
+            f"[{self.schema}] token {self.token_id} {self.token!r} masked after "
+            f"...{self.before[-40:]!r}"
+        )
+
+
+@dataclass
+class AuditResult:
+    answers: int = 0
+    tokens: int = 0
+    masked: list[Masked] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.masked
+
+    def as_dict(self) -> dict[str, Any]:
+        distinct = sorted({(m.token_id, m.token) for m in self.masked})
+        return {
+            "answers": self.answers,
+            "tokens": self.tokens,
+            "masked": len(self.masked),
+            "masked_tokens": [{"id": i, "token": t} for i, t in distinct],
+            "examples": [m.__dict__ for m in self.masked[:10]],
+            "ok": self.ok,
+        }
+
+
+def audit_answers(
+    tokenizer_info: Any, encode, schemas: Iterable[tuple[str, dict, Sequence[str]]]
+) -> AuditResult:
+    """Walk xgrammar's matcher over every answer of each (name, schema, answers): the mask at
+    each step must allow the answer's next token. `encode(text)` gives the model's token ids.
+
+    Compiled as vLLM compiles a `response_format` json_schema with `disable_any_whitespace`.
+    """
+    import torch
+    import xgrammar as xgr
+
+    compiler = xgr.GrammarCompiler(tokenizer_info)
+    vocab_size = tokenizer_info.vocab_size
+    result = AuditResult()
+    for name, schema, answers in schemas:
+        compiled = compiler.compile_json_schema(
+            json.dumps(schema), any_whitespace=False, separators=GUIDED_SEPARATORS
+        )
+        for answer in answers:
+            result.answers += 1
+            matcher = xgr.GrammarMatcher(compiled)
+            bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+            ids = encode(answer)
+            for k, token_id in enumerate(ids):
+                result.tokens += 1
+                matcher.fill_next_token_bitmask(bitmask)
+                allowed = bool((bitmask[0, token_id // 32] >> (token_id % 32)) & 1)
+                if not allowed:
+                    result.masked.append(
+                        Masked(
+                            name, token_id, _token_text(encode, token_id), _before(ids, k), answer
+                        )
+                    )
+                if not matcher.accept_token(token_id):
+                    # The grammar refuses the text itself (not only the mask): nothing after it
+                    # can be walked. Reported as masked at this token.
+                    if allowed:
+                        result.masked.append(
+                            Masked(name, token_id, "", _before(ids, k), answer + " (refused)")
+                        )
+                    break
+            del bitmask
+    del torch
+    return result
+
+
+def _token_text(encode, token_id: int) -> str:
+    decode = getattr(encode, "decode_one", None)
+    return decode(token_id) if decode else str(token_id)
+
+
+def _before(ids: Sequence[int], k: int) -> str:
+    return " ".join(str(i) for i in ids[max(0, k - 8) : k])
+
+
+def model_answers(order: Sequence[str] = FIELD_ORDER) -> list[str]:
+    """Every label with every confidence, with the example runner's reference justification,
+    serialised as the model writes it (compact, the keys in `order`)."""
+    justification = reference_justification(EXAMPLE_MEASUREMENTS)
+    return [
+        Diagnostic(pathologie=p, confiance=c, justification=justification).to_json(order)
+        for p in PATHOLOGIES
+        for c in CONFIDENCES
+    ]
+
+
+def contract_schemas() -> list[tuple[str, dict, list[str]]]:
+    """The seed's schema (its own order) and the project's in each field order."""
+    schemas: list[tuple[str, dict, list[str]]] = [
+        ("seed", SEED_DIAGNOSTIC_SCHEMA, model_answers(FIELD_ORDER))
+    ]
+    for order in FIELD_ORDERS:
+        name = "project " + "-".join(k[0] for k in order)
+        schemas.append((name, diagnostic_json_schema(order), model_answers(order)))
+    return schemas
+
+
+class _Encoder:
+    """The model's tokenizer as the audit uses it: text to ids, and an id to its text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode_one(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id)
+
+
+def audit_model(model_dir: Path) -> AuditResult:
+    """The audit of a model folder's tokenizer, its TokenizerInfo built as vLLM builds it."""
+    import xgrammar as xgr
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    text_config = getattr(config, "text_config", None) or config
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=text_config.vocab_size)
+    return audit_answers(info, _Encoder(tokenizer), contract_schemas())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="a model folder")
+    parser.add_argument("--json", type=Path, help="also write the result there (atomically)")
+    args = parser.parse_args(argv)
+    if not (args.model / "tokenizer_config.json").exists():
+        print(
+            f"{args.model} has no tokenizer_config.json: pass a model folder, e.g. "
+            "data/models/tiny/aria-ft-dpo after `make train-all`",
+            file=sys.stderr,
+        )
+        return EXIT_NO_TOKENIZER
+    result = audit_model(args.model)
+    summary = {"model": str(args.model), **result.as_dict()}
+    for m in result.masked[:10]:
+        print(m.line())
+    verdict = "every token allowed" if result.ok else f"{len(result.masked)} tokens masked"
+    print(
+        f"grammar audit of {args.model}: {result.answers} answers, {result.tokens} tokens, "
+        f"{verdict}"
+    )
+    if args.json:
+        atomic_write_text(args.json, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    print(json.dumps(summary, ensure_ascii=False))
+    return EXIT_OK if result.ok else EXIT_MASKED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
