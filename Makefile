@@ -15,7 +15,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop grammar-audit health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ serve-cluster: $(STAMP) ## vLLM on aria-ft-dpo over the Ray cluster (TP per node
 
 ray-stop: $(STAMP) ## Leave or end the Ray cluster on this node
 	$(PY) -m serve.cluster stop
+
+grammar-audit: $(STAMP) ## Can the served model write its answers? xgrammar's mask over aria-ft-dpo's tokens (no server)
+	$(PY) -m serve.grammar_audit $(ARGS)
 
 health: $(STAMP) ## /health, then a guided diagnostic with each body (the seed's verbatim, the project's)
 	$(PY) -m serve.health $(ARGS)

@@ -1,6 +1,7 @@
 """The whole chain on the tiny profile, on a CPU, in minutes: what `make demo` runs.
 
-    python -m scripts.demo            # datasets → tiny base → SFT → DPO → serve ×3 → benchmark
+    python -m scripts.demo            # datasets → tiny base → SFT → DPO → grammar audit
+                                      # → serve ×3 → benchmark
     python -m scripts.demo --fresh    # rebuild everything instead of reusing finished stages
 
 Each stage is the same module its make target runs, started with ARIA_PROFILE=tiny in its own
@@ -107,6 +108,15 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
         timings["train-sft"] = run_stage("SFT QLoRA + merge", "training.train_sft", env=env)
     if cfg.fresh or not (settings.model_dir("aria-ft-dpo") / "config.json").exists():
         timings["train-dpo"] = run_stage("DPO QLoRA + merge", "training.train_dpo", env=env)
+    # Seconds, no server: every token of the model's answers must pass xgrammar's mask, or the
+    # served model cannot write them (serve.grammar_audit).
+    timings["grammar-audit"] = run_stage(
+        "grammar audit of aria-ft-dpo",
+        "serve.grammar_audit",
+        "--model",
+        str(settings.model_dir("aria-ft-dpo")),
+        env=env,
+    )
 
     from serve.vllm_server import start_server
 

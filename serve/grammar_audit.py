@@ -1,16 +1,17 @@
 """Can the served model write its own answers under guided decoding? Walk xgrammar's token mask.
 
-    python -m serve.grammar_audit --model data/models/tiny/aria-ft-dpo   # make grammar-audit
+    python -m serve.grammar_audit                    # make grammar-audit: the profile's aria-ft-dpo
+    python -m serve.grammar_audit --model DIR        # any model folder (MedGemma's before serving)
 
 vLLM's xgrammar backend builds a token mask at each step from the request's JSON schema and the
 model's tokenizer, and a token outside the mask can never be sampled. Where the mask leaves out a
 token the model was trained to write, the model writes something else, and no error says so. That
-happened here: xgrammar 0.2.8 and 0.2.9 leave out a token whose proper suffix is a token of the
-vocabulary that sorts before it (a vocabulary of `xe` and `xlxe` compiled for the literal `"xlxe"`
-allows neither; `tests/test_grammar_audit.py` pins it). The tiny tokenizer wrote `élevée` as one
-token, `Ã©levÃ©e`, next to `Ã©e`: under the seed's body the served model answered `modérée` for
-every `élevée` runner while the same model answered `élevée` in process (docs/serving.md,
-"What the grammar lets the model write").
+happened here: xgrammar 0.2.8 and 0.2.9 leave some valid tokens out of the mask (seen: a
+vocabulary of `xe` and `xlxe`, compiled for the literal `"xlxe"`, allows neither token; with `xa`
+in place of `xe` it allows `xlxe`; `tests/test_grammar_audit.py` pins both). The tiny tokenizer
+wrote `élevée` as one token, `Ã©levÃ©e`, beside `Ã©e`, and the mask never allowed it: under
+guided decoding the served model answered `modérée` for every `élevée` runner, while the same
+model answered `élevée` in process (docs/serving.md, "What the grammar lets the model write").
 
 The audit writes every answer the model may give (each pathology with each confidence, the
 reference justification of the domain's example runner) as the model's tokenizer encodes it,
@@ -58,10 +59,11 @@ class Masked:
     token: str
     before: str
     answer: str
+    why: str = "masked"
 
     def line(self) -> str:
         return (
-            f"[{self.schema}] token {self.token_id} {self.token!r} masked after "
+            f"[{self.schema}] token {self.token_id} {self.token!r} {self.why} after "
             f"...{self.before[-40:]!r}"
         )
 
@@ -88,19 +90,35 @@ class AuditResult:
         }
 
 
+class HFEncoder:
+    """A transformers tokenizer as the audit reads it: text to ids (no special tokens), a token
+    as the vocabulary writes it, and ids back to text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def token(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id)
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
 def audit_answers(
-    tokenizer_info: Any, encode, schemas: Iterable[tuple[str, dict, Sequence[str]]]
+    tokenizer_info: Any, encode: HFEncoder, schemas: Iterable[tuple[str, dict, Sequence[str]]]
 ) -> AuditResult:
     """Walk xgrammar's matcher over every answer of each (name, schema, answers): the mask at
-    each step must allow the answer's next token. `encode(text)` gives the model's token ids.
+    each step must allow the answer's next token. `encode(text)` gives the model's token ids,
+    `encode.token(id)` and `encode.text(ids)` what the report shows (`HFEncoder`).
 
     Compiled as vLLM compiles a `response_format` json_schema with `disable_any_whitespace`.
     """
-    import torch
     import xgrammar as xgr
 
     compiler = xgr.GrammarCompiler(tokenizer_info)
-    vocab_size = tokenizer_info.vocab_size
     result = AuditResult()
     for name, schema, answers in schemas:
         compiled = compiler.compile_json_schema(
@@ -109,38 +127,30 @@ def audit_answers(
         for answer in answers:
             result.answers += 1
             matcher = xgr.GrammarMatcher(compiled)
-            bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+            bitmask = xgr.allocate_token_bitmask(1, tokenizer_info.vocab_size)
             ids = encode(answer)
             for k, token_id in enumerate(ids):
                 result.tokens += 1
                 matcher.fill_next_token_bitmask(bitmask)
-                allowed = bool((bitmask[0, token_id // 32] >> (token_id % 32)) & 1)
-                if not allowed:
+                allowed = bool((int(bitmask[0, token_id // 32]) >> (token_id % 32)) & 1)
+                accepted = matcher.accept_token(token_id)
+                if not (allowed and accepted):
+                    # Masked: the engine never samples it. Refused: the grammar itself rejects
+                    # the answer's text, and nothing after it can be walked.
+                    why = "masked" if accepted else "refused by the grammar"
                     result.masked.append(
                         Masked(
-                            name, token_id, _token_text(encode, token_id), _before(ids, k), answer
+                            name,
+                            token_id,
+                            encode.token(token_id),
+                            encode.text(ids[:k]),
+                            answer,
+                            why,
                         )
                     )
-                if not matcher.accept_token(token_id):
-                    # The grammar refuses the text itself (not only the mask): nothing after it
-                    # can be walked. Reported as masked at this token.
-                    if allowed:
-                        result.masked.append(
-                            Masked(name, token_id, "", _before(ids, k), answer + " (refused)")
-                        )
+                if not accepted:
                     break
-            del bitmask
-    del torch
     return result
-
-
-def _token_text(encode, token_id: int) -> str:
-    decode = getattr(encode, "decode_one", None)
-    return decode(token_id) if decode else str(token_id)
-
-
-def _before(ids: Sequence[int], k: int) -> str:
-    return " ".join(str(i) for i in ids[max(0, k - 8) : k])
 
 
 def model_answers(order: Sequence[str] = FIELD_ORDER) -> list[str]:
@@ -165,19 +175,6 @@ def contract_schemas() -> list[tuple[str, dict, list[str]]]:
     return schemas
 
 
-class _Encoder:
-    """The model's tokenizer as the audit uses it: text to ids, and an id to its text."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode_one(self, token_id: int) -> str:
-        return self.tokenizer.convert_ids_to_tokens(token_id)
-
-
 def audit_model(model_dir: Path) -> AuditResult:
     """The audit of a model folder's tokenizer, its TokenizerInfo built as vLLM builds it."""
     import xgrammar as xgr
@@ -187,14 +184,20 @@ def audit_model(model_dir: Path) -> AuditResult:
     config = AutoConfig.from_pretrained(model_dir)
     text_config = getattr(config, "text_config", None) or config
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=text_config.vocab_size)
-    return audit_answers(info, _Encoder(tokenizer), contract_schemas())
+    return audit_answers(info, HFEncoder(tokenizer), contract_schemas())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="a model folder")
+    parser.add_argument(
+        "--model", type=Path, help="a model folder (default: the profile's aria-ft-dpo)"
+    )
     parser.add_argument("--json", type=Path, help="also write the result there (atomically)")
     args = parser.parse_args(argv)
+    if args.model is None:
+        from aria.settings import get_settings
+
+        args.model = get_settings().model_dir("aria-ft-dpo")
     if not (args.model / "tokenizer_config.json").exists():
         print(
             f"{args.model} has no tokenizer_config.json: pass a model folder, e.g. "

@@ -174,10 +174,10 @@ def dataset_texts(sft_path: Path) -> list[str]:
 
 
 # Merges the tokenizer leaves out, so that the model writes these words in tokens that guided
-# decoding allows. xgrammar (0.2.8, 0.2.9) leaves out of its token mask a token whose proper
-# suffix is a token that sorts before it: `Ã©levÃ©e` (`élevée`, beside `Ã©e`) was never allowed,
-# and the served model answered `modérée` where it meant `élevée` (`python -m serve.grammar_audit`
-# finds such tokens; docs/serving.md). Without the merge, `élevée` is `Ã©` + `levÃ©e`.
+# decoding allows. xgrammar (0.2.8, 0.2.9) leaves some valid tokens out of its token mask:
+# `Ã©levÃ©e` (`élevée`, beside `Ã©e`) was never allowed, and the served model answered `modérée`
+# where it meant `élevée` (`python -m serve.grammar_audit` finds such tokens; docs/serving.md).
+# Without the merge, `élevée` is `Ã©` + `levÃ©e`, which the mask allows.
 UNMERGED: tuple[tuple[str, str], ...] = (("Ã©", "levÃ©e"),)
 
 

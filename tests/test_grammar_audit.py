@@ -1,0 +1,94 @@
+"""serve.grammar_audit: does xgrammar's token mask let the model write its own answers?
+
+Real xgrammar, real tokenizers, no server: the mask is computed as vLLM computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from serve import grammar_audit
+from training.build_tiny_model import PRETRAINED_DIR, UNMERGED, without_merges
+
+MERGE = UNMERGED[0]  # ("Ã©", "levÃ©e"): élevée as one token
+
+
+def _mask(vocab: list[str], grammar: str) -> list[str]:
+    import torch
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo(vocab, vocab_type=xgr.VocabType.RAW, vocab_size=len(vocab))
+    matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_grammar(grammar))
+    bitmask = xgr.allocate_token_bitmask(1, len(vocab))
+    matcher.fill_next_token_bitmask(bitmask)
+    logits = torch.zeros(1, len(vocab))
+    xgr.apply_token_bitmask_inplace(logits, bitmask)
+    return [vocab[i] for i in range(len(vocab)) if logits[0, i] == 0]
+
+
+def test_xgrammar_leaves_a_valid_token_out_of_its_mask():
+    """The engine bug the tiny tokenizer works around (UNMERGED). When this fails, xgrammar is
+    fixed: the merge may come back (rebuild the tokenizer and rerun the audit)."""
+    assert _mask(["xa", "xlxe"], 'root ::= "xlxe"') == ["xlxe"]
+    assert _mask(["xe", "xlxe"], 'root ::= "xlxe"') == []  # `xlxe` is valid and left out
+    assert _mask(["\u00e9e", "\u00e9lev\u00e9e"], 'root ::= "\u00e9lev\u00e9e"') == []
+
+
+def _tiny_base_with(tmp_path, merges):
+    folder = tmp_path / "base"
+    shutil.copytree(PRETRAINED_DIR, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["model"]["merges"] = merges(spec["model"]["merges"])
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    return folder
+
+
+def test_the_committed_tokenizer_writes_every_answer_through_the_mask():
+    result = grammar_audit.audit_model(PRETRAINED_DIR)
+    # 18 answers (6 labels x 3 confidences) in the seed's schema and in the project's 6 orders.
+    assert result.answers == 18 * 7
+    assert result.tokens > 30 * result.answers
+    assert result.ok, [m.line() for m in result.masked[:5]]
+
+
+def test_the_audit_finds_the_token_the_mask_hides(tmp_path):
+    """With the merge back, élevée is one token, and the mask never allows it: in every schema,
+    for each of the six labels' `élevée` answers."""
+    folder = _tiny_base_with(tmp_path, lambda merges: [*merges[:244], list(MERGE), *merges[244:]])
+    result = grammar_audit.audit_model(folder)
+    assert not result.ok
+    assert {m.token for m in result.masked} == {"".join(MERGE)}
+    assert len(result.masked) == 6 * 7
+    assert {m.schema for m in result.masked} >= {"seed", "project p-c-j", "project j-c-p"}
+    assert all(m.before.endswith('"confiance":"') for m in result.masked)
+    assert all(m.why == "masked" for m in result.masked)
+    # The CLI says so and exits 1.
+    assert grammar_audit.main(["--model", str(folder)]) == grammar_audit.EXIT_MASKED
+
+
+def test_the_cli_exit_codes_and_json(tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    assert grammar_audit.main(["--model", str(PRETRAINED_DIR), "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["ok"] and summary["masked"] == 0 and summary["answers"] == 126
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    assert grammar_audit.main(["--model", str(tmp_path)]) == grammar_audit.EXIT_NO_TOKENIZER
+    assert "no tokenizer_config.json" in capsys.readouterr().err
+
+
+def test_without_merges_leaves_the_vocabulary_and_refuses_a_merge_it_lacks():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(PRETRAINED_DIR / "tokenizer.json"))
+    spec = json.loads(tok.to_str())
+    spec["model"]["merges"] = [list(MERGE), *spec["model"]["merges"]]
+    merged = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
+    assert merged.encode("élevée", add_special_tokens=False).tokens == ["".join(MERGE)]
+    unmerged = without_merges(merged)
+    assert unmerged.get_vocab() == tok.get_vocab()
+    assert unmerged.encode("élevée", add_special_tokens=False).tokens == list(MERGE)
+    with pytest.raises(ValueError, match="has no merge"):
+        without_merges(tok)  # the committed tokenizer no longer holds it
