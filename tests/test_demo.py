@@ -60,12 +60,15 @@ def test_the_demo_runs_on_tiny_and_leaves_os_environ_as_it_was(tmp_path: Path, m
         "training.build_tiny_model",
         "training.train_sft",
         "training.train_dpo",
+        "serve.grammar_audit",
         "scripts.benchmark",
     ]
     for _, env in children:
         assert env is not None and env["ARIA_PROFILE"] == "tiny"
         assert env["ARIA_DATA_DIR"] == str(tmp_path / "data")
     models = tmp_path / "data" / "models" / "tiny"
+    # The grammar audit reads the DPO model the servers are about to serve.
+    assert children[4][0][3:] == ["--model", str(models / "aria-ft-dpo")]
     assert [s.kwargs["model"] for s in servers] == [
         models / "base",
         models / "aria-ft-sft",
