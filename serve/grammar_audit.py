@@ -13,8 +13,8 @@ wrote `élevée` as one token, `Ã©levÃ©e`, beside `Ã©e`, and the mask neve
 guided decoding the served model answered `modérée` for every `élevée` runner, while the same
 model answered `élevée` in process (docs/serving.md, "What the grammar lets the model write").
 
-The audit writes every answer the model may give (each pathology with each confidence, the
-reference justification of the domain's example runner) as the model's tokenizer encodes it,
+The audit writes the answers the model gives (each pathology with each confidence, and the
+reference answers of 120 sampled runners of every label and slice) as its tokenizer encodes them,
 in the seed's schema and in the project's schema in each field order, and walks xgrammar's
 matcher over it as vLLM does (`TokenizerInfo.from_huggingface`, no whitespace, compact
 separators). At each step it asks whether the mask allows the next token; every token it does not
@@ -153,15 +153,31 @@ def audit_answers(
     return result
 
 
-def model_answers(order: Sequence[str] = FIELD_ORDER) -> list[str]:
-    """Every label with every confidence, with the example runner's reference justification,
-    serialised as the model writes it (compact, the keys in `order`)."""
+AUDIT_RUNNERS = 120  # sampled runners (every label and slice), beside the label x confidence grid
+
+
+def model_answers(order: Sequence[str] = FIELD_ORDER, runners: int = AUDIT_RUNNERS) -> list[str]:
+    """The answers the model writes, serialised as it writes them (compact, the keys in
+    `order`): every label with every confidence (the example runner's justification), then the
+    reference answer of `runners` sampled runners (a fixed seed; every label and slice, so every
+    lead, key and number form of the justifications)."""
+    import random
+
+    from aria.population import balanced_plan, sample_measurements
+    from aria.references import reference_diagnostic
+
     justification = reference_justification(EXAMPLE_MEASUREMENTS)
-    return [
-        Diagnostic(pathologie=p, confiance=c, justification=justification).to_json(order)
+    grid = [
+        Diagnostic(pathologie=p, confiance=c, justification=justification)
         for p in PATHOLOGIES
         for c in CONFIDENCES
     ]
+    rng = random.Random(0)
+    sampled = [
+        reference_diagnostic(sample_measurements(rng, target, slice_name))
+        for target, slice_name in balanced_plan(runners)
+    ]
+    return [d.to_json(order) for d in grid + sampled]
 
 
 def contract_schemas() -> list[tuple[str, dict, list[str]]]:
