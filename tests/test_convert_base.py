@@ -199,3 +199,14 @@ def test_medgemma_recipes_run_on_the_converted_twin(
     end_of_turn = AutoTokenizer.from_pretrained(production).convert_tokens_to_ids("<end_of_turn>")
     eos = json.loads((production / "generation_config.json").read_text())["eos_token_id"]
     assert end_of_turn in eos
+
+
+def test_grammar_audit_reads_medgemmas_layout(medgemma_twin: Path):
+    """The audit MedGemma needs before serving runs on its class and layout (the vocabulary size
+    is in text_config there): every answer's tokens pass xgrammar's mask."""
+    from serve import grammar_audit
+
+    assert "text_config" in json.loads((medgemma_twin / "config.json").read_text())
+    result = grammar_audit.audit_model(medgemma_twin)
+    assert result.answers == (18 + grammar_audit.AUDIT_RUNNERS) * 7
+    assert result.ok, [m.line() for m in result.masked[:5]]

@@ -13,7 +13,8 @@ import pytest
 from serve import grammar_audit
 from training.build_tiny_model import PRETRAINED_DIR, UNMERGED, without_merges
 
-MERGE = UNMERGED[0]  # ("Ã©", "levÃ©e"): élevée as one token
+TOKEN = UNMERGED[0]  # élevée as one token
+MERGE = ("Ã©", "levÃ©e")  # the merge that formed it in the committed tokenizer
 
 
 def _mask(vocab: list[str], grammar: str) -> list[str]:
@@ -61,7 +62,7 @@ def test_the_audit_finds_the_token_the_mask_hides(tmp_path):
     folder = _tiny_base_with(tmp_path, lambda merges: [*merges[:244], list(MERGE), *merges[244:]])
     result = grammar_audit.audit_model(folder)
     assert not result.ok
-    assert {m.token for m in result.masked} == {"".join(MERGE)}
+    assert {m.token for m in result.masked} == {TOKEN}
     elevee = sum(
         '"confiance":"élevée"' in answer
         for _, _, answers in grammar_audit.contract_schemas()
@@ -96,9 +97,20 @@ def test_without_merges_leaves_the_vocabulary_and_refuses_a_merge_it_lacks():
     spec = json.loads(tok.to_str())
     spec["model"]["merges"] = [list(MERGE), *spec["model"]["merges"]]
     merged = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
-    assert merged.encode("élevée", add_special_tokens=False).tokens == ["".join(MERGE)]
+    assert merged.encode("élevée", add_special_tokens=False).tokens == [TOKEN]
     unmerged = without_merges(merged)
     assert unmerged.get_vocab() == tok.get_vocab()
     assert unmerged.encode("élevée", add_special_tokens=False).tokens == list(MERGE)
-    with pytest.raises(ValueError, match="has no merge"):
+    with pytest.raises(ValueError, match="no merge of the tokenizer forms"):
         without_merges(tok)  # the committed tokenizer no longer holds it
+    assert without_merges(tok, missing_ok=True).get_vocab() == tok.get_vocab()
+
+
+def test_a_trained_tokenizer_never_forms_the_unmerged_tokens():
+    """`make tiny-pretrain` trains the tokenizer afresh: whatever pair of pieces its corpus
+    merges into élevée, the token is not formed."""
+    from training.build_tiny_model import train_tokenizer
+
+    tok = train_tokenizer(['"confiance":"élevée" modérée ées'] * 50, vocab_size=400)
+    pieces = tok.convert_ids_to_tokens(tok.encode("élevée", add_special_tokens=False))
+    assert TOKEN not in pieces and "".join(pieces) == TOKEN

@@ -173,27 +173,31 @@ def dataset_texts(sft_path: Path) -> list[str]:
     return texts
 
 
-# Merges the tokenizer leaves out, so that the model writes these words in tokens that guided
-# decoding allows. xgrammar (0.2.8, 0.2.9) leaves some valid tokens out of its token mask:
-# `Ã©levÃ©e` (`élevée`, beside `Ã©e`) was never allowed, and the served model answered `modérée`
-# where it meant `élevée` (`python -m serve.grammar_audit` finds such tokens; docs/serving.md).
-# Without the merge, `élevée` is `Ã©` + `levÃ©e`, which the mask allows.
-UNMERGED: tuple[tuple[str, str], ...] = (("Ã©", "levÃ©e"),)
+# Tokens the tokenizer never forms (the merges that would make them are left out), so that the
+# model writes these words in tokens that guided decoding allows. xgrammar (0.2.8, 0.2.9) leaves
+# some valid tokens out of its token mask: `Ã©levÃ©e` (`élevée`, beside `Ã©e`) was never allowed,
+# and the served model answered `modérée` where it meant `élevée` (`python -m serve.grammar_audit`
+# finds such tokens; docs/serving.md). Without it, `élevée` is `Ã©` + `levÃ©e`, which the mask
+# allows. Named by the token, not the merge: a tokenizer trained on other text may reach it by
+# another pair.
+UNMERGED: tuple[str, ...] = ("Ã©levÃ©e",)
 
 
-def without_merges(tok, merges: tuple[tuple[str, str], ...] = UNMERGED):
-    """The `tokenizers.Tokenizer` `tok` without the BPE merges `merges` (its vocabulary and ids
-    unchanged: the merged token stays, unused). A merge it does not hold is an error."""
+def without_merges(tok, tokens: tuple[str, ...] = UNMERGED, *, missing_ok: bool = False):
+    """The `tokenizers.Tokenizer` `tok` without the BPE merges that form `tokens` (its vocabulary
+    and ids unchanged: those tokens stay, unused). A token no merge forms is an error, unless
+    `missing_ok` (a freshly trained tokenizer need not have learnt it)."""
     from tokenizers import Tokenizer
 
     spec = json.loads(tok.to_str())
     held = [
         tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["model"]["merges"]
     ]
-    missing = [m for m in merges if m not in held]
-    if missing:
-        raise ValueError(f"the tokenizer has no merge {missing}: nothing to leave out")
-    spec["model"]["merges"] = [list(m) for m in held if m not in merges]
+    formed = {"".join(m) for m in held}
+    missing = [t for t in tokens if t not in formed]
+    if missing and not missing_ok:
+        raise ValueError(f"no merge of the tokenizer forms {missing}: nothing to leave out")
+    spec["model"]["merges"] = [list(m) for m in held if "".join(m) not in tokens]
     return Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
 
 
@@ -222,7 +226,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok = without_merges(tok, tuple(m for m in UNMERGED if _has_merge(tok, m)))
+    tok = without_merges(tok, missing_ok=True)
     bos_id = tok.token_to_id("<bos>")
     # Like Gemma's tokenizer: plain encoding starts with <bos>; the chat template writes its own.
     tok.post_processor = processors.TemplateProcessing(
@@ -240,11 +244,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     )
     wrapped.chat_template = GEMMA3_CHAT_TEMPLATE
     return wrapped
-
-
-def _has_merge(tok, merge: tuple[str, str]) -> bool:
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    return any((tuple(m) if isinstance(m, list) else tuple(m.split(" "))) == merge for m in merges)
 
 
 def tiny_gemma3_config(vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
