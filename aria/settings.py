@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     # mp: one host; ray: several nodes joined by `python -m serve.cluster` (ray start)
     vllm_distributed_executor_backend: Literal["auto", "mp", "ray"] = "auto"
     vllm_kv_cache_memory_bytes: int | None = Field(None, ge=1)  # fixed KV cache, GPU or CPU
+    # GPU: the KV cache is what this budget leaves after weights and overhead (serve/memory_plan.py)
+    vllm_memory_budget_gb: float = Field(9.5, gt=0)
+    vllm_max_num_seqs: int = Field(16, ge=1)  # concurrent sequences of one engine
+    vllm_quantization: Literal["none", "fp8"] = "none"  # fp8: online FP8 weights (docs/serving.md)
+    # Lets vLLM answer a named tool_choice (instructor, LangChain's function_calling) through the
+    # same guided decoding as response_format (docs/serving.md).
+    vllm_tool_call_parser: str = "pythonic"
     ray_port: int = Field(6379, ge=1, le=65535)  # the Ray head's port on a multi-node server
     vllm_structured_output_backend: Literal["xgrammar", "guidance", "outlines"] = "xgrammar"
     vllm_request_timeout_s: float = Field(60.0, gt=0)
@@ -161,10 +168,17 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def env_file() -> str:
+    """The settings file: ARIA_ENV_FILE (another machine's or a test's), else `.env`."""
+    import os
+
+    return os.environ.get("ARIA_ENV_FILE") or ".env"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; raises SystemExit with a readable message on a bad value."""
     try:
-        return Settings()
+        return Settings(_env_file=env_file())
     except ValidationError as error:
         raise SystemExit(format_validation_error(error)) from None

@@ -25,7 +25,7 @@ from aria.prompts import DIAGNOSTIC_BODIES
 from aria.settings import Settings
 from evaluation.config import SetupError
 from evaluation.report import first_per_id
-from serve.memory import local_server_pid, serving_memory
+from serve.memory import GpuMemoryUnmeasured, local_server_pid, serving_memory
 
 # ---------------------------------------------------------------- thresholds
 
@@ -226,10 +226,24 @@ def evaluate_serving_gate(
 def serving_gate(settings: Settings, base_url: str, gate_path: Path) -> dict[str, Any]:
     """Measure the server behind `base_url` and check the gate's `serving` thresholds on it:
     {memory (serving_memory's dict or None), passed, checked, failures, note}."""
+    from serve.vllm_server import detect_engine
+
     thresholds = serving_thresholds(yaml.safe_load(gate_path.read_text(encoding="utf-8")))
     pid = local_server_pid(settings, base_url)
-    memory = serving_memory(pid) if pid is not None else None
+    try:
+        memory = serving_memory(pid, detect_engine()) if pid is not None else None
+    except GpuMemoryUnmeasured as error:
+        return {"memory": None, **unmeasured_serving_gate(str(error), thresholds)}
     return {"memory": memory, **evaluate_serving_gate(memory, thresholds)}
+
+
+def unmeasured_serving_gate(reason: str, thresholds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The serving thresholds failed, each naming `reason`: a GPU server whose memory could not be
+    measured is not let through on a guess."""
+    result = evaluate_gate({"serving_memory_gb": None}, thresholds)
+    for row in result["checked"] + result["failures"]:
+        row["message"] = f"{row['message']}: {reason}"
+    return {**result, "note": reason}
 
 
 def release_gate(

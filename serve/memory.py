@@ -6,8 +6,10 @@
 
 vLLM's API server starts its EngineCore (and, with tensor parallel, its workers) as children, so
 the figure covers the whole tree. On a GPU it is the sum of NVML's per-process used GPU memory
-over the tree (what the model, its KV cache and CUDA graphs hold, whatever share of the card
-VLLM_GPU_MEMORY_UTILIZATION reserved for others); on a CPU it is the resident memory (RSS) of the
+over the tree (what the model, its KV cache and CUDA graphs hold); where NVML lists no process of
+the tree (a container without the host's pid namespace) it is the memory used on the cards, an
+upper bound (`gpu_device_used`); a GPU engine never falls back to a CPU figure: without NVML the
+figure is missing and the gate fails, saying why. On a CPU it is the resident memory (RSS) of the
 tree. The seed's "serving VRAM < 10 GB" is checked on this figure by the benchmark's gate
 (evaluation.gate, `serving` in configs/release_gate.yaml). GB here are 10^9 bytes, as in the seed.
 """
@@ -22,7 +24,7 @@ import psutil
 
 from aria.settings import Settings
 
-Source = Literal["gpu_nvml", "cpu_rss"]
+Source = Literal["gpu_nvml", "gpu_device_used", "cpu_rss"]
 GB = 1e9
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -67,19 +69,51 @@ def nvml_process_bytes(pids: set[int]) -> int | None:
         pynvml.nvmlShutdown()
 
 
-def serving_memory(pid: int) -> dict[str, Any] | None:
+class GpuMemoryUnmeasured(RuntimeError):
+    """A GPU server whose memory NVML cannot report; the message says why and what to do."""
+
+
+def nvml_device_used_bytes() -> int | None:
+    """Memory used on every GPU, all processes together; None without NVML or a GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        return sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) if count else None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def serving_memory(pid: int, engine: str = "cpu") -> dict[str, Any] | None:
     """{gb, source, pid, processes} for the server whose API process is `pid`; None if gone.
 
-    GPU memory when NVML sees any process of the tree on a GPU, else the tree's RSS.
+    GPU memory when NVML sees any process of the tree on a GPU; on a GPU engine otherwise the
+    cards' used memory (an upper bound), or GpuMemoryUnmeasured; on a CPU engine the tree's RSS.
     """
     try:
         processes = process_tree(pid)
     except psutil.NoSuchProcess:
         return None
     pids = {p.pid for p in processes}
-    gpu = nvml_process_bytes(pids)
-    source: Source = "gpu_nvml" if gpu is not None else "cpu_rss"
-    used = gpu if gpu is not None else tree_rss_bytes(processes)
+    used = nvml_process_bytes(pids)
+    source: Source = "gpu_nvml"
+    if used is None and engine == "gpu":
+        used, source = nvml_device_used_bytes(), "gpu_device_used"
+        if used is None:
+            raise GpuMemoryUnmeasured(
+                "the server runs on a GPU but NVML answers nothing (no nvidia-ml-py, or no "
+                "driver access from this process): install nvidia-ml-py or run the benchmark "
+                "where nvidia-smi works; a CPU figure would say nothing about the GPU"
+            )
+    elif used is None:
+        used, source = tree_rss_bytes(processes), "cpu_rss"
     return {"gb": round(used / GB, 3), "source": source, "pid": pid, "processes": len(pids)}
 
 

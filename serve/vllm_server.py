@@ -49,6 +49,14 @@ from typing import IO, Literal
 from pydantic import SecretStr
 
 from aria.settings import STAGES, Settings, get_settings, server_url, stage_target
+from serve.memory_plan import (
+    MEDGEMMA_4B_TEXT,
+    MemoryPlan,
+    MemoryPlanError,
+    ModelShape,
+    plan_memory,
+    shape_of_folder,
+)
 
 Engine = Literal["cpu", "gpu"]
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -76,19 +84,27 @@ class PortTakenError(ServeError):
 
 @dataclass(frozen=True)
 class ServeCommand:
-    """The exact process to start: argv, the extra environment, and the secret to mask."""
+    """The exact process to start: argv, the extra environment (secrets travel there, never in
+    argv, which every local user reads in /proc), the inherited variables to drop, the plan."""
 
     argv: list[str]
     env: dict[str, str]
     secret: str | None = None
+    unset: tuple[str, ...] = ()
+    plan: MemoryPlan | None = None
 
     def display(self) -> str:
-        """The command as a shell line, with the API key replaced by ***."""
-        parts = [f"{k}={v}" for k, v in sorted(self.env.items())]
+        """The command as a shell line, secrets (API key, tokens) replaced by ***."""
+        parts = [f"{k}={masked(k, v)}" for k, v in sorted(self.env.items())]
         for arg in self.argv:
             shown = MASK if self.secret and arg == self.secret else arg
             parts.append(shell_quote(shown))
         return " ".join(parts)
+
+
+def masked(name: str, value: str) -> str:
+    """*** for the value of a secret variable (its name holds KEY, TOKEN or SECRET)."""
+    return MASK if value and any(s in name.upper() for s in ("KEY", "TOKEN", "SECRET")) else value
 
 
 def shell_quote(arg: str) -> str:
@@ -117,15 +133,16 @@ def is_hub_id(model: str) -> bool:
     return bool(_HUB_ID.match(model)) and not Path(model).exists()
 
 
-def resolve_model(settings: Settings, stage: str) -> str:
+def resolve_model(settings: Settings, stage: str, require: bool = True) -> str:
     """The model to serve: VLLM_MODEL when set, else the stage's folder (or the base's Hub id).
 
-    Raises ModelMissingError naming the make target when a local folder has no config.json.
+    Raises ModelMissingError naming the make target when a local folder has no config.json
+    (unless `require` is False: a dry run shows the command before the model exists).
     """
     if stage not in STAGES:
         raise ServeError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     model = settings.vllm_model or settings.stage_model(stage)
-    if is_hub_id(model):
+    if is_hub_id(model) or not require:
         return model
     if not (Path(model) / "config.json").is_file():
         if settings.vllm_model:
@@ -141,16 +158,44 @@ def resolve_model(settings: Settings, stage: str) -> str:
     return model
 
 
-def build_command(settings: Settings, stage: str, engine: Engine) -> ServeCommand:
+def serving_shape(model: str, settings: Settings) -> ModelShape:
+    """The shape the memory plan reads: the model folder's, or MedGemma 4B's text model for a Hub
+    id or a medgemma folder not written yet (a dry run before make convert-base)."""
+    if (Path(model) / "config.json").is_file():
+        return shape_of_folder(Path(model))
+    if is_hub_id(model) or settings.aria_profile == "medgemma":
+        return MEDGEMMA_4B_TEXT
+    raise ModelMissingError(f"no model in {model}: the memory plan reads its config.json")
+
+
+def gpu_memory_plan(settings: Settings, model: str) -> MemoryPlan:
+    """The KV cache and sequences that keep a GPU server inside VLLM_MEMORY_BUDGET_GB."""
+    try:
+        return plan_memory(
+            serving_shape(model, settings),
+            budget_gb=settings.vllm_memory_budget_gb,
+            max_num_seqs=settings.vllm_max_num_seqs,
+            max_model_len=settings.vllm_max_model_len,
+            quantization=settings.vllm_quantization,
+        )
+    except MemoryPlanError as error:
+        raise ServeError(str(error)) from None
+
+
+def build_command(
+    settings: Settings, stage: str, engine: Engine, require_model: bool = True
+) -> ServeCommand:
     """The vLLM OpenAI server command for a stage, from the settings alone (no process started).
 
-    GPU: --gpu-memory-utilization. CPU: VLLM_CPU_KVCACHE_SPACE (GiB) in the environment, unless
-    VLLM_KV_CACHE_MEMORY_BYTES fixes the KV cache (--kv-cache-memory-bytes, both engines).
+    GPU: --kv-cache-memory-bytes and --max-num-seqs from the memory plan (VLLM_MEMORY_BUDGET_GB
+    less weights and overhead), unless VLLM_KV_CACHE_MEMORY_BYTES fixes the KV cache. CPU:
+    VLLM_CPU_KVCACHE_SPACE (GiB) in the environment, unless VLLM_KV_CACHE_MEMORY_BYTES is set.
     Tensor, pipeline and data parallel sizes go to vLLM's own flags; the executor backend too
-    when it is not `auto` (`ray` for several nodes, see serve.cluster).
-    Raises ModelMissingError when the model folder is missing.
+    when it is not `auto` (`ray` for several nodes, see serve.cluster). The API key goes to the
+    server's environment (VLLM_API_KEY), never to its argv.
+    Raises ModelMissingError when the model folder is missing (and `require_model`).
     """
-    model = resolve_model(settings, stage)
+    model = resolve_model(settings, stage, require_model)
     structured = {"backend": settings.vllm_structured_output_backend}
     if settings.vllm_structured_output_backend in _WHITESPACE_BACKENDS:
         structured["disable_any_whitespace"] = True
@@ -178,11 +223,16 @@ def build_command(settings: Settings, stage: str, engine: Engine) -> ServeComman
         str(settings.vllm_data_parallel_size),
         "--structured-outputs-config",
         json.dumps(structured, separators=(",", ":")),
+        # vLLM loads a tool parser only with auto tool choice on; a named tool_choice is then
+        # answered through the same guided decoding as response_format.
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        settings.vllm_tool_call_parser,
     ]
     if settings.vllm_distributed_executor_backend != "auto":
         argv += ["--distributed-executor-backend", settings.vllm_distributed_executor_backend]
-    if settings.vllm_kv_cache_memory_bytes is not None:
-        argv += ["--kv-cache-memory-bytes", str(settings.vllm_kv_cache_memory_bytes)]
+    if settings.vllm_quantization != "none":
+        argv += ["--quantization", settings.vllm_quantization]
     # Outlive the clients' pool expiry (httpx: 5 s) so a client never reuses a connection the
     # server is closing: at vLLM's default of 5 s a soak at concurrency 32 lost 3 of 2000 requests.
     env: dict[str, str] = {
@@ -190,17 +240,28 @@ def build_command(settings: Settings, stage: str, engine: Engine) -> ServeComman
             "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(HTTP_KEEP_ALIVE_S)
         )
     }
+    plan = None
+    kv_bytes = settings.vllm_kv_cache_memory_bytes
     if engine == "gpu":
+        if kv_bytes is None:
+            plan = gpu_memory_plan(settings, model)
+            kv_bytes = plan.kv_cache_bytes
         argv += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
-    elif settings.vllm_kv_cache_memory_bytes is not None:
+        argv += ["--max-num-seqs", str(settings.vllm_max_num_seqs)]
+    elif kv_bytes is not None:
         # vllm-cpu lets a non-empty VLLM_CPU_KVCACHE_SPACE replace --kv-cache-memory-bytes.
         env["VLLM_CPU_KVCACHE_SPACE"] = ""
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.vllm_cpu_kvcache_space)
+    if kv_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
     secret = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+    unset: tuple[str, ...] = ()
     if secret:
-        argv += ["--api-key", secret]
-    return ServeCommand(argv=argv, env=env, secret=secret)
+        env["VLLM_API_KEY"] = secret  # vLLM reads it when --api-key is absent
+    else:
+        unset = ("VLLM_API_KEY",)  # an inherited key would lock out the clients
+    return ServeCommand(argv=argv, env=env, secret=secret, unset=unset, plan=plan)
 
 
 # --- pid file, log file, port
@@ -402,6 +463,8 @@ def launch(
     terminal with `tee`); write `pid_file` when given. Returns at once: call wait_ready."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **command.env, **(extra_env or {})}
+    for name in command.unset:
+        env.pop(name, None)
     env.setdefault("PYTHONUNBUFFERED", "1")
     log = log_path.open("ab")
     started_at = time.monotonic()
@@ -527,6 +590,9 @@ class ServeConfig:
     port: int | None = None  # overrides VLLM_PORT
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+    dry_run: bool = False  # print the command, its environment and the plan; start nothing
+    engine: Engine | None = None  # default: this machine's (detect_engine)
+    card_gb: float | None = None  # dry run: the GPU's memory, to say whether the plan fits
 
 
 class _Terminated(Exception):
@@ -549,15 +615,20 @@ def main(cfg: ServeConfig) -> int:
     if cfg.stage is None:
         print("error: give --stage base|aria-ft-sft|aria-ft-dpo, or --stop", file=sys.stderr)
         return 2
-    engine = detect_engine()
+    engine = cfg.engine or detect_engine()
     try:
-        command = build_command(settings, cfg.stage, engine)
+        command = build_command(settings, cfg.stage, engine, require_model=not cfg.dry_run)
+        if cfg.dry_run:
+            print("\n".join(dry_run_lines(command, engine, cfg.stage, cfg.card_gb)))
+            return 0
         check_port_free(settings, settings.vllm_host, port)
     except ServeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     log_path = log_path_for(settings, port)
     print(f"engine: {engine} · stage: {cfg.stage} · log: {log_path}", flush=True)
+    if command.plan is not None:
+        print("\n".join(command.plan.lines()), flush=True)
     print(command.display(), flush=True)
     handle = launch(
         command,
@@ -603,6 +674,29 @@ def main(cfg: ServeConfig) -> int:
         handle.stop(cfg.stop_timeout_s)
 
 
+def dry_run_lines(
+    command: ServeCommand, engine: Engine, stage: str, card_gb: float | None
+) -> list[str]:
+    """What a dry run prints: the engine, the exact command with its environment (secrets
+    masked), the memory plan and, given the card's memory, whether the plan fits it."""
+    lines = [f"dry run · engine: {engine} · stage: {stage} (nothing started)", command.display()]
+    if command.unset:
+        lines.append(f"unset in the server's environment: {', '.join(command.unset)}")
+    if command.plan is None:
+        lines.append(
+            "memory plan: none (CPU engine, or VLLM_KV_CACHE_MEMORY_BYTES fixes the KV cache)"
+        )
+        return lines
+    lines += command.plan.lines()
+    if card_gb is not None:
+        fits = command.plan.total_gb <= card_gb
+        lines.append(
+            f"  on a {card_gb:g} GB card: {'fits' if fits else 'does NOT fit'} "
+            f"({command.plan.total_gb:.2f} GB of {card_gb:g} GB)"
+        )
+    return lines
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The command line of `python -m serve.vllm_server`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -613,6 +707,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="override VLLM_PORT")
     parser.add_argument("--ready-timeout-s", type=float, default=DEFAULT_READY_TIMEOUT_S)
     parser.add_argument("--stop-timeout-s", type=float, default=DEFAULT_STOP_TIMEOUT_S)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print command, environment and plan; start nothing"
+    )
+    parser.add_argument("--engine", choices=("cpu", "gpu"), help="default: this machine's")
+    parser.add_argument("--card-gb", type=float, help="dry run: the GPU's memory in GB")
     return parser
 
 

@@ -149,3 +149,45 @@ def test_on_a_gpu_the_figure_is_nvmls_per_process_memory_of_the_tree(server_tree
     figure = memory.serving_memory(server_tree.pid)
     assert figure["source"] == "gpu_nvml"
     assert figure["gb"] == 5.0
+
+
+def fake_nvml(running: dict[int, list[tuple[int, int]]], used: dict[int, int]):
+    """A stand-in pynvml: per-GPU compute processes (pid, bytes) and used memory per GPU."""
+    import types
+
+    return types.SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: len(used),
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [
+            types.SimpleNamespace(pid=p, usedGpuMemory=b) for p, b in running.get(h, [])
+        ],
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=used[h]),
+    )
+
+
+def test_a_gpu_server_nvml_cannot_attribute_is_measured_on_the_card_never_on_the_cpu(
+    server_tree, monkeypatch
+):
+    """In a container NVML lists the host's pids, not ours: the figure is the card's used memory
+    (an upper bound), not the tree's RSS."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml({0: [(999_999, 9 * 10**9)]}, {0: 8.4e9}))
+    figure = memory.serving_memory(server_tree.pid, engine="gpu")
+    assert figure["source"] == "gpu_device_used" and figure["gb"] == 8.4
+    # A CPU engine with the same NVML keeps its RSS figure.
+    assert memory.serving_memory(server_tree.pid, engine="cpu")["source"] == "cpu_rss"
+
+
+def test_a_gpu_server_without_nvml_fails_the_gate_with_the_reason(server_tree, monkeypatch):
+    from evaluation.gate import unmeasured_serving_gate
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    with pytest.raises(memory.GpuMemoryUnmeasured, match="NVML") as caught:
+        memory.serving_memory(server_tree.pid, engine="gpu")
+    thresholds = [{"metric": "serving_memory_gb", "op": "<", "target": 10, "why": "seed"}]
+    gate = unmeasured_serving_gate(str(caught.value), thresholds)
+    assert gate["passed"] is False
+    assert "was not measured" in gate["failures"][0]["message"]
+    assert "NVML" in gate["failures"][0]["message"] and "CPU figure" in gate["note"]

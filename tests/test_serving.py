@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,10 +72,11 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
 
 
 def make_model(settings: Settings, stage: str) -> Path:
-    """A stage folder that looks like a model (config.json is what the check needs)."""
+    """A stage folder that looks like a model: the tiny base's config.json (what the check and
+    the GPU memory plan read), no weights."""
     folder = settings.model_dir(stage)
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
+    shutil.copy(ROOT / "training" / "tiny_base" / "config.json", folder / "config.json")
     return folder
 
 
@@ -99,13 +101,18 @@ def test_cpu_command_has_every_flag_and_kv_cache_env(tmp_path):
     assert flag(argv, "--max-model-len") == "4096"
     assert flag(argv, "--dtype") == "bfloat16"
     assert flag(argv, "--tensor-parallel-size") == "1"
-    assert flag(argv, "--api-key") == SECRET
+    assert "--api-key" not in argv and SECRET not in argv  # argv is world-readable in /proc
+    assert flag(argv, "--tool-call-parser") == "pythonic"
     assert json.loads(flag(argv, "--structured-outputs-config")) == {
         "backend": "xgrammar",
         "disable_any_whitespace": True,
     }
-    assert "--gpu-memory-utilization" not in argv
-    assert command.env == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75"}
+    assert "--gpu-memory-utilization" not in argv and "--max-num-seqs" not in argv
+    assert command.env == {
+        "VLLM_API_KEY": SECRET,
+        "VLLM_CPU_KVCACHE_SPACE": "3",
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75",
+    }
 
 
 def test_server_keep_alive_outlives_client_pools_and_env_overrides_it(tmp_path, monkeypatch):
@@ -133,15 +140,17 @@ def test_printed_command_masks_the_api_key(tmp_path):
     make_model(settings, "base")
     shown = build_command(settings, "base", "cpu").display()
     assert SECRET not in shown
-    assert f"--api-key '{MASK}'" in shown
+    assert f"VLLM_API_KEY={MASK}" in shown
     assert "VLLM_CPU_KVCACHE_SPACE=3" in shown
     assert "disable_any_whitespace" in shown
 
 
-def test_no_api_key_means_no_flag(tmp_path):
+def test_no_api_key_means_no_key_and_an_inherited_one_is_dropped(tmp_path):
     settings = make_settings(tmp_path, vllm_api_key=None)
     make_model(settings, "base")
-    assert "--api-key" not in build_command(settings, "base", "cpu").argv
+    command = build_command(settings, "base", "cpu")
+    assert "--api-key" not in command.argv and "VLLM_API_KEY" not in command.env
+    assert command.unset == ("VLLM_API_KEY",)
 
 
 def test_medgemma_base_is_served_from_the_converted_folder(tmp_path):

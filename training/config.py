@@ -215,8 +215,32 @@ def parse_dpo_args(
     return script_args, training_args, model_args
 
 
+# Every ModelConfig flag, by what the recipes do with it: a flag in neither tuple fails a test,
+# so a new TRL flag cannot be accepted and silently ignored.
+MODEL_FLAGS_USED = (
+    "model_name_or_path",
+    "model_revision",
+    "dtype",
+    "attn_implementation",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_parameters",
+    "lora_task_type",
+    "use_rslora",
+    "use_dora",
+    "load_in_4bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "bnb_4bit_quant_storage",
+)
+MODEL_FLAGS_REFUSED = ("lora_modules_to_save", "load_in_8bit")
+
+
 def check_lora_args(model_args: Any) -> None:
-    """Refuse LoRA settings that would make the adapter unservable or the recipe not QLoRA."""
+    """Refuse model flags the recipes cannot honour (an unservable adapter, not QLoRA), with why."""
     if model_args.lora_modules_to_save:
         raise SystemExit(
             f"lora_modules_to_save={model_args.lora_modules_to_save} is refused: modules_to_save "
@@ -225,6 +249,18 @@ def check_lora_args(model_args: Any) -> None:
         )
     if not model_args.use_peft:
         raise SystemExit("use_peft must be true: the ARIA recipes train LoRA adapters (QLoRA)")
+    if model_args.load_in_8bit:
+        raise SystemExit(
+            "load_in_8bit is refused: the ARIA recipes are QLoRA on a 4-bit NF4 base "
+            "(load_in_4bit true); remove load_in_8bit from the recipe or the command line"
+        )
+    if not model_args.load_in_4bit:
+        raise SystemExit("load_in_4bit must be true: the ARIA recipes are QLoRA (4-bit base)")
+    if model_args.lora_task_type != "CAUSAL_LM":
+        raise SystemExit(
+            f"lora_task_type={model_args.lora_task_type} is refused: ARIA trains a causal "
+            "language model (CAUSAL_LM)"
+        )
 
 
 def language_model_lora_targets(modules: list[str] | None) -> str:
@@ -239,37 +275,32 @@ def language_model_lora_targets(modules: list[str] | None) -> str:
 
 
 def lora_config(model_args: Any):
-    """The PEFT LoraConfig of a recipe (no modules_to_save, language model only)."""
-    from peft import LoraConfig
+    """TRL's `get_peft_config` of the recipe (DoRA, rsLoRA, target parameters included), its
+    target modules narrowed to the language model; no modules_to_save."""
+    from dataclasses import replace
+
+    from trl import get_peft_config
 
     check_lora_args(model_args)
-    return LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=language_model_lora_targets(model_args.lora_target_modules),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
+    targets = language_model_lora_targets(model_args.lora_target_modules)
+    return get_peft_config(replace(model_args, lora_target_modules=targets))
 
 
 def quantization_config(model_args: Any, compute_dtype: Any, quant_storage: Any = None):
-    """NF4 (or the recipe's quant type) 4-bit config with the recipe's double quantization.
+    """TRL's `get_quantization_config` of the recipe (NF4, double quantization, quant storage),
+    computing in `compute_dtype` (bf16, or what the hardware has).
 
     `quant_storage` (FSDP, ZeRO-3: the compute dtype) packs the 4-bit weights in a dtype the
-    sharding can flatten with the rest; None keeps bitsandbytes' uint8.
+    sharding can flatten with the rest, unless the recipe sets bnb_4bit_quant_storage itself.
     """
-    from transformers import BitsAndBytesConfig
+    from dataclasses import replace
 
-    if not model_args.load_in_4bit:
-        raise SystemExit("load_in_4bit must be true: the ARIA recipes are QLoRA (4-bit base)")
-    storage = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-        bnb_4bit_compute_dtype=compute_dtype,
-        **storage,
+    from trl import get_quantization_config
+
+    check_lora_args(model_args)
+    storage = model_args.bnb_4bit_quant_storage or quant_storage
+    return get_quantization_config(
+        replace(model_args, dtype=compute_dtype, bnb_4bit_quant_storage=storage)
     )
 
 

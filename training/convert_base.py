@@ -111,17 +111,17 @@ def text_logits(model, tokenizer, messages: list[list[dict]], device: str) -> li
 
 
 def generation_config_with_end_of_turn(source: str, tokenizer, model_config, token: str | None):
-    """The source's generation config, its EOS ids extended with <end_of_turn>."""
+    """The source's token ids (EOS extended with <end_of_turn>) without its sampling defaults
+    (MedGemma ships do_sample, top_k 64, top_p 0.95, which vLLM would apply to every request)."""
     from transformers import GenerationConfig
 
-    from training.merge import eos_ids_with_end_of_turn
+    from training.merge import serving_generation_config
 
     try:
         generation_config = GenerationConfig.from_pretrained(source, token=token)
     except OSError:
         generation_config = GenerationConfig.from_model_config(model_config)
-    generation_config.eos_token_id = eos_ids_with_end_of_turn(tokenizer, generation_config)
-    return generation_config
+    return serving_generation_config(tokenizer, generation_config)
 
 
 def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
@@ -135,9 +135,10 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
-    from training.merge import compute_device, model_config_dict
+    from training.merge import compute_device, model_config_dict, release_memory
 
-    refuse_non_multimodal(model_config_dict(source), source)
+    config = model_config_dict(source, token)
+    refuse_non_multimodal(config, source)
     device = compute_device()
     tokenizer = AutoTokenizer.from_pretrained(source, token=token)
     if not tokenizer.chat_template:
@@ -147,7 +148,7 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
     ).eval()
     messages = probe_messages()
     reference = text_logits(multimodal, tokenizer, messages, device)
-    stored_dtype = getattr(torch, stored_dtype_name(model_config_dict(source)))
+    stored_dtype = getattr(torch, stored_dtype_name(config))
     weights = {k: v.to(stored_dtype).cpu() for k, v in language_model_weights(multimodal).items()}
     total = sum(p.numel() for p in multimodal.parameters())
     text_config = multimodal.config.text_config
@@ -157,6 +158,7 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
         source, tokenizer, multimodal.config, token
     )
     del multimodal
+    release_memory()
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -181,6 +183,7 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
             )
         logits = text_logits(converted.eval(), tokenizer, messages, device)
         del converted
+        release_memory()
         max_diff = max(float((a - b).abs().max()) for a, b in zip(reference, logits, strict=True))
         report = {
             "source": str(source),
@@ -228,13 +231,14 @@ def strip_processor_class(folder: Path) -> None:
 def main(cfg: ConvertConfig) -> dict:
     """Convert the settings' (or the flags') source into the profile's base; print a summary."""
     from aria.settings import get_settings
-    from training.preflight import hub_token, require_model
+    from training.preflight import hub_access, hub_token, require_model
 
     settings = get_settings()
     source = require_model(cfg.source or settings.base_source(), "source", settings)
     out_dir = cfg.out_dir or settings.model_dir("base")
     try:
-        report = convert_base(source, out_dir, hub_token(settings))
+        with hub_access(source, settings):
+            report = convert_base(source, out_dir, hub_token(settings))
     except ConversionParityError as error:
         raise SystemExit(str(error)) from None
     parity = report["parity"]

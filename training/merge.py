@@ -46,19 +46,19 @@ class MergeParityError(RuntimeError):
     """The merged model does not answer like the adapter model; nothing was published."""
 
 
-def model_config_dict(name_or_path: str) -> dict:
-    """The raw config.json of a local folder or a Hub id."""
+def model_config_dict(name_or_path: str, token: str | None = None) -> dict:
+    """The raw config.json of a local folder or a Hub id (fetched with `token`: gated repos)."""
     local = Path(name_or_path) / "config.json"
     if local.exists():
         return json.loads(local.read_text())
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(name_or_path).to_dict()
+    return AutoConfig.from_pretrained(name_or_path, token=token).to_dict()
 
 
-def refuse_quantized_base(name_or_path: str) -> None:
+def refuse_quantized_base(name_or_path: str, token: str | None = None) -> None:
     """SystemExit when the base is stored quantized: LoRA must merge into bf16 weights."""
-    quant = model_config_dict(name_or_path).get("quantization_config")
+    quant = model_config_dict(name_or_path, token).get("quantization_config")
     if quant:
         method = quant.get("quant_method", "quantized")
         raise SystemExit(
@@ -67,9 +67,9 @@ def refuse_quantized_base(name_or_path: str) -> None:
         )
 
 
-def is_multimodal(name_or_path: str) -> bool:
+def is_multimodal(name_or_path: str, token: str | None = None) -> bool:
     """True for Gemma3ForConditionalGeneration-style models (a vision tower next to the LM)."""
-    return "vision_config" in model_config_dict(name_or_path)
+    return "vision_config" in model_config_dict(name_or_path, token)
 
 
 def compute_device() -> str:
@@ -85,15 +85,34 @@ def compute_device() -> str:
     return "cpu"
 
 
-def load_bf16(name_or_path: str, token: str | None = None, device: str | None = None):
+def release_memory() -> None:
+    """Give back the memory of models whose last reference was just dropped, GPU included.
+
+    accelerate's bf16 autocast wraps `model.forward` in a reference cycle, so `del model` alone
+    frees nothing until the garbage collector runs; then CUDA's cache returns the blocks.
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_bf16(
+    name_or_path: str, token: str | None = None, device: str | None = None, revision: str = "main"
+):
     """The model in bf16 with eager attention (Gemma 3's recommended attention for training),
     placed on `device` (default: `compute_device()`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    auto = AutoModelForImageTextToText if is_multimodal(name_or_path) else AutoModelForCausalLM
+    multimodal = is_multimodal(name_or_path, token)
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     return auto.from_pretrained(
         name_or_path,
+        revision=revision,
         dtype=torch.bfloat16,
         attn_implementation="eager",
         token=token,
@@ -138,6 +157,17 @@ def eos_ids_with_end_of_turn(tokenizer, generation_config) -> list[int]:
         if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in ids:
             ids.append(token_id)
     return ids
+
+
+def serving_generation_config(tokenizer, generation_config):
+    """The generation config a served model ships: its token ids only, the EOS ids extended with
+    <end_of_turn>. vLLM applies a model's generation_config.json sampling values (Gemma 3 ships
+    do_sample, top_k 64, top_p 0.95) as request defaults, so the requests alone decide sampling."""
+    from transformers import GenerationConfig
+
+    ids = {k: v for k, v in generation_config.to_dict().items() if k.endswith("token_id")}
+    ids["eos_token_id"] = eos_ids_with_end_of_turn(tokenizer, generation_config)
+    return GenerationConfig(**{k: v for k, v in ids.items() if v is not None})
 
 
 def probe_inputs(tokenizer, probes: list[list[dict]]):
@@ -216,6 +246,7 @@ def merge_adapter(
     tolerance: float = DEFAULT_PARITY_TOLERANCE,
     before_publish: Callable[[Path, dict], None] | None = None,
     token: str | None = None,
+    revision: str = "main",
 ) -> dict:
     """Merge `adapter_dir` into the bf16 `base` and publish it at `out_dir` if parity holds.
 
@@ -231,7 +262,7 @@ def merge_adapter(
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise SystemExit(f"no LoRA adapter in {adapter_dir}: run `make train-sft` first")
-    refuse_quantized_base(base)
+    refuse_quantized_base(base, token)
     adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
     if getattr(adapter_config, "modules_to_save", None):
         raise SystemExit(
@@ -240,12 +271,12 @@ def merge_adapter(
         )
 
     device = compute_device()
-    tokenizer = AutoTokenizer.from_pretrained(base, token=token)
-    model = PeftModel.from_pretrained(load_bf16(base, token, device), str(adapter_dir))
+    tokenizer = AutoTokenizer.from_pretrained(base, token=token, revision=revision)
+    model = PeftModel.from_pretrained(load_bf16(base, token, device, revision), str(adapter_dir))
     model.eval()
     lora_tensors = check_adapter_keys(model, adapter_dir)
     try:
-        generation_config = GenerationConfig.from_pretrained(base, token=token)
+        generation_config = GenerationConfig.from_pretrained(base, token=token, revision=revision)
     except OSError:  # a base without generation_config.json
         generation_config = GenerationConfig.from_model_config(model.config)
     eos_ids = eos_ids_with_end_of_turn(tokenizer, generation_config)
@@ -277,12 +308,14 @@ def merge_adapter(
             "flips where the adapter model's top-1 margin exceeds tolerance x scale"
         )
 
-    generation_config.eos_token_id = eos_ids
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
+        # The quick eval (before_publish) loads the saved copy: never hold two bf16 models.
+        del model, merged, adapter_logits, merged_logits, sequences, seq_mask, inputs
+        release_memory()
         tokenizer.save_pretrained(tmp)
-        generation_config.save_pretrained(tmp)
-        if is_multimodal(base):
+        serving_generation_config(tokenizer, generation_config).save_pretrained(tmp)
+        if is_multimodal(base, token):
             from transformers import AutoProcessor
 
             AutoProcessor.from_pretrained(base, token=token).save_pretrained(tmp)
@@ -326,7 +359,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure.
     `settings`: the environment's (aria.settings.get_settings()) unless given."""
     from training.config import parse_sft_args
-    from training.preflight import hub_token, require_dataset, require_model
+    from training.preflight import hub_access, hub_token, require_dataset, require_model
     from training.stages import load_splits
     from training.train_sft import sft_record
 
@@ -344,15 +377,17 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     )
     probes = parity_probes(eval_set if eval_set is not None else train_set)
     try:
-        report = merge_adapter(
-            base,
-            adapter,
-            out,
-            probes,
-            script_args.parity_tolerance,
-            keep_training_files(out),
-            hub_token(settings),
-        )
+        with hub_access(base, settings):
+            report = merge_adapter(
+                base,
+                adapter,
+                out,
+                probes,
+                script_args.parity_tolerance,
+                keep_training_files(out),
+                hub_token(settings),
+                model_args.model_revision,
+            )
     except (MergeParityError, AdapterKeyError) as error:
         raise SystemExit(str(error)) from None
     print(f"merged {adapter} into {base} → {out} (on {report['device']})")

@@ -14,7 +14,8 @@ that DPO starts from are missing.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, Settings, stage_target
@@ -78,9 +79,59 @@ def missing_model_fix(stage: str, profile: str) -> str:
 
 
 def hub_token(settings: Settings) -> str | None:
-    """HF_TOKEN from the settings (.env) or the environment; never printed."""
+    """HF_TOKEN from the settings (the environment or .env); pass it to every Hub call (a library
+    reads only the environment, never .env). Never printed."""
     token = settings.hf_token
-    return token.get_secret_value() if token else os.environ.get("HF_TOKEN")
+    return (token.get_secret_value() or None) if token else None
+
+
+def _http_status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def hub_refusal(error: BaseException, repo: str, token_set: bool) -> str | None:
+    """The fix for a Hub download refused for access (401/403: gated, private, bad token), read
+    from `error` or the errors it wraps (transformers turns them into OSError); None otherwise."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        status = _http_status(seen)
+        gated = isinstance(seen, GatedRepoError) or "gated repo" in str(seen).lower()
+        missing = isinstance(seen, RepositoryNotFoundError) and not gated and status == 404
+        if missing:
+            return (
+                f"the Hugging Face Hub has no repo {repo} that this token can see (HTTP 404): "
+                "check the id (ARIA_BASE_SOURCE, --model_name_or_path) and HF_TOKEN"
+            )
+        if gated or isinstance(seen, RepositoryNotFoundError) or status in (401, 403):
+            why = "gated repo" if gated else f"HTTP {status}" if status else "no access"
+            has = (
+                "HF_TOKEN is set but its account has no access"
+                if token_set
+                else "HF_TOKEN is not set"
+            )
+            return (
+                f"the Hugging Face Hub refused {repo} ({why}): {has}. Fix: accept the model's "
+                f"terms at https://huggingface.co/{repo} with your account, then put "
+                "HF_TOKEN=hf_... (a read token of that account) in .env or the environment"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def hub_access(repo: str, settings: Settings) -> Iterator[None]:
+    """Run Hub downloads of `repo`; an access refusal becomes a SystemExit naming HF_TOKEN."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        message = hub_refusal(error, repo, hub_token(settings) is not None)
+        if message is None:
+            raise
+        raise SystemExit(message) from None
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -140,9 +140,11 @@ def load_quantized(name_or_path: str, model_args, token: str | None):
 
     dtype = compute_dtype(model_args)
     sharded = sharded_training()
-    auto = AutoModelForImageTextToText if is_multimodal(name_or_path) else AutoModelForCausalLM
+    multimodal = is_multimodal(name_or_path, token)
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = auto.from_pretrained(
         name_or_path,
+        revision=model_args.model_revision,
         quantization_config=quantization_config(model_args, dtype, dtype if sharded else None),
         dtype=dtype,
         attn_implementation=model_args.attn_implementation or "eager",
@@ -158,7 +160,9 @@ def load_tokenizer_and_model(name_or_path: str, model_args, token: str | None):
     """(tokenizer, 4-bit model) of the model a stage trains on."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, token=token)
+    tokenizer = AutoTokenizer.from_pretrained(
+        name_or_path, revision=model_args.model_revision, token=token
+    )
     return tokenizer, load_quantized(name_or_path, model_args, token)
 
 
@@ -252,6 +256,7 @@ def merge_and_publish(
     script_args: PublishArguments,
     title: str,
     token: str | None = None,
+    revision: str = "main",
 ) -> dict:
     """Merge the adapter of `output_dir` into the bf16 `base` (parity checked on prompts of the
     held-out slice, or of the training set when none is held out), complete and publish
@@ -267,7 +272,9 @@ def merge_and_publish(
         )
 
     probes = parity_probes(eval_set if eval_set is not None else train_set)
-    merge_adapter(base, output_dir, merged_dir, probes, script_args.parity_tolerance, finish, token)
+    merge_adapter(
+        base, output_dir, merged_dir, probes, script_args.parity_tolerance, finish, token, revision
+    )
     print_summary(metrics, merged_dir / METRICS_FILE)
     return metrics
 

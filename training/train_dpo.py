@@ -54,7 +54,14 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     are the ones the arguments were parsed with (the profile, the running servers)."""
     from trl import DPOTrainer
 
-    from training.preflight import refuse_when_vllm_holds_gpu, require_dataset, require_model
+    from training.merge import release_memory
+    from training.preflight import (
+        hub_access,
+        hub_token,
+        refuse_when_vllm_holds_gpu,
+        require_dataset,
+        require_model,
+    )
 
     sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft", settings)
     dpo_path = require_dataset(Path(script_args.dpo_path))
@@ -71,7 +78,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: aria-ft-sft in 4 bits with a fresh LoRA adapter.
-    tokenizer, model = load_tokenizer_and_model(sft_model, model_args, None)
+    token = hub_token(settings)
+    with hub_access(sft_model, settings):
+        tokenizer, model = load_tokenizer_and_model(sft_model, model_args, token)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # with a peft_config: the reference is this model with the adapter off
@@ -83,6 +92,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     )
     run = train(trainer, model_args, resume_from, output_dir, started)
     del trainer, model
+    release_memory()  # before the merge loads the bf16 base (training/merge.py)
     if run is None:
         return other_rank_result("aria-ft-dpo", training_args)
 
@@ -95,16 +105,19 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
         eval_reward_accuracy=run.eval_metrics.get("eval_rewards/accuracies"),
         beta=training_args.beta,
     )
-    return merge_and_publish(
-        sft_model,
-        output_dir,
-        train_set,
-        eval_set,
-        metrics,
-        run,
-        script_args,
-        plot_title(model_args),
-    )
+    with hub_access(sft_model, settings):
+        return merge_and_publish(
+            sft_model,
+            output_dir,
+            train_set,
+            eval_set,
+            metrics,
+            run,
+            script_args,
+            plot_title(model_args),
+            token,
+            model_args.model_revision,
+        )
 
 
 if __name__ == "__main__":

@@ -121,7 +121,8 @@ def sft_trainer_class(label_loss_weight: float, tokenizer, confidence_loss_weigh
 def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
     """Train, merge (parity checked), quick-eval and publish; returns the metrics. `settings` are
     the ones the arguments were parsed with (the profile, HF_TOKEN, the running servers)."""
-    from training.preflight import hub_token, refuse_when_vllm_holds_gpu, require_model
+    from training.merge import release_memory
+    from training.preflight import hub_access, hub_token, refuse_when_vllm_holds_gpu, require_model
 
     base = require_model(model_args.model_name_or_path, "base", settings)
     sft_path = require_sft_set(Path(script_args.sft_path))
@@ -148,7 +149,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: the 4-bit base with a fresh LoRA adapter, the loss on the completion.
-    tokenizer, model = load_tokenizer_and_model(base, model_args, token)
+    with hub_access(base, settings):
+        tokenizer, model = load_tokenizer_and_model(base, model_args, token)
     trainer = sft_trainer_class(
         script_args.label_loss_weight, tokenizer, script_args.confidence_loss_weight
     )(
@@ -161,22 +163,25 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
     )
     run = train(trainer, model_args, resume_from, output_dir, started)
     del trainer, model
+    release_memory()  # before the merge loads the bf16 base (training/merge.py)
     if run is None:
         return other_rank_result("aria-ft-sft", training_args)
 
     # Merge into the bf16 base, complete the folder and publish it as aria-ft-sft (rank 0).
     metrics = stage_metrics("aria-ft-sft", base, run, len(train_set))
-    return merge_and_publish(
-        base,
-        output_dir,
-        train_set,
-        eval_set,
-        metrics,
-        run,
-        script_args,
-        "ARIA SFT (QLoRA NF4)",
-        token,
-    )
+    with hub_access(base, settings):
+        return merge_and_publish(
+            base,
+            output_dir,
+            train_set,
+            eval_set,
+            metrics,
+            run,
+            script_args,
+            "ARIA SFT (QLoRA NF4)",
+            token,
+            model_args.model_revision,
+        )
 
 
 if __name__ == "__main__":
