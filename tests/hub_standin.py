@@ -33,9 +33,11 @@ send a token of their own)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -217,6 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep the test output clean; `GatedHub.requests` is the log
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, open_=False)
+        super().finish()
+
     def do_HEAD(self) -> None:
         self._answer()
 
@@ -370,6 +380,23 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client holding a kept-alive connection must not block shutdown
     hub: GatedHub
 
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+
+    def track(self, conn: socket.socket, open_: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if open_ else self._conns.discard)(conn)
+
+    def drop_connections(self) -> None:
+        # A pooled keep-alive connection would otherwise still be answered after the hub closed.
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
 
 class GatedHub:
     """Serve `repos` (repo id -> local folder) as gated Hub models, open to `token` only.
@@ -427,7 +454,7 @@ class GatedHub:
 
     def __enter__(self) -> GatedHub:
         # Port 0: the OS picks a free port, so parallel test runs never collide.
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0))
         self._server.hub = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hub-standin", daemon=True
@@ -443,6 +470,7 @@ class GatedHub:
     ) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.drop_connections()
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

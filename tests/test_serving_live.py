@@ -377,3 +377,44 @@ def test_health_cli_with_a_wrong_key(live_server):
     result = run_health(live_server, VLLM_API_KEY="wrong-key")
     assert result.returncode == EXIT_DIAGNOSTIC_FAILED
     assert "VLLM_API_KEY" in result.stdout
+
+
+def test_a_named_tool_choice_is_answered_with_guided_json(live_server):
+    """instructor's default mode and LangChain's function_calling: tools + a named tool_choice."""
+    client = openai.OpenAI(
+        base_url=live_server.base_url, api_key=live_server.api_key, max_retries=0
+    )
+    tool = {
+        "type": "function",
+        "function": {"name": "Diagnostic", "parameters": SeedOrderDiagnostic.model_json_schema()},
+    }
+    completion = client.chat.completions.create(
+        model=live_server.served_name,
+        messages=[{"role": "user", "content": render_prompt(EXAMPLE_MEASUREMENTS)}],
+        temperature=0.1,
+        max_tokens=256,
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "Diagnostic"}},
+    )
+    choice = completion.choices[0]
+    if choice.finish_reason == "length":
+        assert not TRAINED, "a trained model's answer was cut by max_tokens"
+        return
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "Diagnostic"
+    parsed = SeedOrderDiagnostic.model_validate_json(call.function.arguments)
+    assert tuple(json.loads(call.function.arguments)) == FIELD_ORDER
+    if TRAINED:
+        assert parsed.pathologie == EXPECTED_LABEL
+
+
+def test_no_process_argv_holds_the_api_key(live_server):
+    """/proc/PID/cmdline is world-readable: the key travels in the server's environment."""
+    import psutil
+
+    tree = psutil.Process(live_server.pid)
+    processes = [tree, *tree.children(recursive=True)]
+    assert len(processes) >= 2  # the API server and its EngineCore
+    for process in psutil.process_iter(["cmdline"]):
+        argv = " ".join(process.info["cmdline"] or [])
+        assert live_server.api_key not in argv, f"pid {process.pid} shows the API key in its argv"
