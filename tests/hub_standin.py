@@ -22,13 +22,20 @@ a test can then assert that *no* request went out without the token.
 
 Usage (HF_ENDPOINT is read when huggingface_hub is imported, so set it for a subprocess, or before
 the first import; keep HF_TOKEN out of the environment and HF_HOME in a temp dir, or the clients
-send a token of their own)::
+send a token of their own; HF_HUB_DISABLE_TELEMETRY=1 stops huggingface_hub's token-less
+``GET /api/agent-harnesses``, which would otherwise show in ``unauthorized()``)::
 
     with GatedHub({"google/medgemma-4b-it": Path("training/tiny_base")}, token="hf_test") as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
+        env |= {"HF_HUB_DISABLE_TELEMETRY": "1"}
         env.pop("HF_TOKEN", None)
         subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True)
         assert hub.requests and not hub.unauthorized()
+
+Seen with transformers 5.19 and token=... passed (no HF_TOKEN): AutoTokenizer.from_pretrained
+sends one token-less tree listing (its list_repo_files call, error swallowed), and a concrete
+config class (e.g. Gemma3TextConfig.from_pretrained) drops the token altogether, so it fails here
+with GatedRepoError as it would on the Hub; with HF_TOKEN set, every request carries it.
 """
 
 from __future__ import annotations

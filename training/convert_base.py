@@ -124,8 +124,11 @@ def generation_config_with_end_of_turn(source: str, tokenizer, model_config, tok
     return serving_generation_config(tokenizer, generation_config)
 
 
-def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
+def convert_base(
+    source: str, out_dir: Path, token: str | None = None, source_name: str | None = None
+) -> dict:
     """Write the text-only base of `source` into `out_dir` (atomically) if parity holds.
+    `source_name` (default `source`): what the report and README call it (the Hub id of a snapshot).
 
     Returns the conversion report (also written to conversion.json). Raises
     ConversionParityError, leaving `out_dir` untouched, when a text prompt's logits differ by more
@@ -186,7 +189,7 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
         release_memory()
         max_diff = max(float((a - b).abs().max()) for a, b in zip(reference, logits, strict=True))
         report = {
-            "source": str(source),
+            "source": str(source_name or source),
             "architecture": "Gemma3ForCausalLM",
             "dtype": str(stored_dtype).removeprefix("torch."),
             "parameters_kept": kept,
@@ -211,7 +214,7 @@ def convert_base(source: str, out_dir: Path, token: str | None = None) -> dict:
         (tmp / "README.md").write_text(
             README.format(
                 name=out_dir.name,
-                source=source,
+                source=source_name or source,
                 dropped=report["parameters_dropped"],
                 max_diff=max_diff,
                 positions=report["parity"]["positions"],
@@ -231,14 +234,15 @@ def strip_processor_class(folder: Path) -> None:
 def main(cfg: ConvertConfig) -> dict:
     """Convert the settings' (or the flags') source into the profile's base; print a summary."""
     from aria.settings import get_settings
-    from training.preflight import hub_access, hub_token, require_model
+    from training.preflight import hub_access, hub_token, local_model, require_model
 
     settings = get_settings()
     source = require_model(cfg.source or settings.base_source(), "source", settings)
     out_dir = cfg.out_dir or settings.model_dir("base")
+    folder = local_model(source, settings)
     try:
         with hub_access(source, settings):
-            report = convert_base(source, out_dir, hub_token(settings))
+            report = convert_base(folder, out_dir, hub_token(settings), source)
     except ConversionParityError as error:
         raise SystemExit(str(error)) from None
     parity = report["parity"]

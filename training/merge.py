@@ -359,7 +359,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
     folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure.
     `settings`: the environment's (aria.settings.get_settings()) unless given."""
     from training.config import parse_sft_args
-    from training.preflight import hub_access, hub_token, require_dataset, require_model
+    from training.preflight import (
+        hub_access,
+        hub_token,
+        local_model,
+        require_dataset,
+        require_model,
+    )
     from training.stages import load_splits
     from training.train_sft import sft_record
 
@@ -370,6 +376,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
         [*args, "--bf16", "false"], settings=settings
     )
     base = require_model(model_args.model_name_or_path, "base", settings)
+    base = local_model(base, settings, model_args.model_revision)
     adapter, out = Path(training_args.output_dir), Path(script_args.merged_dir)
     sft_path = require_dataset(Path(script_args.sft_path))
     train_set, eval_set = load_splits(

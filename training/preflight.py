@@ -122,6 +122,27 @@ def hub_refusal(error: BaseException, repo: str, token_set: bool) -> str | None:
     return None
 
 
+# What a model needs from its Hub repo (weights, configs, tokenizer, chat template).
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
+
+
+def local_model(name_or_path: str, settings: Settings, revision: str = "main") -> str:
+    """A local folder for `name_or_path`: itself, or the Hub snapshot of a repo id, downloaded
+    (or found in the Hub cache) with the settings' token. Every later load reads that folder, so
+    no library call goes to the Hub without the token (some send none of their own)."""
+    if is_local_model(name_or_path):
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    with hub_access(name_or_path, settings):
+        return snapshot_download(
+            name_or_path,
+            revision=revision,
+            token=hub_token(settings),
+            allow_patterns=HUB_MODEL_FILES,
+        )
+
+
 @contextmanager
 def hub_access(repo: str, settings: Settings) -> Iterator[None]:
     """Run Hub downloads of `repo`; an access refusal becomes a SystemExit naming HF_TOKEN."""

@@ -58,12 +58,14 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     from training.preflight import (
         hub_access,
         hub_token,
+        local_model,
         refuse_when_vllm_holds_gpu,
         require_dataset,
         require_model,
     )
 
     sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft", settings)
+    sft_model = local_model(sft_model, settings, model_args.model_revision)
     dpo_path = require_dataset(Path(script_args.dpo_path))
     refuse_when_vllm_holds_gpu(settings)
     output_dir = Path(training_args.output_dir)

@@ -122,9 +122,16 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
     """Train, merge (parity checked), quick-eval and publish; returns the metrics. `settings` are
     the ones the arguments were parsed with (the profile, HF_TOKEN, the running servers)."""
     from training.merge import release_memory
-    from training.preflight import hub_access, hub_token, refuse_when_vllm_holds_gpu, require_model
+    from training.preflight import (
+        hub_access,
+        hub_token,
+        local_model,
+        refuse_when_vllm_holds_gpu,
+        require_model,
+    )
 
     base = require_model(model_args.model_name_or_path, "base", settings)
+    base = local_model(base, settings, model_args.model_revision)
     sft_path = require_sft_set(Path(script_args.sft_path))
     refuse_when_vllm_holds_gpu(settings)
     token = hub_token(settings)
