@@ -15,7 +15,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop grammar-audit health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all gpu-check bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop grammar-audit health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo 
 	$(PY) -m training.distributed dpo --gpus "$(GPUS)" --accelerate-config "$(ACCELERATE_CONFIG)" --accelerate-args "$(ACCELERATE_ARGS)" -- $(ARGS)
 
 train-all: train-sft train-dpo ## The whole training chain: SFT then DPO
+
+gpu-check: $(STAMP) ## Every medgemma stage on this GPU (twin, then MedGemma 4B's dims): time + peak memory
+	$(PY) -m scripts.gpu_check $(ARGS)
 
 bench-training: $(STAMP) ## Tokens/s, s/step and peak memory of the SFT step (table + JSON)
 	$(PY) -m training.bench_training $(ARGS)

@@ -92,6 +92,25 @@ def test_conversion_is_text_only_with_logits_parity(tiny_base_model: Path, conve
     )
 
 
+def test_the_converted_base_carries_no_sampling_defaults_into_vllm(
+    medgemma_twin: Path, converted_twin: Path
+):
+    """vLLM applies generation_config.json's sampling values as request defaults: MedGemma's
+    do_sample / top_k 64 / top_p 0.95 must not reach the served model; the stop ids must."""
+    from transformers import GenerationConfig
+
+    from training.build_twin import MEDGEMMA_SAMPLING
+
+    source = json.loads((medgemma_twin / "generation_config.json").read_text())
+    assert {k: source[k] for k in MEDGEMMA_SAMPLING} == MEDGEMMA_SAMPLING
+    converted = json.loads((converted_twin / "generation_config.json").read_text())
+    assert not set(converted) & {"do_sample", "top_k", "top_p", "temperature"}
+    assert set(source["eos_token_id"]) <= set(converted["eos_token_id"])
+    # What vLLM reads as request defaults: the values that differ from transformers' defaults.
+    diff = GenerationConfig.from_pretrained(converted_twin).to_diff_dict()
+    assert not {k for k in diff if not k.endswith("token_id") and k != "transformers_version"}
+
+
 def test_conversion_that_drifts_is_not_published(medgemma_twin: Path, tmp_path: Path, monkeypatch):
     from training import convert_base as module
 
@@ -142,63 +161,6 @@ def test_medgemma_base_is_the_converted_folder(monkeypatch, tmp_path: Path):
         assert settings_module.Settings().base_source() == "/models/medgemma-4b-it"
     finally:
         settings_module.get_settings.cache_clear()
-
-
-def _twin_argv(stage: str, model: Path, dataset_dir: Path, root: Path, quick_eval: int) -> list:
-    """The medgemma recipe of `stage`, shrunk only: 2 steps of one example, 2 held out, and the
-    CPU flag the Trainer needs to run a bf16 recipe without a GPU."""
-    recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "medgemma"
-    data = {"sft": "--sft_path", "dpo": "--dpo_path"}[stage]
-    return [
-        "--config", str(recipe / f"{stage}.yaml"),
-        "--model_name_or_path", str(model),
-        data, str(dataset_dir / "training" / f"{stage}.jsonl"),
-        "--eval_path", str(dataset_dir / "eval" / "eval.jsonl"),
-        "--output_dir", str(root / f"checkpoints-{stage}"),
-        "--merged_dir", str(root / f"aria-ft-{stage}"),
-        "--max_steps", "2",
-        "--per_device_train_batch_size", "1",
-        "--gradient_accumulation_steps", "1",
-        "--eval_size", "2",
-        "--per_device_eval_batch_size", "2",
-        "--eval_steps", "2",
-        "--save_steps", "2",
-        "--logging_steps", "1",
-        "--quick_eval_size", str(quick_eval),
-        "--disable_tqdm", "true",
-        "--use_cpu", "true",
-    ]  # fmt: skip
-
-
-@pytest.mark.engine
-def test_medgemma_recipes_run_on_the_converted_twin(
-    converted_twin: Path, dataset_dir: Path, tmp_path: Path
-):
-    """The medgemma profile's chain on MedGemma's CPU twin: SFT QLoRA, merge, DPO, merge."""
-    from aria.settings import get_settings
-    from training.config import parse_dpo_args, parse_sft_args
-    from training.train_dpo import main as train_dpo
-    from training.train_sft import main as train_sft
-
-    s = get_settings()
-    sft = train_sft(
-        *parse_sft_args(_twin_argv("sft", converted_twin, dataset_dir, tmp_path, 0), settings=s), s
-    )
-    assert sft["global_step"] == 2 and sft["merge_parity"]["passed"]
-    merged_sft = tmp_path / "aria-ft-sft"
-    config = json.loads((merged_sft / "config.json").read_text())
-    assert config["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in config
-    dpo = train_dpo(
-        *parse_dpo_args(_twin_argv("dpo", merged_sft, dataset_dir, tmp_path, 1), settings=s), s
-    )
-    assert dpo["global_step"] == 2 and dpo["merge_parity"]["passed"]
-    assert dpo["quick_eval"]["n"] == 1
-    from transformers import AutoTokenizer
-
-    production = tmp_path / "aria-ft-dpo"
-    end_of_turn = AutoTokenizer.from_pretrained(production).convert_tokens_to_ids("<end_of_turn>")
-    eos = json.loads((production / "generation_config.json").read_text())["eos_token_id"]
-    assert end_of_turn in eos
 
 
 def test_grammar_audit_reads_medgemmas_layout(medgemma_twin: Path):

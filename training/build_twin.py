@@ -46,6 +46,10 @@ class TwinConfig:
     seed: int = 0
 
 
+# google/medgemma-4b-it's generation_config.json, less its token ids.
+MEDGEMMA_SAMPLING = {"do_sample": True, "top_k": 64, "top_p": 0.95}
+
+
 def twin_tokenizer(text_base: Path):
     """The text base's tokenizer with MedGemma's three image tokens added as special tokens."""
     from tokenizers import AddedToken
@@ -181,9 +185,11 @@ def build_twin(out_dir: Path, text_base: Path, seed: int = 0) -> Path:
     copy_text_base_weights(model, text_base)
     model = model.to(torch.bfloat16)
     base_generation = json.loads((text_base / "generation_config.json").read_text())
-    # The Hub's MedGemma stops on <eos> and <end_of_turn> too.
+    # The Hub's MedGemma stops on <eos> and <end_of_turn> too, and ships Gemma 3's sampling
+    # defaults, which vLLM would apply to every request (the conversion drops them).
     model.generation_config = GenerationConfig(
-        **{k: v for k, v in base_generation.items() if k.endswith("token_id")}
+        **{k: v for k, v in base_generation.items() if k.endswith("token_id")},
+        **MEDGEMMA_SAMPLING,
     )
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
