@@ -163,6 +163,60 @@ def confidence_accuracy(expected: Sequence[str], predicted: Sequence[str | None]
     return exact_match(expected, predicted)
 
 
+def whole_answer_rate(
+    pathology_correct: Sequence[bool],
+    expected_confidence: Sequence[str],
+    predicted_confidence: Sequence[str | None],
+) -> float | None:
+    """Share of items whose answer is right as a whole: the pathology AND the rule's confidence."""
+    both = [
+        bool(ok) and p == e
+        for ok, e, p in zip(
+            pathology_correct, expected_confidence, predicted_confidence, strict=True
+        )
+    ]
+    return share(both)
+
+
+def per_confidence(
+    pathology_correct: Sequence[bool],
+    expected_confidence: Sequence[str],
+    predicted_confidence: Sequence[str | None],
+) -> dict[str, dict[str, Any]]:
+    """For the runners the rule puts in each band: how many, how often the model answered that
+    band (`confidence_rate`) and how often the whole answer was right (`whole_answer_rate`)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for band in CONFIDENCES:
+        picked = [
+            (ok, p)
+            for ok, e, p in zip(
+                pathology_correct, expected_confidence, predicted_confidence, strict=True
+            )
+            if e == band
+        ]
+        rows[band] = {
+            "n": len(picked),
+            "confidence_rate": share([p == band for _, p in picked]),
+            "whole_answer_rate": share([bool(ok) and p == band for ok, p in picked]),
+        }
+    return rows
+
+
+def confidence_confusion(
+    expected: Sequence[str], predicted: Sequence[str | None]
+) -> dict[str, Any]:
+    """Counts of the rule's confidence (rows) against the answered one (columns: the three bands,
+    then INVALID for an answer with none)."""
+    columns = [*CONFIDENCES, INVALID]
+    index = {c: i for i, c in enumerate(CONFIDENCES)}
+    matrix = [[0] * len(columns) for _ in CONFIDENCES]
+    for e, p in zip(expected, predicted, strict=True):
+        if e not in index:
+            raise ValueError(f"expected confidence {e!r} is not one of {', '.join(CONFIDENCES)}")
+        matrix[index[e]][index.get(p, len(CONFIDENCES))] += 1
+    return {"rows": list(CONFIDENCES), "columns": columns, "matrix": matrix}
+
+
 def calibration(
     predicted_confidence: Sequence[str | None], correct: Sequence[bool]
 ) -> dict[str, Any]:

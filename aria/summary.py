@@ -208,6 +208,16 @@ class Band(Schema):
 
 
 @dataclass
+class ConfidenceRow(Schema):
+    """The runners the rule puts in one confidence band: how often the model answered the band
+    and how often the whole answer (pathology and confidence) was right."""
+
+    n: int
+    confidence_rate: float | None
+    whole_answer_rate: float | None
+
+
+@dataclass
 class Calibration(Schema):
     """Accuracy per announced confidence band; monotonic when it never rises toward faible."""
 
@@ -262,6 +272,9 @@ class SetFigures(Schema):
     cut_by_length_rate: float | None
     justification_grounded_rate: float | None
     per_slice: dict[str, Accuracy]
+    # The whole answer (pathology and confidence); summaries written before it have none.
+    whole_answer_rate: float | None = field(default=None, metadata=OPTIONAL)
+    per_confidence: dict[str, ConfidenceRow] | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass
@@ -294,6 +307,10 @@ class DiagnosticSummary(Schema):
     justification: Justification
     images: Images
     per_set: dict[str, SetFigures]
+    # The whole answer (pathology and confidence) by the rule's band; older summaries have none.
+    whole_answer_rate: float | None = field(default=None, metadata=OPTIONAL)
+    per_confidence: dict[str, ConfidenceRow] | None = field(default=None, metadata=OPTIONAL)
+    confidence_confusion: Confusion | None = field(default=None, metadata=OPTIONAL)
 
 
 # ---------------------------------------------------------------- the other passes of a model
@@ -517,7 +534,8 @@ class GateFailure(GateRow):
 @dataclass
 class ServingMemory(Schema):
     """Memory of the local server's process tree (serve.memory): GPU memory through NVML on a
-    GPU (`gpu_nvml`), resident memory on a CPU (`cpu_rss`); GB are 10^9 bytes."""
+    GPU (`gpu_nvml`; `gpu_device_used`, the cards' used memory, where NVML lists none of the
+    tree's pids), resident memory on a CPU (`cpu_rss`); GB are 10^9 bytes."""
 
     gb: float
     source: str

@@ -177,8 +177,10 @@ def load_gate(path: Path, profile: str) -> dict:
 
 def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float | None]:
     """The gateable numbers of one body's diagnostic summary under flat names: its numeric
-    fields, latency_p50_ms..., justification_grounded_rate (and code_trace, readable,
-    crossings_right), and exact_match_<set> / json_valid_rate_<set> for each eval set."""
+    fields (whole_answer_rate among them), latency_p50_ms..., justification_grounded_rate (and
+    code_trace, readable, crossings_right), exact_match_<set> / json_valid_rate_<set> /
+    whole_answer_rate_<set> for each eval set, and per band of the rule (elevee, moderee, faible)
+    confidence_rate_<band> (how often the model answered that band) and whole_answer_rate_<band>."""
     flat = {
         k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
@@ -189,10 +191,22 @@ def flat_metrics(summary: dict, cold_ms: float | None = None) -> dict[str, float
     for name in ("grounded_rate", "code_trace_rate", "readable_rate", "crossings_right_rate"):
         flat[f"justification_{name}"] = justification.get(name)
     for name, part in (summary.get("per_set") or {}).items():
-        for key in ("exact_match", "json_valid_rate", "cut_by_length_rate"):
+        for key in ("exact_match", "json_valid_rate", "cut_by_length_rate", "whole_answer_rate"):
             flat[f"{key}_{name}"] = part.get(key)
+        for band, row in (part.get("per_confidence") or {}).items():
+            flat[f"confidence_rate_{ascii_band(band)}_{name}"] = row.get("confidence_rate")
+    for band, row in (summary.get("per_confidence") or {}).items():
+        flat[f"confidence_rate_{ascii_band(band)}"] = row.get("confidence_rate")
+        flat[f"whole_answer_rate_{ascii_band(band)}"] = row.get("whole_answer_rate")
     flat["cold_ms"] = cold_ms
     return flat
+
+
+def ascii_band(band: str) -> str:
+    """A confidence band as a metric name's suffix: élevée → elevee."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKD", band).encode("ascii", "ignore").decode()
 
 
 def serving_thresholds(gate_doc: Any) -> list[dict[str, Any]]:

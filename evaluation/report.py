@@ -201,6 +201,32 @@ def field_orders_table(models: list[ModelSummary]) -> str:
     return "\n".join(lines)
 
 
+def _confidence_rows(b: DiagnosticSummary) -> list[str]:
+    """The whole answer by the rule's confidence band, and the confusion of confidences."""
+    if not b.per_confidence or not b.confidence_confusion:
+        return []
+    out = [
+        "",
+        f"Whole answer (pathology and confidence right): {_fmt(b.whole_answer_rate, True)}.",
+        "",
+        "| rule's confiance | n | answered that band | whole answer right |",
+        "|---|---:|---:|---:|",
+    ]
+    out += [
+        f"| {band} | {row.n} | {_fmt(row.confidence_rate, True)} | "
+        f"{_fmt(row.whole_answer_rate, True)} |"
+        for band, row in b.per_confidence.items()
+    ]
+    conf = b.confidence_confusion
+    out += ["", "| rule's \\ answered | " + " | ".join(conf.columns) + " |"]
+    out.append("|---|" + "---:|" * len(conf.columns))
+    out += [
+        f"| {row} | " + " | ".join(str(n) for n in counts) + " |"
+        for row, counts in zip(conf.rows, conf.matrix, strict=True)
+    ]
+    return out
+
+
 def _body_section(b: DiagnosticSummary) -> list[str]:
     """Per-set, per-pathology and per-slice exact match, calibration and justification of one
     body of one model."""
@@ -224,6 +250,7 @@ def _body_section(b: DiagnosticSummary) -> list[str]:
             c = b.per_set[name].per_slice.get(sl)
             cells.append(f"{c.n} | {_fmt(c.accuracy, True)}" if c else "0 | –")
         out.append(f"| {sl} | " + " | ".join(cells) + " |")
+    out += _confidence_rows(b)
     cal = b.calibration
     bands = ", ".join(f"{k} {_fmt(v.accuracy, True)} (n={v.n})" for k, v in cal.bands.items())
     j = b.justification

@@ -61,6 +61,8 @@ def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = Tr
     expected = [r["expected"]["pathologie"] for r in records]
     predicted = [s["pathologie"] for s in scores]
     correct = [bool(s["correct"]) for s in scores]
+    expected_conf = [r["expected"]["confiance"] for r in records]
+    predicted_conf = [s["confiance"] for s in scores]
     answered = [r for r in records if r["status"] in ("ok", "unparsable")]
     latencies = [r["latency"]["e2e_ms"] for r in answered]
     ttfts = [r["latency"]["ttft_ms"] for r in answered if r["latency"]["ttft_ms"] is not None]
@@ -86,9 +88,8 @@ def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = Tr
         "exact_match": em,
         "exact_match_ci95": list(ci) if ci else None,
         "exact_match_lenient": metrics.share([s["correct_lenient"] for s in scores]),
-        "confidence_accuracy": metrics.confidence_accuracy(
-            [r["expected"]["confiance"] for r in records], [s["confiance"] for s in scores]
-        ),
+        "confidence_accuracy": metrics.confidence_accuracy(expected_conf, predicted_conf),
+        "whole_answer_rate": metrics.whole_answer_rate(correct, expected_conf, predicted_conf),
         "latency_ms": metrics.latency_summary(latencies),
         "ttft_ms": metrics.latency_summary(ttfts),
         "output_tokens_mean": _mean([r["latency"]["output_tokens"] for r in answered]),
@@ -100,7 +101,9 @@ def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = Tr
         "per_pathology": metrics.per_pathology_accuracy(expected, predicted) if records else {},
         "per_slice": metrics.per_slice_accuracy([r["slices"] for r in records], correct),
         "confusion": metrics.confusion_matrix(expected, predicted),
-        "calibration": metrics.calibration([s["confiance"] for s in scores], correct),
+        "calibration": metrics.calibration(predicted_conf, correct),
+        "per_confidence": metrics.per_confidence(correct, expected_conf, predicted_conf),
+        "confidence_confusion": metrics.confidence_confusion(expected_conf, predicted_conf),
         "justification": justification,
         "images": {
             "sent": sum(1 for r in records if r.get("image") == "sent"),
@@ -117,6 +120,8 @@ def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = Tr
                 "n": part["n"],
                 "exact_match": part["exact_match"],
                 "exact_match_ci95": part["exact_match_ci95"],
+                "whole_answer_rate": part["whole_answer_rate"],
+                "per_confidence": part["per_confidence"],
                 "json_valid_rate": part["json_valid_rate"],
                 "cut_by_length_rate": part["cut_by_length_rate"],
                 "justification_grounded_rate": part["justification"]["grounded_rate"],

@@ -103,6 +103,10 @@ def test_run_writes_summary_report_plots_and_json_last_line(lenient_run):
         assert body["n"] == 8 and set(body["per_set"]) == {"eval", "outside"}
         for key in ("exact_match", "json_valid_rate", "cut_by_length_rate", "confusion"):
             assert key in body
+        # The whole answer: per band of the rule, and the confusion of confidences.
+        assert set(body["per_confidence"]) == {"élevée", "modérée", "faible"}
+        assert sum(map(sum, body["confidence_confusion"]["matrix"])) == body["n"]
+        assert body["whole_answer_rate"] <= body["exact_match"]
         assert set(body["latency_ms"]) >= {"p50", "p95", "p99"}
         # The server answered: transport failures would mean the benchmark or the server is broken.
         transport = {k: n for k, n in body["errors"].items() if k != "unparsable"}
@@ -124,6 +128,8 @@ def test_run_writes_summary_report_plots_and_json_last_line(lenient_run):
         assert any(p.name.startswith(plot) and p.stat().st_size > 0 for p in run_dir.glob("*.png"))
     report = (run_dir / "report.md").read_text()
     assert "## Release gate" in report and "| seed |" in report and "| project |" in report
+    assert "Whole answer (pathology and confidence right)" in report
+    assert "| rule's confiance | n | answered that band | whole answer right |" in report
 
     for body in ("seed", "project"):
         path = next(run_dir.glob(f"records/*__default__{body}.jsonl"))

@@ -76,6 +76,8 @@ def test_validate_gate_rejects_bad_entries():
 
 
 GROUNDED_GATE = {"metric": "justification_grounded_rate", "op": ">=", "target": 0.99}
+WHOLE_GATE = {"metric": "whole_answer_rate", "op": ">=", "target": 0.90}
+ELEVEE_GATE = {"metric": "confidence_rate_elevee", "op": ">=", "target": 0.85}
 
 
 def test_release_gate_config_holds_the_seed_targets_on_both_bodies_and_a_tiny_grounding_bar():
@@ -87,11 +89,46 @@ def test_release_gate_config_holds_the_seed_targets_on_both_bodies_and_a_tiny_gr
 
     production = gate.resolve_gate(doc, "medgemma")
     assert production["bodies"] == ["seed", "project"]
-    assert triples(production["thresholds"]) == triples([*SEED_GATE, GROUNDED_GATE])
+    assert triples(production["thresholds"]) == triples(
+        [*SEED_GATE, GROUNDED_GATE, WHOLE_GATE, ELEVEE_GATE]
+    )
     assert production["overridden"] == []
     tiny = gate.resolve_gate(doc, "tiny")
-    assert triples(tiny["thresholds"]) == triples([*SEED_GATE, GROUNDED_GATE | {"target": 0.90}])
-    assert tiny["overridden"] == ["justification_grounded_rate"]
+    assert triples(tiny["thresholds"]) == triples(
+        [
+            *SEED_GATE,
+            GROUNDED_GATE | {"target": 0.90},
+            WHOLE_GATE | {"target": 0.70},
+            ELEVEE_GATE | {"target": 0.30},
+        ]
+    )
+    assert tiny["overridden"] == [
+        "justification_grounded_rate",
+        "whole_answer_rate",
+        "confidence_rate_elevee",
+    ]
+
+
+def test_the_gate_fails_a_model_below_its_confidence_bars():
+    """The right pathology with the wrong confidence is a wrong answer: the gate says so."""
+    from aria.metrics import per_confidence, whole_answer_rate
+
+    correct = [True] * 10
+    expected = ["élevée"] * 6 + ["faible"] * 4
+    answered = ["modérée"] * 3 + ["élevée"] * 3 + ["faible"] * 4  # 3 of 6 élevée as modérée
+    summary = {
+        "exact_match": 1.0,
+        "whole_answer_rate": whole_answer_rate(correct, expected, answered),
+        "per_confidence": per_confidence(correct, expected, answered),
+    }
+    flat = gate.flat_metrics(summary)
+    assert flat["whole_answer_rate"] == 0.7 and flat["confidence_rate_elevee"] == 0.5
+    result = gate.evaluate_gate(flat, [WHOLE_GATE, ELEVEE_GATE])
+    assert not result["passed"]
+    assert [f["metric"] for f in result["failures"]] == [
+        "whole_answer_rate",
+        "confidence_rate_elevee",
+    ]
 
 
 def test_resolve_gate_overrides_by_metric_and_rejects_bad_documents():

@@ -141,3 +141,14 @@ def test_paired_bootstrap_delta():
     assert d["ci95_low"] <= 0.5 <= d["ci95_high"]
     with pytest.raises(ValueError):
         metrics.paired_bootstrap_delta([1.0], [1.0, 0.0])
+
+
+def test_confidence_confusion_counts_the_rules_band_against_the_answered_one():
+    from aria.metrics import INVALID, confidence_confusion
+
+    out = confidence_confusion(
+        ["élevée", "élevée", "modérée", "faible"], ["modérée", "élevée", "modérée", None]
+    )
+    assert out["rows"] == ["élevée", "modérée", "faible"]
+    assert out["columns"] == ["élevée", "modérée", "faible", INVALID]
+    assert out["matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
