@@ -42,8 +42,12 @@ def validate_gate(thresholds: Any) -> list[dict[str, Any]]:
     if not isinstance(thresholds, list) or not thresholds:
         raise ValueError("the gate needs a non-empty list `thresholds` of {metric, op, target}")
     for i, t in enumerate(thresholds):
-        if not isinstance(t, Mapping) or set(t) - {"metric", "op", "target", "why"}:
-            raise ValueError(f"thresholds[{i}] must be a mapping with metric, op, target (+ why)")
+        if not isinstance(t, Mapping) or set(t) - {"metric", "op", "target", "why", "if_measured"}:
+            raise ValueError(
+                f"thresholds[{i}] must be a mapping with metric, op, target (+ why, if_measured)"
+            )
+        if not isinstance(t.get("if_measured", False), bool):
+            raise ValueError(f"thresholds[{i}].if_measured must be true or false")
         if not isinstance(t.get("metric"), str):
             raise ValueError(
                 f"thresholds[{i}].metric must be a metric name, got {t.get('metric')!r}"
@@ -65,14 +69,18 @@ def evaluate_gate(
 
     Returns {passed, checked, failures}; each failure names the metric, the op and target, the
     measured value, `by` (how far it is on the wrong side, in the metric's unit; None when the
-    metric was not measured) and a one-line `message`.
+    metric was not measured) and a one-line `message`. A metric not measured fails, unless its
+    threshold says `if_measured: true` (a band of the rule with no runner in the sample).
     """
     checked: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for t in thresholds:
         metric, op, target = t["metric"], t["op"], float(t["target"])
         value = measured.get(metric)
-        if value is None:
+        if value is None and t.get("if_measured"):
+            ok, by = True, None
+            message = f"{metric} was not measured (no item it applies to): not checked"
+        elif value is None:
             ok, by = False, None
             message = f"{metric} was not measured (target {op} {target:g})"
         else:

@@ -196,3 +196,12 @@ def test_gate_reads_the_trained_prompt_and_refuses_a_default_file(tmp_path: Path
     stale = BenchmarkConfig([], Path("eval.jsonl"), tmp_path, prompts_dir=tmp_path)
     with pytest.raises(SetupError, match=r"default\.txt would replace the trained prompt"):
         load_prompts(stale, measurements)
+
+
+def test_a_band_with_no_runner_is_not_checked_but_a_missing_metric_still_fails():
+    optional = ELEVEE_GATE | {"if_measured": True}
+    result = gate.evaluate_gate({"confidence_rate_elevee": None}, [optional])
+    assert result["passed"] and "not checked" in result["checked"][0]["message"]
+    assert not gate.evaluate_gate({}, [ELEVEE_GATE])["passed"]
+    with pytest.raises(ValueError, match="if_measured"):
+        gate.validate_gate([optional | {"if_measured": "yes"}])
