@@ -264,12 +264,14 @@ def run_stage(stage: Stage, memory: PeakMemory, log_dir: Path) -> dict:
 
 
 def sft_tokens_per_second(work: Path) -> float | None:
-    """TRL's num_tokens over the train runtime of the 4B SFT run (its log_history.json)."""
+    """TRL's count of trained tokens over the train runtime of the 4B SFT run (its
+    log_history.json; the runtime includes the held-out evaluation)."""
     path = work / "medgemma-dims" / "checkpoints" / "medgemma" / "sft" / "log_history.json"
     if not path.exists():
         return None
     history = json.loads(path.read_text())
-    tokens = max((row.get("num_tokens", 0) for row in history), default=0)
+    keys = ("num_tokens", "eval_num_tokens")  # eval rows carry the trained count too
+    tokens = max((row.get(k, 0) for row in history for k in keys), default=0)
     runtime = next((row["train_runtime"] for row in history if "train_runtime" in row), None)
     return round(tokens / runtime, 1) if tokens and runtime else None
 
