@@ -66,7 +66,7 @@ def test_one_default_tolerance_for_recipes_and_the_merge():
 def test_compute_device_is_cuda_only_with_bf16(monkeypatch):
     import torch
 
-    from training.merge import compute_device
+    from training.model_files import compute_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -113,6 +113,7 @@ def test_merge_and_quick_eval_load_on_the_compute_device(
     from training.quick_eval import quick_eval
 
     monkeypatch.setattr(merge, "compute_device", lambda: "cuda")
+    monkeypatch.setattr("training.quick_eval.compute_device", lambda: "cuda")
     seen = _spy_device_map(monkeypatch)
     probes = [r["prompt"] for r in read_jsonl(dataset_dir / "training" / "sft.jsonl")[:2]]
     report = merge.merge_adapter(
@@ -187,7 +188,7 @@ def _merge_argv(run, dataset_dir: Path, merged: Path) -> list[str]:
 def test_merge_cli_keeps_the_training_files(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
     """make merge-sft republishes aria-ft-sft with its metrics, loss plot, runs and card, the
     recipe's tolerance and the eval split's probes (the ones train-sft used)."""
-    from training.merge import main
+    from training.merge_sft import main
 
     merged = tmp_path / "aria-ft-sft"
     shutil.copytree(tiny_sft_run.merged, merged)
@@ -208,7 +209,7 @@ def test_merge_cli_refuses_a_4bit_base(tiny_sft_run, dataset_dir: Path, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from training.merge import main
+    from training.merge_sft import main
 
     quantized = tmp_path / "base-4bit"
     AutoModelForCausalLM.from_pretrained(

@@ -280,7 +280,7 @@ def test_vllm_pid_file_is_detected_in_the_given_settings_data_folder(tmp_path: P
 
 
 def test_merge_refuses_a_quantized_base(tmp_path: Path):
-    from training.merge import refuse_quantized_base
+    from training.model_files import refuse_quantized_base
 
     (tmp_path / "config.json").write_text(
         json.dumps(

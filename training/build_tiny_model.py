@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import DataError, atomic_dir, read_jsonl
-from training.merge import END_OF_TURN
+from training.model_files import END_OF_TURN
 
 # Gemma's special tokens, with Gemma's ids for pad/eos/bos/unk (the Gemma 3 config defaults).
 SPECIAL_TOKENS: tuple[str, ...] = (

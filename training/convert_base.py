@@ -21,6 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import atomic_dir, atomic_write_json
+from training.model_files import (
+    compute_device,
+    model_config_dict,
+    release_memory,
+    serving_generation_config,
+)
 
 CONVERSION_FILE = "conversion.json"
 PARITY_MAX_ABS_DIFF = 1e-3  # float32: the same weights through the same layers
@@ -115,8 +121,6 @@ def generation_config_with_end_of_turn(source: str, tokenizer, model_config, tok
     (MedGemma ships do_sample, top_k 64, top_p 0.95, which vLLM would apply to every request)."""
     from transformers import GenerationConfig
 
-    from training.merge import serving_generation_config
-
     try:
         generation_config = GenerationConfig.from_pretrained(source, token=token)
     except OSError:
@@ -137,8 +141,6 @@ def convert_base(
     import torch
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
-
-    from training.merge import compute_device, model_config_dict, release_memory
 
     config = model_config_dict(source, token)
     refuse_non_multimodal(config, source)

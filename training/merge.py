@@ -15,24 +15,29 @@ vocabulary (an absolute one grows with the logits' size). Both parts are needed:
 trained model every position is a near-tie, so token agreement alone would pass any drift.
 The adapter's keys must all load into the base (a missing or unexpected key is an error: the
 check would otherwise compare the base with itself and pass). The merge, the parity check and
-the quick eval run on CUDA when the GPU has bf16, on CPU otherwise (`compute_device`).
-The numbers are written next to the model (merge_parity.json).
-
-    python -m training.merge                         # make merge-sft: the last SFT adapter again
+the quick eval run on CUDA when the GPU has bf16, on CPU otherwise (`compute_device`, in
+training/model_files.py). The numbers are written next to the model (merge_parity.json).
+`make merge-sft` (training/merge_sft.py) merges the last SFT adapter again with this library.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from aria.files import atomic_dir, atomic_write_json
-from aria.settings import Settings, get_settings
+from training.model_files import (
+    compute_device,
+    eos_ids_with_end_of_turn,
+    is_multimodal,
+    load_bf16,
+    refuse_quantized_base,
+    release_memory,
+    serving_generation_config,
+)
 
-END_OF_TURN = "<end_of_turn>"
 PARITY_FILE = "merge_parity.json"
 PARITY_NEW_TOKENS = 64
 PARITY_PROBES = 4
@@ -44,80 +49,6 @@ DEFAULT_PARITY_TOLERANCE = 0.05
 
 class MergeParityError(RuntimeError):
     """The merged model does not answer like the adapter model; nothing was published."""
-
-
-def model_config_dict(name_or_path: str, token: str | None = None) -> dict:
-    """The raw config.json of a local folder or a Hub id (fetched with `token`: gated repos)."""
-    local = Path(name_or_path) / "config.json"
-    if local.exists():
-        return json.loads(local.read_text())
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(name_or_path, token=token).to_dict()
-
-
-def refuse_quantized_base(name_or_path: str, token: str | None = None) -> None:
-    """SystemExit when the base is stored quantized: LoRA must merge into bf16 weights."""
-    quant = model_config_dict(name_or_path, token).get("quantization_config")
-    if quant:
-        method = quant.get("quant_method", "quantized")
-        raise SystemExit(
-            f"refusing to merge into {name_or_path}: it is a {method} (quantized) model. Merge the "
-            "adapter into the bf16 base (the model the adapter was trained on, loaded unquantized)"
-        )
-
-
-def is_multimodal(name_or_path: str, token: str | None = None) -> bool:
-    """True for Gemma3ForConditionalGeneration-style models (a vision tower next to the LM)."""
-    return "vision_config" in model_config_dict(name_or_path, token)
-
-
-def compute_device() -> str:
-    """Where merges, parity checks and quick evals run: "cuda" on a GPU with bf16, else "cpu".
-
-    A GPU without bf16 (T4, V100) would emulate the bf16 merge or overflow in fp16; the CPU
-    computes it exactly (slower), so those GPUs merge on the CPU.
-    """
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "cuda"
-    return "cpu"
-
-
-def release_memory() -> None:
-    """Give back the memory of models whose last reference was just dropped, GPU included.
-
-    accelerate's bf16 autocast wraps `model.forward` in a reference cycle, so `del model` alone
-    frees nothing until the garbage collector runs; then CUDA's cache returns the blocks.
-    """
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def load_bf16(
-    name_or_path: str, token: str | None = None, device: str | None = None, revision: str = "main"
-):
-    """The model in bf16 with eager attention (Gemma 3's recommended attention for training),
-    placed on `device` (default: `compute_device()`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    multimodal = is_multimodal(name_or_path, token)
-    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    return auto.from_pretrained(
-        name_or_path,
-        revision=revision,
-        dtype=torch.bfloat16,
-        attn_implementation="eager",
-        token=token,
-        device_map=device or compute_device(),
-    )
 
 
 class AdapterKeyError(RuntimeError):
@@ -146,28 +77,6 @@ def check_adapter_keys(model, adapter_dir: Path) -> int:
             "base it was trained on (adapter_config.json's base_model_name_or_path)"
         )
     return len(stored)
-
-
-def eos_ids_with_end_of_turn(tokenizer, generation_config) -> list[int]:
-    """The generation config's EOS ids plus <end_of_turn>, so chat answers stop at the turn end."""
-    ids = generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    for token in (tokenizer.eos_token, END_OF_TURN):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in ids:
-            ids.append(token_id)
-    return ids
-
-
-def serving_generation_config(tokenizer, generation_config):
-    """The generation config a served model ships: its token ids only, the EOS ids extended with
-    <end_of_turn>. vLLM applies a model's generation_config.json sampling values (Gemma 3 ships
-    do_sample, top_k 64, top_p 0.95) as request defaults, so the requests alone decide sampling."""
-    from transformers import GenerationConfig
-
-    ids = {k: v for k, v in generation_config.to_dict().items() if k.endswith("token_id")}
-    ids["eos_token_id"] = eos_ids_with_end_of_turn(tokenizer, generation_config)
-    return GenerationConfig(**{k: v for k, v in ids.items() if v is not None})
 
 
 def probe_inputs(tokenizer, probes: list[list[dict]]):
@@ -352,61 +261,3 @@ def keep_training_files(previous: Path) -> Callable[[Path, dict], None]:
             atomic_write_json(metrics_path, metrics)
 
     return carry
-
-
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> dict:
-    """Merge the last SFT adapter again as the recipe's merge does: its base, adapter, output
-    folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure.
-    `settings`: the environment's (aria.settings.get_settings()) unless given."""
-    from training.config import parse_sft_args
-    from training.preflight import (
-        hub_access,
-        hub_token,
-        local_model,
-        require_dataset,
-        require_model,
-    )
-    from training.stages import load_splits
-    from training.train_sft import sft_record
-
-    # The merge trains nothing: bf16 mixed precision (refused on a CPU by the Trainer) is moot.
-    settings = settings or get_settings()
-    args = list(sys.argv[1:] if argv is None else argv)
-    script_args, training_args, model_args = parse_sft_args(
-        [*args, "--bf16", "false"], settings=settings
-    )
-    base = require_model(model_args.model_name_or_path, "base", settings)
-    base = local_model(base, settings, model_args.model_revision)
-    adapter, out = Path(training_args.output_dir), Path(script_args.merged_dir)
-    sft_path = require_dataset(Path(script_args.sft_path))
-    train_set, eval_set = load_splits(
-        sft_path, sft_record, script_args.eval_size, training_args.seed
-    )
-    probes = parity_probes(eval_set if eval_set is not None else train_set)
-    try:
-        with hub_access(base, settings):
-            report = merge_adapter(
-                base,
-                adapter,
-                out,
-                probes,
-                script_args.parity_tolerance,
-                keep_training_files(out),
-                hub_token(settings),
-                model_args.model_revision,
-            )
-    except (MergeParityError, AdapterKeyError) as error:
-        raise SystemExit(str(error)) from None
-    print(f"merged {adapter} into {base} → {out} (on {report['device']})")
-    print(
-        f"parity: greedy token agreement {report['greedy_token_agreement']}, decisive flips "
-        f"{report['decisive_flips']}, max |logit diff| {report['max_abs_logit_diff']} = "
-        f"{report['relative_logit_diff']:.2%} of {report['logit_scale']} "
-        f"(tolerance {report['tolerance']:.2%})"
-    )
-    print(json.dumps(report))
-    return report
-
-
-if __name__ == "__main__":
-    main()

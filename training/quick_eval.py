@@ -29,6 +29,7 @@ from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
 from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
 from aria.verdicts import justification_verdict
+from training.model_files import compute_device, eos_ids_with_end_of_turn, load_bf16
 
 # Bounds of the top-two gap buckets (the label's exceedance minus the runner-up's; 0.03 is three
 # points of the prompt's percent): docs/training.md ("Independent runners") scores by them.
@@ -177,8 +178,6 @@ def generate_answers(
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer, GenerationConfig
-
-    from training.merge import compute_device, eos_ids_with_end_of_turn, load_bf16
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"

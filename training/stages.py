@@ -25,6 +25,9 @@ from typing import Any
 
 from aria.files import DataError, atomic_write_json, read_jsonl
 from training.config import PublishArguments, compute_dtype, quantization_config
+from training.merge import merge_adapter, parity_probes
+from training.model_files import is_multimodal
+from training.quick_eval import quick_eval
 
 RUN_FINGERPRINT = "aria_run.json"  # what the checkpoints in output_dir were trained on
 # The recipe's knobs a checkpoint must match to be resumed (with the data, base and LoRA rank).
@@ -136,7 +139,6 @@ def load_quantized(name_or_path: str, model_args, token: str | None):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from training.distributed import rank_device_map, sharded_training
-    from training.merge import is_multimodal
 
     dtype = compute_dtype(model_args)
     sharded = sharded_training()
@@ -262,7 +264,6 @@ def merge_and_publish(
     held-out slice, or of the training set when none is held out), complete and publish
     script_args.merged_dir, print the summary; returns `metrics` with the parity and quick eval."""
     from training.curves import METRICS_FILE
-    from training.merge import merge_adapter, parity_probes
 
     merged_dir = Path(script_args.merged_dir)
 
@@ -294,7 +295,6 @@ def complete_merged_folder(
     copies the TensorBoard runs; writes training_metrics.json and loss.png.
     """
     from training.curves import write_training_report
-    from training.quick_eval import quick_eval
 
     metrics["merge_parity"] = parity
     if script_args.quick_eval_size != 0:  # -1: the whole eval set

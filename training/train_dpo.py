@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aria.settings import Settings, get_settings
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
+from training.model_files import release_memory
 from training.stages import (
     load_tokenizer_and_model,
     merge_and_publish,
@@ -54,7 +55,6 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     are the ones the arguments were parsed with (the profile, the running servers)."""
     from trl import DPOTrainer
 
-    from training.merge import release_memory
     from training.preflight import (
         hub_access,
         hub_token,

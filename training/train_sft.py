@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aria.settings import Settings, get_settings
 from training.config import SFTScriptArguments, lora_config, parse_sft_args
+from training.model_files import release_memory
 from training.stages import (
     load_tokenizer_and_model,
     merge_and_publish,
@@ -121,7 +122,6 @@ def sft_trainer_class(label_loss_weight: float, tokenizer, confidence_loss_weigh
 def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
     """Train, merge (parity checked), quick-eval and publish; returns the metrics. `settings` are
     the ones the arguments were parsed with (the profile, HF_TOKEN, the running servers)."""
-    from training.merge import release_memory
     from training.preflight import (
         hub_access,
         hub_token,
