@@ -15,7 +15,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all gpu-check bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop grammar-audit health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo clean
+.PHONY: help install check-gpu datasets copy-datasets dataset-card tiny-model tiny-pretrain convert-base train-sft merge-sft train-dpo train-all gpu-check bench-training serve serve-sft serve-ft serve-ft-bg serve-stop ray-head ray-worker serve-cluster ray-stop grammar-audit health docker-serve docker-serve-ft docker-stop docker-logs docker-replicas docker-replicas-stop benchmark load soak model-card hf-push-model hf-push-datasets doc doc-serve quality style test-fast test demo figures clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -38,10 +38,10 @@ dataset-card: $(STAMP) ## Render data/training/README.md, the Hugging Face datas
 	$(PY) -m preparation.generate_dataset_card $(ARGS)
 
 tiny-model: $(STAMP) ## Install the committed, pretrained tiny Gemma 3 base in data/models/tiny/base
-	$(PY) -m training.build_tiny_model $(ARGS)
+	$(PY) -m tiny.build $(ARGS)
 
-tiny-pretrain: $(STAMP) ## Rebuild that committed base (training/tiny_base): random weights, then copying, ranking and describing
-	$(PY) -m training.build_tiny_model --pretrain $(ARGS)
+tiny-pretrain: $(STAMP) ## Rebuild that committed base (tiny/base): random weights, then copying, ranking and describing
+	$(PY) -m tiny.build --pretrain $(ARGS)
 
 convert-base: $(STAMP) ## MedGemma (ARIA_BASE_SOURCE: Hub id or folder) → text-only Gemma3ForCausalLM base, parity checked
 	$(PY) -m training.convert_base $(ARGS)
@@ -50,7 +50,7 @@ train-sft: $(STAMP) ## SFT QLoRA NF4 on the profile's base, then merge to bf16 a
 	$(PY) -m training.distributed sft --gpus "$(GPUS)" --accelerate-config "$(ACCELERATE_CONFIG)" --accelerate-args "$(ACCELERATE_ARGS)" -- $(ARGS)
 
 merge-sft: $(STAMP) ## Merge the last SFT adapter into a bf16 base again (with the parity check)
-	$(PY) -m training.merge $(ARGS)
+	$(PY) -m training.merge_sft $(ARGS)
 
 train-dpo: $(STAMP) ## DPO QLoRA on aria-ft-sft, then merge to bf16 aria-ft-dpo (production; GPUS=N, ACCELERATE_CONFIG=)
 	$(PY) -m training.distributed dpo --gpus "$(GPUS)" --accelerate-config "$(ACCELERATE_CONFIG)" --accelerate-args "$(ACCELERATE_ARGS)" -- $(ARGS)
@@ -152,6 +152,9 @@ test: $(STAMP) ## Every test: quality, docs build, pure tests and the engines on
 
 demo: $(STAMP) ## The whole chain on the tiny profile: data → train → serve → benchmark
 	$(PY) -m scripts.demo $(ARGS)
+
+figures: $(STAMP) ## README.md's figures table from the last benchmark and demo's stage times (docs/figures.json)
+	$(PY) -m scripts.figures $(ARGS)
 
 clean: ## Remove generated data, models, reports and the docs site (keeps .venv)
 	rm -rf data/training data/eval data/models data/checkpoints data/logs data/run reports site
