@@ -269,10 +269,40 @@ def _draw(rng: random.Random, target: str, plan: dict[str, _Constraint]) -> dict
     """One unrounded runner: context first, then measurements conditioned on it and on `plan`."""
     woman = rng.random() < _P_WOMAN.get(target, _P_WOMAN_DEFAULT)
     age = round(_truncated_normal(rng, 38.0, 11.0, 18.0, 70.0))
+    step, cadence, speed, distance = _stride(rng, woman, age, plan["Périostite tibiale"])
+    hsi, dorsi = _heel_strike(rng, step, cadence, plan["Tendinite Achille"])
+    trunk, valgus, adduction, pronation = _alignment(rng, woman, age, speed, plan)
+    pain = _pain(rng, target)
+    unrounded = {
+        "inclinaison_tronc": trunk,
+        "valgus_genou": valgus,
+        "adduction_hanche": adduction,
+        "longueur_foulee": step,
+        "pronation_pied": pronation,
+        "heel_strike_index": hsi,
+        "dorsiflexion_max": dorsi,
+    }
+    measurements: dict[str, Any] = {k: float(format_value(k, v)) for k, v in unrounded.items()}
+    measurements.update(
+        {
+            "age": age,
+            "sexe": "F" if woman else "M",
+            "distance_hebdo_km": distance,
+            "vitesse_kmh": speed,
+            "cadence_pas_min": cadence,
+            "localisation_douleur": pain,
+        }
+    )
+    return measurements
 
+
+def _stride(
+    rng: random.Random, woman: bool, age: int, step_constraint: _Constraint
+) -> tuple[float, int, float, int]:
+    """Step length (m), cadence (steps/min), speed (km/h) and weekly distance (km)."""
     # Step length drives speed: speed (m/min) = step length x cadence.
     step_mean = (1.04 if woman else 1.14) - 0.003 * (age - 38)
-    step = _measure(rng, "longueur_foulee", step_mean, 0.11, 0.70, 1.95, plan["Périostite tibiale"])
+    step = _measure(rng, "longueur_foulee", step_mean, 0.11, 0.70, 1.95, step_constraint)
     # Overstriders take long steps at a low cadence.
     cadence_mean = (172.0 if woman else 169.0) - 25.0 * (step - 1.10)
     cadence = round(_truncated_normal(rng, cadence_mean, 6.0, 148.0, 200.0))
@@ -280,9 +310,14 @@ def _draw(rng: random.Random, target: str, plan: dict[str, _Constraint]) -> dict
     # Faster runners train more: a log-normal weekly volume whose median grows with speed.
     distance = math.exp(math.log(max(4.0 * (speed - 5.0), 8.0)) + rng.gauss(0.0, 0.35))
     distance = round(min(max(distance, 5.0), 150.0))
+    return step, cadence, speed, distance
 
-    # Heel strike: more with long steps and a low cadence; dorsiflexion at contact follows it.
-    achille = plan["Tendinite Achille"]
+
+def _heel_strike(
+    rng: random.Random, step: float, cadence: int, achille: _Constraint
+) -> tuple[float, float]:
+    """Heel-strike index and dorsiflexion at contact: more heel strike with long steps and a low
+    cadence, dorsiflexion following it; the Achilles rule's exceedance as `achille` asks."""
     hsi_mean = 0.50 + 0.9 * (step - 1.10) + 0.006 * (168.0 - cadence)
     if achille.exact:
         e = achille.high
@@ -306,58 +341,36 @@ def _draw(rng: random.Random, target: str, plan: dict[str, _Constraint]) -> dict
                 dorsi = _truncated_normal(
                     rng, 11.5 + 9.0 * (hsi - 0.5), 2.3, 0.0, _value(DORSI_T, achille.high)
                 )
+    return hsi, dorsi
 
+
+def _alignment(
+    rng: random.Random, woman: bool, age: int, speed: float, plan: dict[str, _Constraint]
+) -> tuple[float, float, float, float]:
+    """Trunk lean, knee valgus, hip adduction and foot pronation, in that order of draws."""
+    pfps, itbs = plan["Syndrome fémoro-patellaire"], plan["Syndrome bandelette ilio-tibiale"]
     trunk_mean = 4.5 + 0.2 * (speed - 11.0) + 0.03 * (age - 38)
     trunk = _measure(rng, "inclinaison_tronc", trunk_mean, 1.4, -5.0, 25.0, plan[PATHOLOGIES[0]])
     valgus_mean = 8.0 if woman else 6.0
-    valgus = _measure(
-        rng, "valgus_genou", valgus_mean, 2.0, -5.0, 25.0, plan["Syndrome fémoro-patellaire"]
-    )
+    valgus = _measure(rng, "valgus_genou", valgus_mean, 2.0, -5.0, 25.0, pfps)
     # Knee valgus and hip adduction go together (the knee follows the femur).
     adduction_mean = (9.0 if woman else 7.0) + 0.4 * (valgus - valgus_mean)
-    adduction = _measure(
-        rng,
-        "adduction_hanche",
-        adduction_mean,
-        1.8,
-        -5.0,
-        25.0,
-        plan["Syndrome bandelette ilio-tibiale"],
-    )
+    adduction = _measure(rng, "adduction_hanche", adduction_mean, 1.8, -5.0, 25.0, itbs)
     pronation_mean = 4.0 + 0.25 * (valgus - valgus_mean)
     pronation = _measure(
         rng, "pronation_pied", pronation_mean, 1.2, -5.0, 20.0, plan["Fasciite plantaire"]
     )
+    return trunk, valgus, adduction, pronation
 
+
+def _pain(rng: random.Random, target: str) -> str:
+    """Where it hurts: often a typical place of `target`, sometimes nowhere, else anywhere."""
     u = rng.random()
     if u < _P_TYPICAL_PAIN:
-        pain = rng.choice(PAIN_BY_PATHOLOGY[target])
-    elif u < _P_TYPICAL_PAIN + _P_NO_PAIN:
-        pain = NO_PAIN
-    else:
-        pain = rng.choice(PAIN_LOCATIONS)
-
-    unrounded = {
-        "inclinaison_tronc": trunk,
-        "valgus_genou": valgus,
-        "adduction_hanche": adduction,
-        "longueur_foulee": step,
-        "pronation_pied": pronation,
-        "heel_strike_index": hsi,
-        "dorsiflexion_max": dorsi,
-    }
-    measurements: dict[str, Any] = {k: float(format_value(k, v)) for k, v in unrounded.items()}
-    measurements.update(
-        {
-            "age": age,
-            "sexe": "F" if woman else "M",
-            "distance_hebdo_km": distance,
-            "vitesse_kmh": speed,
-            "cadence_pas_min": cadence,
-            "localisation_douleur": pain,
-        }
-    )
-    return measurements
+        return rng.choice(PAIN_BY_PATHOLOGY[target])
+    if u < _P_TYPICAL_PAIN + _P_NO_PAIN:
+        return NO_PAIN
+    return rng.choice(PAIN_LOCATIONS)
 
 
 def slice_of(measurements: Mapping[str, Any]) -> str | None:

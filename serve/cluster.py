@@ -26,7 +26,8 @@ import sys
 from dataclasses import dataclass
 
 from aria.settings import STAGES, Settings, get_settings
-from serve.vllm_server import ServeConfig, shell_quote
+from serve.command import shell_quote
+from serve.vllm_server import ServeConfig
 from serve.vllm_server import main as serve_main
 
 RAY_MISSING = (

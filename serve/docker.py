@@ -8,7 +8,7 @@
     python -m serve.docker compose-down               # make docker-replicas-stop
 
 `up` builds serve/Dockerfile (FROM vllm/vllm-openai:v<the pinned vLLM version>) and runs it
-detached, with the same server flags as `make serve` (built by serve.vllm_server.build_command):
+detached, with the same server flags as `make serve` (built by serve.command.build_command):
 data/models mounted read-only at /models, the Hugging Face cache mounted for Hub models, the
 container's port 8000 published on VLLM_HOST:VLLM_PORT, and HF_TOKEN / VLLM_API_KEY passed by name
 (`-e NAME`), so their values never appear on a command line or in a log.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria.settings import STAGES, Settings, get_settings
-from serve.vllm_server import ServeError, build_command, is_hub_id, shell_quote
+from serve.command import ServeError, build_command, is_hub_id, shell_quote
 
 # The vLLM version pinned in pyproject.toml (extra `gpu`); the image tag is v<version>.
 VLLM_VERSION = "0.32.0"

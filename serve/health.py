@@ -62,6 +62,41 @@ class HealthResult:
 def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
     """Run both checks against the configured server; never raises for a server-side failure."""
     root = settings.root_url
+    unhealthy = _health_endpoint(root, timeout_s)
+    if unhealthy is not None:
+        return unhealthy
+    project = _guided_call(settings, "project", root, timeout_s)
+    if isinstance(project, HealthResult):
+        return project
+    text, _, latency_s = project
+    try:
+        diagnostic = parse_diagnostic(text or "")
+    except ValueError as error:
+        return HealthResult(
+            EXIT_DIAGNOSTIC_FAILED,
+            "the guided diagnostic is not schema-valid JSON (was the server started with the "
+            f"xgrammar structured-outputs config?)\nraw text: {text!r}\nwhy: {error}",
+            {"url": root, "raw": text},
+        )
+    seed = _seed_body(settings, root, timeout_s)
+    if isinstance(seed, HealthResult):
+        return seed
+    seed_details, seed_note = seed
+    return HealthResult(
+        EXIT_OK,
+        f"OK: {root}/health and a guided diagnostic in {latency_s:.2f} s "
+        f"({diagnostic.pathologie}, {diagnostic.confiance}); {seed_note}",
+        {
+            "url": root,
+            "latency_s": round(latency_s, 4),
+            "diagnostic": diagnostic.model_dump(),
+            "seed_body": seed_details,
+        },
+    )
+
+
+def _health_endpoint(root: str, timeout_s: float) -> HealthResult | None:
+    """None when {root}/health answers 200, else the failure: nothing answers, or not 200."""
     try:
         health = httpx.get(f"{root}/health", timeout=min(timeout_s, 10.0))
     except httpx.HTTPError as error:
@@ -78,19 +113,12 @@ def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
             "see the server log in data/logs/",
             {"url": root, "status": health.status_code},
         )
-    project = _guided_call(settings, "project", root, timeout_s)
-    if isinstance(project, HealthResult):
-        return project
-    text, _, latency_s = project
-    try:
-        diagnostic = parse_diagnostic(text or "")
-    except ValueError as error:
-        return HealthResult(
-            EXIT_DIAGNOSTIC_FAILED,
-            "the guided diagnostic is not schema-valid JSON (was the server started with the "
-            f"xgrammar structured-outputs config?)\nraw text: {text!r}\nwhy: {error}",
-            {"url": root, "raw": text},
-        )
+    return None
+
+
+def _seed_body(settings: Settings, root: str, timeout_s: float) -> HealthResult | tuple[dict, str]:
+    """The seed's body through the guided call: its details and the summary's note, or the
+    failure when the text is not its schema's JSON in the seed's order."""
     seed = _guided_call(settings, "seed", root, timeout_s)
     if isinstance(seed, HealthResult):
         return seed
@@ -119,17 +147,7 @@ def check(settings: Settings, timeout_s: float = 60.0) -> HealthResult:
         else "the seed's body was CUT by max_tokens (finish_reason length): this model does not "
         "meet the contract; `make benchmark` measures how often"
     )
-    return HealthResult(
-        EXIT_OK,
-        f"OK: {root}/health and a guided diagnostic in {latency_s:.2f} s "
-        f"({diagnostic.pathologie}, {diagnostic.confiance}); {seed_note}",
-        {
-            "url": root,
-            "latency_s": round(latency_s, 4),
-            "diagnostic": diagnostic.model_dump(),
-            "seed_body": seed_details,
-        },
-    )
+    return seed_details, seed_note
 
 
 def _guided_call(

@@ -120,7 +120,7 @@ def serving_memory(pid: int, engine: str = "cpu") -> dict[str, Any] | None:
 def local_server_pid(settings: Settings, base_url: str) -> int | None:
     """The pid of our vLLM server behind `base_url` (its data/run/vllm-<port>.pid), when that
     URL is on this machine and the process runs; None otherwise."""
-    from serve.vllm_server import is_vllm_process, pid_alive, pid_path, read_pid
+    from serve.process import is_vllm_process, pid_alive, pid_path, read_pid
 
     url = urlsplit(base_url)
     if url.hostname not in LOOPBACK or url.port is None:

@@ -45,7 +45,7 @@ def live_server(request: pytest.FixtureRequest):
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed (install the cpu or gpu engine profile: make install)")
     from aria.settings import get_settings
-    from serve.vllm_server import free_port, start_server
+    from serve.process import free_port, start_server
 
     override = os.environ.get("ARIA_TEST_MODEL")
     model = Path(override) if override else Path(request.getfixturevalue("tiny_base_model"))

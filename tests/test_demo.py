@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import serve.vllm_server
+import serve.process
 from aria.settings import get_settings
 from scripts import demo
 
@@ -44,7 +44,7 @@ def test_the_demo_runs_on_tiny_and_leaves_os_environ_as_it_was(tmp_path: Path, m
         return servers[-1]
 
     monkeypatch.setattr(demo.subprocess, "run", run)
-    monkeypatch.setattr(serve.vllm_server, "start_server", start_server)
+    monkeypatch.setattr(serve.process, "start_server", start_server)
     get_settings.cache_clear()
     try:
         before = dict(os.environ)
@@ -57,7 +57,7 @@ def test_the_demo_runs_on_tiny_and_leaves_os_environ_as_it_was(tmp_path: Path, m
     assert code == 0
     assert [command[2] for command, _ in children] == [
         "preparation.generate_datasets",
-        "training.build_tiny_model",
+        "tiny.build",
         "training.train_sft",
         "training.train_dpo",
         "serve.grammar_audit",

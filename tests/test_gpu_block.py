@@ -60,8 +60,8 @@ def test_the_block_prepares_everything_it_trains_on():
 
 @pytest.mark.engine
 def test_the_gpu_block_runs_as_written_on_the_twin(tmp_path, tiny_base_model):
-    from serve.vllm_server import free_port
-    from training.build_twin import build_twin
+    from serve.process import free_port
+    from tiny.twin import build_twin
 
     twin = build_twin(tmp_path / "medgemma-twin", tiny_base_model, seed=0)
     settings_file = tmp_path / "settings.env"

@@ -14,7 +14,7 @@ import yaml
 from aria.summary import Gate
 from evaluation import gate
 from serve import memory
-from serve.vllm_server import pid_path
+from serve.process import pid_path
 from tests.test_serving import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]

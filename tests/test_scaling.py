@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from serve import cluster, docker
-from serve.vllm_server import build_command
+from serve.command import build_command
 from tests.test_serving import flag, make_model, make_settings
 
 

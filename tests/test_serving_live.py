@@ -39,7 +39,7 @@ from aria.schema import (
 from evaluation.sdk_parse import SeedOrderDiagnostic
 from evaluation.soak import soak_measurements
 from serve.health import EXIT_DIAGNOSTIC_FAILED, EXIT_DOWN, EXIT_OK
-from serve.vllm_server import free_port
+from serve.process import free_port
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[1]

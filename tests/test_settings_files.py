@@ -105,7 +105,7 @@ def test_read_jsonl_names_file_and_line(tmp_path):
 
 def test_one_root_url_for_settings_and_launched_servers() -> None:
     from aria.settings import server_url
-    from serve.vllm_server import ServerHandle
+    from serve.process import ServerHandle
 
     settings = Settings(_env_file=None, vllm_host="::1", vllm_port=8005)
     assert settings.root_url == "http://[::1]:8005" == server_url("::1", 8005)

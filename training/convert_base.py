@@ -140,25 +140,18 @@ def convert_base(
     """
     import torch
     from huggingface_hub import save_torch_state_dict
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 
     config = model_config_dict(source, token)
     refuse_non_multimodal(config, source)
     device = compute_device()
-    tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-    if not tokenizer.chat_template:
-        raise SystemExit(f"{source}'s tokenizer has no chat template: ARIA's prompts need one")
-    multimodal = Gemma3ForConditionalGeneration.from_pretrained(
-        source, dtype=torch.float32, attn_implementation="eager", device_map=device, token=token
-    ).eval()
+    tokenizer = chat_tokenizer(source, token)
+    multimodal = load_multimodal(source, device, token)
     messages = probe_messages()
     reference = text_logits(multimodal, tokenizer, messages, device)
     stored_dtype = getattr(torch, stored_dtype_name(config))
     weights = {k: v.to(stored_dtype).cpu() for k, v in language_model_weights(multimodal).items()}
     total = sum(p.numel() for p in multimodal.parameters())
-    text_config = multimodal.config.text_config
-    text_config.architectures = ["Gemma3ForCausalLM"]
-    text_config.dtype = stored_dtype
+    text_config = text_only_config(multimodal.config, stored_dtype)
     generation_config = generation_config_with_end_of_turn(
         source, tokenizer, multimodal.config, token
     )
@@ -170,59 +163,120 @@ def convert_base(
         save_torch_state_dict(weights, tmp, max_shard_size="5GB")
         kept = sum(v.numel() for v in weights.values())
         del weights
-        text_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        strip_processor_class(tmp)
-        generation_config.save_pretrained(tmp)
-        converted, info = Gemma3ForCausalLM.from_pretrained(
-            tmp,
-            dtype=torch.float32,
-            attn_implementation="eager",
-            device_map=device,
-            output_loading_info=True,
+        save_text_only_files(tmp, text_config, tokenizer, generation_config)
+        logits = converted_logits(tmp, tokenizer, messages, device)
+        report = conversion_report(
+            source_name or source, stored_dtype, kept, total, reference, logits, device
         )
-        if info["missing_keys"] or info["unexpected_keys"]:
-            raise ConversionParityError(
-                f"the converted weights do not load into Gemma3ForCausalLM: missing "
-                f"{sorted(info['missing_keys'])[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}"
-            )
-        logits = text_logits(converted.eval(), tokenizer, messages, device)
-        del converted
-        release_memory()
-        max_diff = max(float((a - b).abs().max()) for a, b in zip(reference, logits, strict=True))
-        report = {
-            "source": str(source_name or source),
-            "architecture": "Gemma3ForCausalLM",
-            "dtype": str(stored_dtype).removeprefix("torch."),
-            "parameters_kept": kept,
-            "parameters_dropped": total - kept,
-            "parity": {
-                "prompts": len(messages),
-                "positions": sum(t.shape[1] for t in reference),
-                "max_abs_logit_diff": max_diff,
-                "tolerance": PARITY_MAX_ABS_DIFF,
-                "dtype": "float32",
-                "device": device,
-                "passed": max_diff <= PARITY_MAX_ABS_DIFF,
-            },
-            "eos_token_id": generation_config.eos_token_id,
-        }
-        if not report["parity"]["passed"]:
-            raise ConversionParityError(
-                f"conversion parity failed, nothing published to {out_dir}: max |logit diff| "
-                f"{max_diff:.3g} > {PARITY_MAX_ABS_DIFF} on text prompts (float32)"
-            )
+        report["eos_token_id"] = generation_config.eos_token_id
+        refuse_failed_parity(report, out_dir)
         atomic_write_json(tmp / CONVERSION_FILE, report)
-        (tmp / "README.md").write_text(
-            README.format(
-                name=out_dir.name,
-                source=source_name or source,
-                dropped=report["parameters_dropped"],
-                max_diff=max_diff,
-                positions=report["parity"]["positions"],
-            )
-        )
+        (tmp / "README.md").write_text(readme(out_dir.name, source_name or source, report))
     return report
+
+
+def chat_tokenizer(source: str, token: str | None):
+    """The source's tokenizer; SystemExit when it has no chat template (ARIA's prompts need one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, token=token)
+    if not tokenizer.chat_template:
+        raise SystemExit(f"{source}'s tokenizer has no chat template: ARIA's prompts need one")
+    return tokenizer
+
+
+def load_multimodal(source: str, device: str, token: str | None):
+    """The multimodal checkpoint in float32 with eager attention (the parity reference)."""
+    import torch
+    from transformers import Gemma3ForConditionalGeneration
+
+    return Gemma3ForConditionalGeneration.from_pretrained(
+        source, dtype=torch.float32, attn_implementation="eager", device_map=device, token=token
+    ).eval()
+
+
+def text_only_config(multimodal_config, stored_dtype):
+    """The language model's config, declared a Gemma3ForCausalLM in the stored dtype."""
+    text_config = multimodal_config.text_config
+    text_config.architectures = ["Gemma3ForCausalLM"]
+    text_config.dtype = stored_dtype
+    return text_config
+
+
+def save_text_only_files(tmp: Path, text_config, tokenizer, generation_config) -> None:
+    """Write the config, the tokenizer (without a processor class) and the generation config."""
+    text_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    strip_processor_class(tmp)
+    generation_config.save_pretrained(tmp)
+
+
+def converted_logits(folder: Path, tokenizer, messages: list[list[dict]], device: str) -> list:
+    """Load the written folder as a Gemma3ForCausalLM in float32 and score the probes; the model
+    is freed before returning. ConversionParityError when a key is missing or unexpected."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    converted, info = Gemma3ForCausalLM.from_pretrained(
+        folder,
+        dtype=torch.float32,
+        attn_implementation="eager",
+        device_map=device,
+        output_loading_info=True,
+    )
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ConversionParityError(
+            f"the converted weights do not load into Gemma3ForCausalLM: missing "
+            f"{sorted(info['missing_keys'])[:3]}, unexpected {sorted(info['unexpected_keys'])[:3]}"
+        )
+    logits = text_logits(converted.eval(), tokenizer, messages, device)
+    del converted
+    release_memory()
+    return logits
+
+
+def conversion_report(
+    source: str, stored_dtype, kept: int, total: int, reference: list, logits: list, device: str
+) -> dict:
+    """conversion.json without its eos_token_id: what was kept and the float32 parity figures."""
+    max_diff = max(float((a - b).abs().max()) for a, b in zip(reference, logits, strict=True))
+    return {
+        "source": str(source),
+        "architecture": "Gemma3ForCausalLM",
+        "dtype": str(stored_dtype).removeprefix("torch."),
+        "parameters_kept": kept,
+        "parameters_dropped": total - kept,
+        "parity": {
+            "prompts": len(reference),
+            "positions": sum(t.shape[1] for t in reference),
+            "max_abs_logit_diff": max_diff,
+            "tolerance": PARITY_MAX_ABS_DIFF,
+            "dtype": "float32",
+            "device": device,
+            "passed": max_diff <= PARITY_MAX_ABS_DIFF,
+        },
+    }
+
+
+def refuse_failed_parity(report: dict, out_dir: Path) -> None:
+    """ConversionParityError when the report's parity did not pass (nothing is published)."""
+    if not report["parity"]["passed"]:
+        raise ConversionParityError(
+            f"conversion parity failed, nothing published to {out_dir}: max |logit diff| "
+            f"{report['parity']['max_abs_logit_diff']:.3g} > {PARITY_MAX_ABS_DIFF} on text "
+            "prompts (float32)"
+        )
+
+
+def readme(name: str, source: str, report: dict) -> str:
+    """The base folder's README.md: where it comes from, what was left out, the parity figure."""
+    return README.format(
+        name=name,
+        source=source,
+        dropped=report["parameters_dropped"],
+        max_diff=report["parity"]["max_abs_logit_diff"],
+        positions=report["parity"]["positions"],
+    )
 
 
 def strip_processor_class(folder: Path) -> None:
