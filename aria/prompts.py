@@ -29,7 +29,7 @@ REPORT_MAX_TOKENS = 2048
 
 # The diagnostic shows the measurements only: the rule never reads the context (age, pace,
 # pain...), and on the tiny model leaving it out measured 25 % fewer tokens and better exact
-# match (see docs/training.md). The report, written for a person, keeps it.
+# match (docs/training.md, "What the answers teach"). The report, written for a person, keeps it.
 DIAGNOSTIC_TEMPLATE = (
     "Mesures biomécaniques d'un coureur :\n{measurements}\n"
     "Diagnostic en JSON (pathologie, confiance, justification)."
@@ -38,7 +38,7 @@ DIAGNOSTIC_TEMPLATE = (
 # tokens (`Diagnostic en ...`, on the tiny tokenizer), and its answer names the pathology
 # first, on a line of its own, in the same tokens as the diagnostic's `pathologie` string. The
 # table then sits as far from the pathology in both calls, and the choice the diagnostic learns
-# is the one the report makes (docs/training.md, "Reports that choose as the diagnostic does").
+# is the one the report makes (docs/training.md, "What the answers teach").
 REPORT_TEMPLATE = (
     "Rédige en français un rapport pour le coureur et son clinicien : pathologie probable, "
     "constats, ce qui la provoque, conseils. Ne cite que les valeurs mesurées ci-dessous.\n"
@@ -57,8 +57,8 @@ def render_measurements(measurements: Mapping[str, Any], *, ranked: bool = True)
     It is in whole percent (`aria.domain.percent_of_threshold`). The lines come as such a report
     lists its findings, the most deviant first (`aria.domain.keys_by_exceedance`; ties in the
     table's order), so the measurement that decides is read on the first lines, not found by
-    comparing seven numbers (docs/training.md, "Ranked tables"). `ranked=False` keeps the
-    table's order (the tiny base's pretraining tasks, `training.copy_probe`).
+    comparing seven numbers (docs/training.md, "What the answers teach"). `ranked=False` keeps the
+    table's order (the tiny base's pretraining tasks, `tiny.copy_probe`).
     """
     values = validate_measurements(measurements)
     keys = keys_by_exceedance(values) if ranked else [m.key for m in MEASUREMENTS]

@@ -74,7 +74,8 @@ REPORT_CONFIDENCE_LEAD = "(confiance"
 # What drives each pathology and what helps, in words a runner reads; no number, so that a report
 # only ever cites the input's values and the thresholds. One short sentence each, with few words
 # shared between pathologies: sampled at temperature 0.3, the tiny model spliced the longer
-# sentences of two pathologies at a shared word and looped there (docs/training.md).
+# sentences of two pathologies at a shared word and looped there (docs/training.md, "What the
+# answers teach").
 MECHANISM: dict[str, str] = {
     "Lombalgie mécanique": "Un tronc penché en avant surcharge les muscles du bas du dos.",
     "Syndrome fémoro-patellaire": "Un genou qui rentre en dedans comprime la rotule sur le fémur.",

@@ -8,7 +8,7 @@ Two request schemas reach the same model (DOMAIN.md):
 xgrammar writes the properties in the schema's order, so the order is part of the contract: the
 seed's order is the canonical one (`FIELD_ORDER`), and the training data also teaches the five other
 orders (`FIELD_ORDERS`) so that a client whose schema lists the fields otherwise still gets a right
-answer (docs/training.md).
+answer (docs/training.md, "What the answers teach").
 
 The justification is bounded so that the whole JSON always fits in the diagnostic call's
 max_tokens, even if every byte became one token: a guided answer cut by max_tokens mid-string is

@@ -70,21 +70,22 @@ REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the 
 # Share of reports among the extra runners of sft_extended.jsonl (the tiny profile's SFT set). Since
 # the prompts rank the table, the tiny model learns the diagnostic in fewer steps than the report:
 # twice sft.jsonl's share gave 79 of 80 reports at 450 steps, 12 % gave 55 (docs/training.md,
-# "Ranked tables").
+# "The tiny recipe").
 EXTENDED_REPORT_SHARE = 0.24
 # Share of diagnostic answers written in the seed's field order (the canonical one); the rest are
 # spread evenly over the five other orders, so that a client's schema in any order gets a right
-# answer (xgrammar writes the properties in the schema's order; docs/training.md).
+# answer (xgrammar writes the properties in the schema's order; docs/training.md, "What the
+# answers teach").
 CANONICAL_ORDER_SHARE = 0.5
 # Share of reports whose prompt has no context line (the runner's age, pace, pain...): a client
 # may send the measurements alone, and a model that only saw reports with context answered those
-# with JSON (docs/training.md).
+# with JSON (docs/training.md, "What the answers teach").
 REPORT_NO_CONTEXT_SHARE = 0.5
 # Share of the tiny profile's extra runners whose measurements that do not decide are drawn
 # independently (aria.population.sample_measurements): the population's laws correlate them (valgus
 # and adduction, step length and heel strike), and a model can learn those correlations instead
-# of comparing each measurement with its threshold. All of them since 2026-12-02, which measured
-# better on outside.jsonl than half (docs/training.md, "Independent runners", has the figures).
+# of comparing each measurement with its threshold. All of them: that measured better on
+# outside.jsonl than half (docs/training.md, "What the answers teach").
 INDEPENDENT_SHARE = 1.0
 
 

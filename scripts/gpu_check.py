@@ -6,7 +6,7 @@
 
 Needs no network and no Hub token: the data are generated, the models built locally.
 
-1. MedGemma's CPU twin (training/build_twin.py) through `convert-base`, SFT and DPO with the
+1. MedGemma's CPU twin (tiny/twin.py) through `convert-base`, SFT and DPO with the
    medgemma recipes, shrunk to a few steps: the chain on CUDA, bf16 included.
 2. A random-init model with MedGemma 4B's text dimensions (7.8 GB of bf16 weights, the 262k
    vocabulary) as the medgemma base, through SFT (the recipe's batch, `--sft-steps` steps), its
@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_BASE = ROOT / "training" / "tiny_base"  # committed: the twin's language model, the tokenizer
+TINY_BASE = ROOT / "tiny" / "base"  # committed: the twin's language model, the tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 SAMPLE_S = 0.1
 # The medgemma recipes shrunk to a handful of steps (the twin) or to `steps` (MedGemma's dims).
@@ -99,7 +99,7 @@ def stages(
         Stage(
             "twin: build",
             python(
-                *("-m", "training.build_twin", "--out-dir", str(work / "medgemma-twin")),
+                *("-m", "tiny.twin", "--out-dir", str(work / "medgemma-twin")),
                 *("--text-base", str(TINY_BASE)),
             ),
             twin_env,

@@ -52,7 +52,7 @@ def short_sft_argv(
 @pytest.fixture(scope="session")
 def tiny_base_model(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Gemma 3 base (bf16, tokenizer trained on the session's sft.jsonl), built once."""
-    from training.build_tiny_model import build_tiny_model
+    from tiny.build import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model") / "base"
     return build_tiny_model(out, dataset_dir / "training" / "sft.jsonl", seed=0)

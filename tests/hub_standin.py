@@ -25,7 +25,7 @@ the first import; keep HF_TOKEN out of the environment and HF_HOME in a temp dir
 send a token of their own; HF_HUB_DISABLE_TELEMETRY=1 stops huggingface_hub's token-less
 ``GET /api/agent-harnesses``, which would otherwise show in ``unauthorized()``)::
 
-    with GatedHub({"google/medgemma-4b-it": Path("training/tiny_base")}, token="hf_test") as hub:
+    with GatedHub({"google/medgemma-4b-it": Path("tiny/base")}, token="hf_test") as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
         env |= {"HF_HUB_DISABLE_TELEMETRY": "1"}
         env.pop("HF_TOKEN", None)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from training.build_twin import HUB_VISION_PREFIX, HUB_WEIGHT_PREFIXES, IMAGE_TOKENS
+from tiny.twin import HUB_VISION_PREFIX, HUB_WEIGHT_PREFIXES, IMAGE_TOKENS
 
 
 @pytest.fixture(scope="module")
 def medgemma_twin(tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Gemma3ForConditionalGeneration laid out like google/medgemma-4b-it."""
-    from training.build_twin import build_twin
+    from tiny.twin import build_twin
 
     return build_twin(tmp_path_factory.mktemp("twin") / "medgemma-twin", tiny_base_model, seed=0)
 
@@ -99,7 +99,7 @@ def test_the_converted_base_carries_no_sampling_defaults_into_vllm(
     do_sample / top_k 64 / top_p 0.95 must not reach the served model; the stop ids must."""
     from transformers import GenerationConfig
 
-    from training.build_twin import MEDGEMMA_SAMPLING
+    from tiny.twin import MEDGEMMA_SAMPLING
 
     source = json.loads((medgemma_twin / "generation_config.json").read_text())
     assert {k: source[k] for k in MEDGEMMA_SAMPLING} == MEDGEMMA_SAMPLING

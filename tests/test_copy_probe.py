@@ -11,7 +11,7 @@ import pytest
 
 from aria.domain import MEASUREMENT_KEYS, PATHOLOGIES, THRESHOLD_BY_KEY, format_value
 from aria.prompts import render_measurements
-from training.copy_probe import (
+from tiny.copy_probe import (
     ANSWER_LEAD,
     DESCRIBE_LEAD,
     RANK_LEAD,
@@ -159,7 +159,7 @@ def test_rank_pretraining_probes_the_ranking_too(tiny_base_model: Path, tmp_path
 
 
 def test_negative_copy_steps_are_refused():
-    from training.build_tiny_model import parse_args as tiny_args
+    from tiny.build import parse_args as tiny_args
 
     assert tiny_args(["--scratch", "--copy-steps", "5"]).copy_steps == 5
     assert tiny_args(["--scratch"]).copy_steps == 0
@@ -171,7 +171,7 @@ def test_negative_copy_steps_are_refused():
     "flags", [["--copy-steps", "5"], ["--sft-path", "x.jsonl"], ["--seed", "0"]]
 )
 def test_build_flags_without_scratch_are_refused(flags, capsys):
-    from training.build_tiny_model import parse_args as tiny_args
+    from tiny.build import parse_args as tiny_args
 
     with pytest.raises(SystemExit):
         tiny_args(flags)
@@ -180,8 +180,9 @@ def test_build_flags_without_scratch_are_refused(flags, capsys):
 
 
 def test_pretrain_rebuilds_the_committed_base_with_its_stages():
-    from training.build_tiny_model import PRETRAIN_COPY_STEPS, PRETRAIN_STAGES, PRETRAINED_DIR
-    from training.build_tiny_model import parse_args as tiny_args
+    from tiny.build import PRETRAINED_DIR
+    from tiny.build import parse_args as tiny_args
+    from tiny.pretraining import PRETRAIN_COPY_STEPS, PRETRAIN_STAGES
 
     cfg = tiny_args(["--pretrain"])
     assert cfg.scratch and cfg.pretrain and cfg.out_dir == PRETRAINED_DIR
@@ -201,14 +202,10 @@ def test_the_committed_tiny_base_installs_and_copies(tmp_path: Path, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from training.build_tiny_model import (
-        CHECKED_FILES,
-        PRETRAIN_COPY_STEPS,
-        PRETRAINED_DIR,
-        TinyModelConfig,
-    )
-    from training.build_tiny_model import main as build_main
-    from training.copy_probe import probe
+    from tiny.build import CHECKED_FILES, PRETRAINED_DIR, TinyModelConfig
+    from tiny.build import main as build_main
+    from tiny.copy_probe import probe
+    from tiny.pretraining import PRETRAIN_COPY_STEPS
 
     out = build_main(TinyModelConfig(out_dir=tmp_path / "base"))
     assert "installed from" in capsys.readouterr().out
@@ -226,7 +223,7 @@ def test_the_committed_tiny_base_installs_and_copies(tmp_path: Path, capsys):
 def test_a_damaged_committed_base_is_refused_and_nothing_is_installed(tmp_path: Path):
     import shutil
 
-    from training.build_tiny_model import PRETRAINED_DIR, install_pretrained
+    from tiny.build import PRETRAINED_DIR, install_pretrained
 
     source = tmp_path / "tiny_base"
     shutil.copytree(PRETRAINED_DIR, source)
@@ -252,7 +249,7 @@ def test_tiny_base_built_with_copy_pretraining(
 ):
     from safetensors.torch import load_file
 
-    from training.build_tiny_model import build_tiny_model
+    from tiny.build import build_tiny_model
 
     out = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", 0, 2)
     build = json.loads((out / "aria_build.json").read_text())
@@ -269,7 +266,8 @@ def test_tiny_base_built_with_copy_pretraining(
 
 @pytest.mark.engine
 def test_tiny_base_built_in_stages_records_each(dataset_dir: Path, tmp_path: Path):
-    from training.build_tiny_model import PretrainStage, build_tiny_model
+    from tiny.build import build_tiny_model
+    from tiny.pretraining import PretrainStage
 
     stages = (
         PretrainStage(2, seed=5),

@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from serve import grammar_audit
-from training.build_tiny_model import PRETRAINED_DIR, UNMERGED, without_merges
+from tiny.build import PRETRAINED_DIR
+from tiny.tokenizer import UNMERGED, without_merges
 
 TOKEN = UNMERGED[0]  # élevée as one token
 MERGE = ("Ã©", "levÃ©e")  # the merge that formed it in the committed tokenizer
@@ -109,7 +110,7 @@ def test_without_merges_leaves_the_vocabulary_and_refuses_a_merge_it_lacks():
 def test_a_trained_tokenizer_never_forms_the_unmerged_tokens():
     """`make tiny-pretrain` trains the tokenizer afresh: whatever pair of pieces its corpus
     merges into élevée, the token is not formed."""
-    from training.build_tiny_model import train_tokenizer
+    from tiny.tokenizer import train_tokenizer
 
     tok = train_tokenizer(['"confiance":"élevée" modérée ées'] * 50, vocab_size=400)
     pieces = tok.convert_ids_to_tokens(tok.encode("élevée", add_special_tokens=False))

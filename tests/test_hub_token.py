@@ -21,7 +21,7 @@ MEDGEMMA = "google/medgemma-4b-it"
 
 @pytest.fixture(scope="module")
 def twin(tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.build_twin import build_twin
+    from tiny.twin import build_twin
 
     return build_twin(tmp_path_factory.mktemp("twin") / "medgemma-twin", tiny_base_model, seed=0)
 

@@ -5,6 +5,9 @@ first (a partially initialised module). The graph is read with `ast`, nothing is
 `import x`, `from x import y` and relative imports at module level (class bodies, if/try blocks
 included); imports inside functions and under `if TYPE_CHECKING:` are left out. Every cycle
 fails the test, named module by module; test_cycle_finder_on_synthetic_graphs shows it failing.
+
+The CPU stand-in (`tiny/`) lives apart from the product: no product module imports it, anywhere
+in its file (functions included), but the one seam of STAND_IN_SEAM.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ PROJECT_PACKAGES = (
     "preparation",
     "publishing",
     "scripts",
+    "tiny",
 )
+# The product's packages; `tiny` (the stand-in), `scripts` and `tests` drive them.
+PRODUCT_PACKAGES = ("aria", "preparation", "training", "serve", "evaluation", "publishing")
+STAND_IN = "tiny"
+# The one product module that may import the stand-in (tiny/__init__.py says why).
+STAND_IN_SEAM = frozenset({"training.bench_training"})
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -181,6 +190,21 @@ def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     ]
 
 
+def importers_of(package: str, modules: Mapping[str, Path]) -> dict[str, list[int]]:
+    """{module: the lines where it imports `package` or a module of it}, for every import in the
+    file: module level, functions, `if TYPE_CHECKING:` alike."""
+    found: dict[str, list[int]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            targets = imported_modules(node, name, path.name == "__init__.py")
+            if any(t == package or t.startswith(f"{package}.") for t in targets):
+                found.setdefault(name, []).append(node.lineno)
+    return found
+
+
 def test_no_import_cycle_between_project_modules():
     modules = project_modules()
     assert "training.merge" in modules and "aria.settings" in modules, "the project was not found"
@@ -228,3 +252,33 @@ def test_graph_reads_module_level_imports_only(tmp_path):
     graph = import_graph(modules)
     assert graph["pkg.a"] == {"pkg.b", "pkg.c", "pkg.d"}
     assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+def test_the_product_reaches_the_stand_in_through_one_seam():
+    modules = project_modules(packages=PRODUCT_PACKAGES)
+    assert "training.bench_training" in modules, "the product was not found"
+    importers = importers_of(STAND_IN, modules)
+    extra = {name: lines for name, lines in importers.items() if name not in STAND_IN_SEAM}
+    assert not extra, (
+        f"product modules importing `{STAND_IN}` beside the seam {sorted(STAND_IN_SEAM)}: "
+        + ", ".join(f"{name} (line {', '.join(map(str, lines))})" for name, lines in extra.items())
+        + "; take what they need through the seam, or move them into tiny/"
+    )
+
+
+def test_stand_in_importers_are_found_at_any_depth(tmp_path):
+    package = tmp_path / "product"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "top.py").write_text("import tiny.build\n")
+    (package / "inner.py").write_text("def f():\n    from tiny.tokenizer import train_tokenizer\n")
+    (package / "typing_only.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tiny import build\n"
+    )
+    (package / "clean.py").write_text("import tinyurl\nfrom product import top\n")
+    modules = project_modules(tmp_path, ("product",))
+    assert importers_of("tiny", modules) == {
+        "product.top": [1],
+        "product.inner": [2],
+        "product.typing_only": [3],
+    }

@@ -62,10 +62,10 @@ def test_a_budget_that_cannot_hold_one_sequence_is_refused_with_the_fixes():
 
 
 def test_the_shape_of_a_model_folder_is_read_from_its_config_and_weights():
-    shape = shape_of_folder(ROOT / "training" / "tiny_base")
+    shape = shape_of_folder(ROOT / "tiny" / "base")
     assert shape.full_layers + shape.sliding_layers == 4 and shape.sliding_layers >= 1
     assert shape.kv_heads == 4 and shape.head_dim == 32 and shape.vocab_size == 979
-    assert shape.weights_bytes == (ROOT / "training/tiny_base/model.safetensors").stat().st_size
+    assert shape.weights_bytes == (ROOT / "tiny/base/model.safetensors").stat().st_size
 
 
 def test_the_docs_table_of_cards_is_the_rendered_one():

@@ -82,11 +82,11 @@ def test_the_revision_reaches_the_loaders(monkeypatch):
 
     args = model_args("--model_revision", "0123abc")
     with pytest.raises(RuntimeError, match="stop here"):
-        load_tokenizer_and_model("training/tiny_base", args, None)
+        load_tokenizer_and_model("tiny/base", args, None)
     assert seen == {"tokenizer": "0123abc"}
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
     from training.stages import load_quantized
 
     with pytest.raises(RuntimeError, match="stop here"):
-        load_quantized("training/tiny_base", args, None)
+        load_quantized("tiny/base", args, None)
     assert seen["model"] == "0123abc"

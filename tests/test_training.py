@@ -294,7 +294,7 @@ def test_merge_refuses_a_quantized_base(tmp_path: Path):
 def test_quick_reports_asks_the_benchmarks_report_runners(dataset_dir: Path):
     """The first N report runners alternate eval.jsonl and outside.jsonl by seeded rank, as the
     benchmark's report pass takes them, and a larger N extends a smaller one."""
-    from training.quick_reports import report_runners
+    from tiny.quick_reports import report_runners
 
     eval_path = dataset_dir / "eval" / "eval.jsonl"
     six = report_runners(eval_path, 6, seed=0)
@@ -307,10 +307,10 @@ def test_quick_reports_asks_the_benchmarks_report_runners(dataset_dir: Path):
 
 def test_findings_pathology_reads_the_measurement_a_report_picks():
     """The pathology of the first key on the report's findings line, which a report that names
-    the wrong pathology usually follows (docs/training.md)."""
+    the wrong pathology usually follows (docs/training.md, "What the answers teach")."""
     from aria.domain import EXAMPLE_MEASUREMENTS, label
     from aria.references import reference_report
-    from training.quick_reports import findings_pathology
+    from tiny.quick_reports import findings_pathology
 
     report = reference_report(EXAMPLE_MEASUREMENTS)
     assert findings_pathology(report) == label(EXAMPLE_MEASUREMENTS)[0]
@@ -322,8 +322,8 @@ def test_findings_pathology_reads_the_measurement_a_report_picks():
 
 
 def test_quick_scores_refuse_a_folder_that_is_not_a_model(dataset_dir: Path, tmp_path: Path):
+    from tiny.quick_reports import QuickReportsConfig, quick_reports
     from training.quick_eval import quick_eval
-    from training.quick_reports import QuickReportsConfig, quick_reports
 
     eval_path = dataset_dir / "eval" / "eval.jsonl"
     with pytest.raises(SystemExit, match=r"not a model folder .*make train-all"):
@@ -333,7 +333,7 @@ def test_quick_scores_refuse_a_folder_that_is_not_a_model(dataset_dir: Path, tmp
 
 
 def test_quick_reports_tally_counts_each_check_per_set_and_overall():
-    from training.quick_reports import tally
+    from tiny.quick_reports import tally
 
     ok = {"prose": True, "names_pathology": True, "grounded": True, "passed": True}
     wrong = ok | {"names_pathology": False, "passed": False}
@@ -435,16 +435,6 @@ def test_quick_eval_opens_the_answer_as_the_seeds_schema_does():
     assert [o[0] for o in starting] == ["pathologie", "pathologie"]
 
 
-def test_label_positions_cover_each_pathologie_string_and_nothing_else():
-    from training.label_loss import label_positions
-
-    marker, quotes = [7, 8], frozenset({8, 9})  # 7 = `pathologie`, 8 = `":"`, 9 = `","`
-    ids = [1, 7, 8, 40, 41, 9, 5, 8, 42, 9, 7, 8, 43, 9]
-    assert label_positions(ids, marker, quotes) == [3, 4, 12]
-    assert label_positions([7, 8], marker, quotes) == []  # cut right after the marker
-    assert label_positions([5, 8, 40, 9], marker, quotes) == []  # another key's value
-
-
 # --- the engines on the tiny model
 
 
@@ -477,7 +467,7 @@ def test_tiny_base_loads_with_its_tokenizer_and_template(tiny_base_model: Path):
 
 @pytest.mark.engine
 def test_tiny_base_is_reproducible(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path):
-    from training.build_tiny_model import build_tiny_model
+    from tiny.build import build_tiny_model
 
     again = build_tiny_model(tmp_path / "base", dataset_dir / "training" / "sft.jsonl", seed=0)
     assert (again / "tokenizer.json").read_bytes() == (
@@ -492,7 +482,7 @@ def test_tiny_base_is_reproducible(tiny_base_model: Path, dataset_dir: Path, tmp
 def test_quick_reports_samples_and_judges_the_report_call(tiny_sft_run, dataset_dir: Path):
     """Reports sampled at the report's temperature from a merged model, judged by
     aria.verdicts.report_verdict; the same seed draws the same reports."""
-    from training.quick_reports import QuickReportsConfig, quick_reports
+    from tiny.quick_reports import QuickReportsConfig, quick_reports
 
     cfg = QuickReportsConfig(
         tiny_sft_run.merged, dataset_dir / "eval" / "eval.jsonl", reports=2, max_new_tokens=8
@@ -678,180 +668,3 @@ def test_training_bench_times_real_qlora_steps(monkeypatch, capsys, tmp_path: Pa
     assert result["trainable_params"] > 0 and result["peak_memory_gib"] > 0
     assert result["quantization"].startswith("nf4 4-bit")
     assert not list(tmp_path.glob("aria-bench-*"))  # its scratch folder is gone
-
-
-@pytest.mark.engine
-def test_label_weighted_loss_weighs_the_label_tokens_only(tiny_base_model: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
-
-    from aria.domain import EXAMPLE_MEASUREMENTS
-    from aria.references import reference_diagnostic
-    from training.label_loss import label_markers, label_positions, label_weighted_trainer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
-    marker, quotes = label_markers(tokenizer)
-    assert tokenizer.decode(marker) == 'pathologie":"'
-    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
-    ids = tokenizer(answer.to_json(), add_special_tokens=False)["input_ids"]
-    label_ids = [ids[i] for i in label_positions(ids, marker, quotes)]
-    assert tokenizer.decode(label_ids) == answer.pathologie
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_model, dtype=torch.float32)
-    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids))}
-    batch["labels"] = batch["input_ids"].clone()
-
-    def loss(weight: float) -> float:
-        trainer = object.__new__(label_weighted_trainer(SFTTrainer, [(marker, quotes, weight)]))
-        with torch.no_grad():
-            return float(trainer.compute_loss(model, dict(batch)))
-
-    with torch.no_grad():
-        plain = float(model(**batch).loss)  # transformers' mean cross-entropy
-    assert loss(1.0) == pytest.approx(plain, rel=1e-4)
-    # Weight w adds (w - 1) x the label tokens' share of the summed loss, nothing else.
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1]
-        per_token = torch.nn.functional.cross_entropy(
-            logits, batch["input_ids"][0, 1:], reduction="none"
-        )
-    on_label = sum(float(per_token[i - 1]) for i in label_positions(ids, marker, quotes))
-    assert loss(5.0) == pytest.approx(plain + 4 * on_label / (len(ids) - 1), rel=1e-4)
-
-
-@pytest.mark.engine
-def test_confidence_weight_weighs_the_confidence_tokens_as_the_recipe_says(tiny_base_model: Path):
-    """`confidence_loss_weight` (through train_sft's own trainer class) adds (w - 1) x the
-    confidence tokens' share of the loss, in the diagnostic's JSON of every field order and in the
-    report; with both weights, each span keeps its own weight."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
-
-    from aria.domain import EXAMPLE_MEASUREMENTS
-    from aria.references import reference_diagnostic, reference_report
-    from aria.schema import FIELD_ORDERS
-    from training.label_loss import (
-        CONFIDENCE_KEY,
-        label_markers,
-        label_positions,
-        report_confidence_markers,
-    )
-    from training.train_sft import sft_trainer_class
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
-    assert sft_trainer_class(1.0, tokenizer, 1.0) is SFTTrainer
-    marker, quotes = label_markers(tokenizer, CONFIDENCE_KEY)
-    label, label_quotes = label_markers(tokenizer)
-    report_marker, closing = report_confidence_markers(tokenizer)
-    answer = reference_diagnostic(EXAMPLE_MEASUREMENTS)
-    for order in FIELD_ORDERS:
-        ids = tokenizer(answer.to_json(order), add_special_tokens=False)["input_ids"]
-        assert tokenizer.decode([ids[i] for i in label_positions(ids, marker, quotes)]) == (
-            answer.confiance
-        )
-    report = tokenizer(reference_report(EXAMPLE_MEASUREMENTS), add_special_tokens=False)
-    found = [
-        report["input_ids"][i]
-        for i in label_positions(report["input_ids"], *(report_marker, closing))
-    ]
-    assert tokenizer.decode(found).strip() == answer.confiance
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_model, dtype=torch.float32)
-    for text, spans in (
-        (answer.to_json(), ((marker, quotes), (label, label_quotes))),
-        (reference_report(EXAMPLE_MEASUREMENTS), ((report_marker, closing),)),
-    ):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids))}
-        batch["labels"] = batch["input_ids"].clone()
-        with torch.no_grad():
-            plain = float(model(**batch).loss)
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1]
-            per_token = torch.nn.functional.cross_entropy(
-                logits, batch["input_ids"][0, 1:], reduction="none"
-            )
-        shares = [
-            sum(float(per_token[i - 1]) for i in label_positions(ids, *span)) / (len(ids) - 1)
-            for span in spans
-        ]
-        assert shares[0] > 0
-
-        def loss(label_weight: float, confidence_weight: float, batch=batch) -> float:
-            cls = sft_trainer_class(label_weight, tokenizer, confidence_weight)
-            with torch.no_grad():
-                return float(object.__new__(cls).compute_loss(model, dict(batch)))
-
-        assert loss(1.0, 5.0) == pytest.approx(plain + 4 * shares[0], rel=1e-4)
-        if len(shares) == 2:  # the diagnostic: the label keeps its own weight beside it
-            assert loss(3.0, 5.0) == pytest.approx(plain + 4 * shares[0] + 2 * shares[1], rel=1e-4)
-
-
-@pytest.mark.engine
-def test_report_pathology_is_weighed_in_the_diagnostic_label_tokens(tiny_base_model: Path):
-    """The report names the pathology on its own line, so its tokens are the ones the diagnostic's
-    `pathologie` string uses, and the label loss finds them in both."""
-    import random
-
-    from transformers import AutoTokenizer
-
-    from aria.domain import label
-    from aria.population import balanced_plan, sample_measurements
-    from aria.references import reference_diagnostic, reference_report
-    from training.label_loss import label_markers, label_positions, report_label_markers
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
-    marker, quotes = label_markers(tokenizer)
-    report_marker, opening = report_label_markers(tokenizer)
-    assert tokenizer.decode(report_marker) == "Pathologie probable :\n"
-    seen = set()
-    rng = random.Random(5)
-    for target, slice_name in balanced_plan(120):
-        measurements = sample_measurements(rng, target, slice_name)
-        pathology = label(measurements)[0]
-        report = tokenizer(reference_report(measurements), add_special_tokens=False)["input_ids"]
-        in_report = [report[i] for i in label_positions(report, report_marker, opening)]
-        answer = reference_diagnostic(measurements).to_json()
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        assert in_report == [ids[i] for i in label_positions(ids, marker, quotes)]
-        assert tokenizer.decode(in_report) == pathology
-        # The diagnostic's marker is not in a report, nor the report's in a diagnostic.
-        assert label_positions(report, marker, quotes) == []
-        assert label_positions(ids, report_marker, opening) == []
-        seen.add(pathology)
-    assert len(seen) == 6
-    # Both prompts close with a line of as many tokens after the table (aria.prompts).
-    from aria.prompts import DIAGNOSTIC_TEMPLATE, REPORT_TEMPLATE
-
-    closing = [t.rsplit("\n", 1)[1] for t in (DIAGNOSTIC_TEMPLATE, REPORT_TEMPLATE)]
-    lengths = {len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in closing}
-    assert len(lengths) == 1, closing
-
-
-def test_label_markers_refuse_a_tokenizer_that_merges_them():
-    """A tokenizer whose tokens cross the marker's edges gets a ValueError naming the fix (set
-    label_loss_weight to 1), not a silently unweighted label."""
-    from training.label_loss import (
-        CONFIDENCE_KEY,
-        label_markers,
-        report_confidence_markers,
-        report_label_markers,
-    )
-
-    class WholeTextTokenizer:  # one token per text: every marker is merged with its neighbours
-        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
-            return {"input_ids": [0], "offset_mapping": [(0, len(text))]}
-
-        def __len__(self):
-            return 1
-
-        def convert_ids_to_tokens(self, ids):
-            return ["x" for _ in ids]
-
-    for find in (label_markers, report_label_markers):
-        with pytest.raises(ValueError, match=r"label_loss_weight .*set it to 1 in the recipe"):
-            find(WholeTextTokenizer())
-    for find in (lambda t: label_markers(t, CONFIDENCE_KEY), report_confidence_markers):
-        with pytest.raises(ValueError, match=r"confidence_loss_weight .*set it to 1 in the recipe"):
-            find(WholeTextTokenizer())

@@ -1,17 +1,17 @@
 """Does a base copy a measured value from its prompt? A probe, and a short copy pretraining to try.
 
-    python -m training.copy_probe --base data/models/tiny/base                      # probe only
-    python -m training.copy_probe --base data/models/tiny/base --steps 400 --out /tmp/copy-base
-    python -m training.copy_probe --base training/tiny_base --steps 800 --rank-share 0.5 \
+    python -m tiny.copy_probe --base data/models/tiny/base                      # probe only
+    python -m tiny.copy_probe --base data/models/tiny/base --steps 400 --out /tmp/copy-base
+    python -m tiny.copy_probe --base tiny/base --steps 800 --rank-share 0.5 \
         --seed 1 --out /tmp/rank-base                                  # copying and ranking
 
 Issue 18's grounding bar needs the model to write a measured value exactly as the prompt shows it.
 A pretrained base (MedGemma) copies from its context; a random tiny base does not, and LoRA did
-not teach it to copy within the CPU budget (docs/training.md, "Outside profiles, grounding and
-reports"). This module measures that ability and, with `--steps`, trains it into a copy of the
+not teach it to copy within the CPU budget (docs/training.md, "The tiny profile's base"). This
+module measures that ability and, with `--steps`, trains it into a copy of the
 base with full-parameter updates, so that `train_sft --model_name_or_path <out>` can test whether
 a base that copies grounds its justifications. `make tiny-pretrain` builds the committed tiny
-base with this pretraining in it (`training.build_tiny_model`), and `make tiny-model` installs it.
+base with this pretraining in it (`tiny.build`), and `make tiny-model` installs it.
 
 The task knows no label, threshold or rule: the seven measurements with random values over their
 physical ranges, in the lines the diagnostic prompt writes (`render_measurements`) but in the
@@ -31,7 +31,7 @@ lacks. `rank_first` is the share of held-out tables whose first key the model ge
 then one sentence per measurement, in the ranking's order, `key mesure value, au-dessus de (or
 sous) son seuil de threshold.` No pathology, no count of fired rules; it is the prose about a
 table of values that a pretrained base brings and the reports need (a base pretrained on the two
-short answers alone wrote broken reports, docs/training.md "Ranking").
+short answers alone wrote broken reports; docs/training.md, "The tiny profile's base").
 """
 
 from __future__ import annotations

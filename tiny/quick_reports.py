@@ -1,7 +1,7 @@
 """The report call in process: the benchmark's report runners, sampled at its temperature, judged.
 
-    python -m training.quick_reports --model data/models/tiny/aria-ft-dpo            # 40 reports
-    python -m training.quick_reports --model <merged model> --reports 80 --show-failures
+    python -m tiny.quick_reports --model data/models/tiny/aria-ft-dpo            # 40 reports
+    python -m tiny.quick_reports --model <merged model> --reports 80 --show-failures
 
 The seed's second call (DOMAIN.md) asks for a French report at temperature 0.3 with no
 response_format. This asks a model folder the same prompt (`aria.prompts.report_messages`) for
@@ -13,7 +13,8 @@ pathology first, cites only numbers of the input, and passed when all three hold
 
 It scores the model, not the server: vLLM samples with its own generator, so its reports differ
 one by one, and `make benchmark` remains the release measure. It exists so that a training change
-can be judged on its reports without serving it (docs/training.md quotes it). It prints the counts
+can be judged on its reports without serving it (docs/training.md, "Judging a change in
+process"). It prints the counts
 per set and overall, then one JSON line last.
 """
 

@@ -1,6 +1,6 @@
 """Build a tiny random multimodal Gemma 3 saved the way the Hub's MedGemma 4B-it is (a CPU twin).
 
-    python -m training.build_twin --out-dir /tmp/medgemma-twin      # seconds, on a CPU
+    python -m tiny.twin --out-dir /tmp/medgemma-twin      # seconds, on a CPU
 
 The twin is a `Gemma3ForConditionalGeneration` (SigLIP vision tower, projector, Gemma 3 language
 model) with MedGemma's layout at toy sizes: config.json with a `vision_config` and a
@@ -131,7 +131,7 @@ def copy_text_base_weights(model, text_base: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from training.build_tiny_model import EMBEDDING_INIT_STD
+    from tiny.build import EMBEDDING_INIT_STD
 
     weights = load_file(Path(text_base) / "model.safetensors")
     language_model = model.model.language_model

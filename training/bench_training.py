@@ -80,7 +80,7 @@ def build_config_only_model(out_dir: Path) -> Path:
     import torch
     from transformers import Gemma3ForCausalLM
 
-    from training.build_tiny_model import train_tokenizer
+    from tiny.tokenizer import train_tokenizer  # the one seam into tiny/ (tiny/__init__.py)
 
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):

@@ -87,7 +87,9 @@ class SFTScriptArguments(PublishArguments):
         metadata={
             "help": "each batch holds one kind of answer (JSON diagnostics or free-text reports), "
             "batches in a seeded random order: one long report pads a whole batch of short "
-            "diagnostics to its length (sets train_sampling_strategy to sequential)"
+            "diagnostics to its length (sets train_sampling_strategy to sequential). General: "
+            "any set mixing the two kinds (sft.jsonl's 12 % of reports too); it orders rows and "
+            "touches neither the model nor the vocabulary"
         },
     )
     label_loss_weight: float = field(
@@ -95,15 +97,16 @@ class SFTScriptArguments(PublishArguments):
         metadata={
             "help": "weight of the pathology's tokens in the loss, in the diagnostic's JSON and "
             "in the report (1: TRL's own loss); the label comes first in the seed's order and is "
-            "picked in one forward pass (training/label_loss.py)"
+            "picked in one forward pass. General: it weighs TRL's per-token log-probabilities, "
+            "no full logits, so it is safe at MedGemma's 262k vocabulary (training/label_loss.py)"
         },
     )
     confidence_loss_weight: float = field(
         default=1.0,
         metadata={
             "help": "weight of the confidence band's tokens in the loss, in the diagnostic's JSON "
-            "and in the report (1: unweighted); the band is the second field of the seed's order "
-            "(training/label_loss.py)"
+            "and in the report (1: unweighted); the band is the second field of the seed's order. "
+            "General, as label_loss_weight (training/label_loss.py)"
         },
     )
 

@@ -5,9 +5,11 @@ one forward pass, with no reasoning before it. That choice is two or three token
 answer whose other tokens (keys, punctuation, the justification's wording, the threshold) are
 learned early, so the label is one decision among several in the loss. `label_loss_weight` w
 multiplies the loss of the tokens inside the `pathologie` string by w; every other completion token
-keeps 1, and the sum is divided by the number of completion tokens, as TRL's own loss is. w = 1
-leaves TRL's loss untouched (its fused path); w > 1 computes the full logits, which is cheap for
-the tiny model's 2,048-token vocabulary and meant for it.
+keeps 1, and the sum is divided by the number of completion tokens, as TRL's own loss is. The
+weights apply to the per-token log-probabilities of TRL's fused LM head, so no full-vocabulary
+logits are built and the knob is safe at any vocabulary: a general option, tested at MedGemma's
+262,208 tokens (tests/test_training.py) as on the tiny model's 2,048. w = 1 leaves TRL's trainer
+itself in place.
 
 The label's tokens are found in the token ids: after the tokens that spell the key and its opening
 quote (`pathologie":"`), up to the first token holding a `"`. `label_markers` reads both from the
@@ -135,36 +137,78 @@ def label_positions(ids: Sequence[int], marker: Sequence[int], quotes: frozenset
     return positions
 
 
+def span_weights(input_ids, spans: Sequence[tuple[Sequence[int], frozenset[int], float]]):
+    """(batch, seq - 1) weights of the next-token log-probabilities of `input_ids`: column j
+    predicts token j + 1, which weighs its span's weight when it lies inside one, else 1."""
+    import torch
+
+    weights = torch.ones(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
+    for row, ids in enumerate(input_ids.tolist()):
+        for marker, closers, weight in spans:
+            for pos in label_positions(ids, marker, closers):
+                if pos >= 1:  # the log-probability at pos - 1 predicts the token at pos
+                    weights[row, pos - 1] = weight
+    return weights
+
+
 def label_weighted_trainer(
     base_class, spans: Sequence[tuple[Sequence[int], frozenset[int], float]]
 ):
     """A subclass of TRL's `base_class` (SFTTrainer) whose loss weighs the tokens of each span:
     the mean over completion tokens of weight x cross-entropy, where `spans` holds (marker, closing
-    ids, weight) triples (`label_positions` finds each span's tokens) and other tokens weigh 1."""
+    ids, weight) triples (`label_positions` finds each span's tokens) and other tokens weigh 1.
+
+    It keeps TRL's loss path whole (fused LM head, token count, metrics) and multiplies the
+    per-token log-probabilities that path's forward returns by the weights, through a forward hook
+    held for one `compute_loss` call; the logits are never built. A loss that does not sum those
+    log-probabilities (`loss_type` other than nll, label smoothing, a `compute_loss_func`) is
+    refused."""
     spans = tuple(spans)
-    import torch
 
     class LabelWeightedSFTTrainer(base_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if (
+                self.args.loss_type != "nll"
+                or self.label_smoother is not None
+                or self.compute_loss_func is not None
+            ):
+                raise ValueError(
+                    "label_loss_weight and confidence_loss_weight weigh the nll loss's per-token "
+                    f"log-probabilities (loss_type {self.args.loss_type!r}, label smoothing "
+                    f"{self.args.label_smoothing_factor}): set both weights to 1 in the recipe, or "
+                    "loss_type to nll and label_smoothing_factor to 0"
+                )
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs["labels"]
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            outputs = model(**model_inputs, use_cache=False)
-            logits = outputs.logits[:, :-1, :].float()
-            target = labels[:, 1:]
-            per_token = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                target.reshape(-1),
-                ignore_index=-100,
-                reduction="none",
-            ).view_as(target)
-            weights = torch.ones_like(per_token)
-            for row, ids in enumerate(inputs["input_ids"].tolist()):
-                for marker, closers, weight in spans:
-                    for pos in label_positions(ids, marker, closers):
-                        if pos >= 1:  # the logits at pos - 1 predict the token at pos
-                            weights[row, pos - 1] = weight
-            count = (target != -100).sum() if num_items_in_batch is None else num_items_in_batch
-            loss = (per_token * weights).sum() / torch.as_tensor(count).clamp(min=1)
-            return (loss, outputs) if return_outputs else loss
+            weights = span_weights(inputs["input_ids"], spans)
+            weighed = []
+
+            def weigh(module, args, outputs):
+                log_probs = getattr(outputs, "log_probs", None)
+                if log_probs is None:  # a forward for the logits (return_outputs): no loss here
+                    return outputs
+                if log_probs.shape != weights.shape:
+                    raise ValueError(
+                        f"per-token log-probabilities of shape {tuple(log_probs.shape)} for input "
+                        f"ids of shape {tuple(inputs['input_ids'].shape)}: the label weights "
+                        "follow the input ids (no prompt tuning, no context parallelism)"
+                    )
+                outputs.log_probs = log_probs * weights.to(log_probs.device, log_probs.dtype)
+                weighed.append(True)
+                return outputs
+
+            handle = model.register_forward_hook(weigh)
+            try:
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                handle.remove()
+            if not weighed:  # never a silently unweighted loss
+                raise RuntimeError(
+                    f"{base_class.__name__}.compute_loss ran no forward that returns per-token "
+                    "log-probabilities (TRL's fused LM head): the label weights cannot apply; "
+                    "set label_loss_weight and confidence_loss_weight to 1 in the recipe"
+                )
+            return loss
 
     return LabelWeightedSFTTrainer

@@ -165,29 +165,17 @@ def merge_adapter(
     `tolerance` x the logits' scale (see `parity_numbers`).
     `before_publish(tmp_dir, report)` may add files (metrics, quick eval) before the rename.
     """
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoTokenizer, GenerationConfig
+    from peft import PeftModel
+    from transformers import AutoTokenizer
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise SystemExit(f"no LoRA adapter in {adapter_dir}: run `make train-sft` first")
-    refuse_quantized_base(base, token)
-    adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
-    if getattr(adapter_config, "modules_to_save", None):
-        raise SystemExit(
-            f"{adapter_dir} has modules_to_save={adapter_config.modules_to_save}: vLLM cannot serve "
-            "it; retrain without lora_modules_to_save"
-        )
-
+    refuse_unmergeable(base, adapter_dir, token)
     device = compute_device()
     tokenizer = AutoTokenizer.from_pretrained(base, token=token, revision=revision)
     model = PeftModel.from_pretrained(load_bf16(base, token, device, revision), str(adapter_dir))
     model.eval()
     lora_tensors = check_adapter_keys(model, adapter_dir)
-    try:
-        generation_config = GenerationConfig.from_pretrained(base, token=token, revision=revision)
-    except OSError:  # a base without generation_config.json
-        generation_config = GenerationConfig.from_model_config(model.config)
+    generation_config = base_generation_config(base, model.config, token, revision)
     eos_ids = eos_ids_with_end_of_turn(tokenizer, generation_config)
     inputs = probe_inputs(tokenizer, probes).to(model.device)
 
@@ -198,17 +186,72 @@ def merge_adapter(
     numbers = parity_numbers(
         adapter_logits, merged_logits, seq_mask, inputs["input_ids"].shape[1], tolerance
     )
-    report = {
+    report = merge_report(base, adapter_dir, lora_tensors, device, len(probes), numbers, tolerance)
+    refuse_failed_parity(numbers, out_dir, tolerance)
+
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        # The quick eval (before_publish) loads the saved copy: never hold two bf16 models.
+        del model, merged, adapter_logits, merged_logits, sequences, seq_mask, inputs
+        release_memory()
+        save_serving_files(tmp, base, tokenizer, generation_config, token)
+        atomic_write_json(tmp / PARITY_FILE, report)
+        if before_publish is not None:
+            before_publish(tmp, report)
+    return report
+
+
+def refuse_unmergeable(base: str, adapter_dir: Path, token: str | None) -> None:
+    """SystemExit when there is no adapter, the base is quantized, or the adapter has
+    modules_to_save (which vLLM cannot serve)."""
+    from peft import PeftConfig
+
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise SystemExit(f"no LoRA adapter in {adapter_dir}: run `make train-sft` first")
+    refuse_quantized_base(base, token)
+    adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
+    if getattr(adapter_config, "modules_to_save", None):
+        raise SystemExit(
+            f"{adapter_dir} has modules_to_save={adapter_config.modules_to_save}: vLLM cannot serve "
+            "it; retrain without lora_modules_to_save"
+        )
+
+
+def base_generation_config(base: str, model_config, token: str | None, revision: str):
+    """The base's generation_config.json, or one derived from the model's config without it."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(base, token=token, revision=revision)
+    except OSError:  # a base without generation_config.json
+        return GenerationConfig.from_model_config(model_config)
+
+
+def merge_report(
+    base: str,
+    adapter_dir: Path,
+    lora_tensors: int,
+    device: str,
+    probes: int,
+    numbers: dict,
+    tolerance: float,
+) -> dict:
+    """merge_parity.json: what was merged, where, on how many probes, and `parity_numbers`."""
+    return {
         "base": str(base),
         "adapter": str(adapter_dir),
         "lora_tensors_loaded": lora_tensors,
         "device": device,
-        "probes": len(probes),
+        "probes": probes,
         **numbers,
         "tolerance": tolerance,
         "new_tokens": PARITY_NEW_TOKENS,
     }
-    if not report["passed"]:
+
+
+def refuse_failed_parity(numbers: dict, out_dir: Path, tolerance: float) -> None:
+    """MergeParityError (nothing is published) when `parity_numbers` did not pass."""
+    if not numbers["passed"]:
         raise MergeParityError(
             f"merge parity failed, nothing published to {out_dir}: max |logit diff| "
             f"{numbers['max_abs_logit_diff']:.4f} = {numbers['relative_logit_diff']:.2%} of the "
@@ -217,24 +260,18 @@ def merge_adapter(
             "flips where the adapter model's top-1 margin exceeds tolerance x scale"
         )
 
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        # The quick eval (before_publish) loads the saved copy: never hold two bf16 models.
-        del model, merged, adapter_logits, merged_logits, sequences, seq_mask, inputs
-        release_memory()
-        tokenizer.save_pretrained(tmp)
-        serving_generation_config(tokenizer, generation_config).save_pretrained(tmp)
-        if is_multimodal(base, token):
-            from transformers import AutoProcessor
 
-            AutoProcessor.from_pretrained(base, token=token).save_pretrained(tmp)
-        for extra in ("aria_build.json",):
-            if (Path(base) / extra).exists():
-                shutil.copy(Path(base) / extra, tmp / f"base_{extra}")
-        atomic_write_json(tmp / PARITY_FILE, report)
-        if before_publish is not None:
-            before_publish(tmp, report)
-    return report
+def save_serving_files(
+    tmp: Path, base: str, tokenizer, generation_config, token: str | None
+) -> None:
+    """Write what vLLM reads beside the weights: the tokenizer, the serving generation config
+    and, for a multimodal base, its processor."""
+    tokenizer.save_pretrained(tmp)
+    serving_generation_config(tokenizer, generation_config).save_pretrained(tmp)
+    if is_multimodal(base, token):
+        from transformers import AutoProcessor
+
+        AutoProcessor.from_pretrained(base, token=token).save_pretrained(tmp)
 
 
 def parity_probes(rows) -> list[list[dict]]:
