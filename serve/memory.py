@@ -16,7 +16,8 @@ tree. The seed's "serving VRAM < 10 GB" is checked on this figure by the benchma
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -46,27 +47,40 @@ def tree_rss_bytes(processes: Iterable[psutil.Process]) -> int:
     return total
 
 
-def nvml_process_bytes(pids: set[int]) -> int | None:
-    """GPU memory NVML reports for `pids` over every GPU; None without NVML or a GPU."""
+@contextmanager
+def nvml_gpus() -> Iterator[tuple[Any, list[Any]] | None]:
+    """(pynvml, a handle per GPU) while NVML is initialised; None without NVML or a driver."""
     try:
         import pynvml
     except ImportError:
-        return None
+        yield None
+        return
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return None
+        yield None
+        return
     try:
-        total, seen = 0, False
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid in pids and proc.usedGpuMemory is not None:
-                    total += proc.usedGpuMemory
-                    seen = True
-        return total if seen else None
+        count = pynvml.nvmlDeviceGetCount()
+        yield pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
     finally:
         pynvml.nvmlShutdown()
+
+
+def nvml_process_bytes(pids: set[int]) -> int | None:
+    """GPU memory NVML reports for `pids` over every GPU; None without NVML or a GPU, or when
+    NVML lists none of them."""
+    with nvml_gpus() as gpus:
+        if gpus is None:
+            return None
+        nvml, handles = gpus
+        used = [
+            proc.usedGpuMemory
+            for handle in handles
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            if proc.pid in pids and proc.usedGpuMemory is not None
+        ]
+        return sum(used) if used else None
 
 
 class GpuMemoryUnmeasured(RuntimeError):
@@ -75,20 +89,11 @@ class GpuMemoryUnmeasured(RuntimeError):
 
 def nvml_device_used_bytes() -> int | None:
     """Memory used on every GPU, all processes together; None without NVML or a GPU."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        return sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) if count else None
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml_gpus() as gpus:
+        if gpus is None or not gpus[1]:
+            return None
+        nvml, handles = gpus
+        return sum(nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles)
 
 
 def serving_memory(pid: int, engine: str = "cpu") -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from aria.files import DataError, atomic_write_json, read_jsonl
 from training.config import PublishArguments, compute_dtype, quantization_config
 from training.merge import merge_adapter, parity_probes
 from training.model_files import is_multimodal
+from training.preflight import hub_access, hub_token, local_model, require_model
 from training.quick_eval import quick_eval
 
 RUN_FINGERPRINT = "aria_run.json"  # what the checkpoints in output_dir were trained on
@@ -158,6 +159,19 @@ def load_quantized(name_or_path: str, model_args, token: str | None):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def training_base(name_or_path: str, stage: str, settings, model_args) -> str:
+    """The model a stage trains on, as a local folder: checked (require_model, naming the make
+    target), and downloaded with the settings' token when it is a Hub repo id."""
+    checked = require_model(name_or_path, stage, settings)
+    return local_model(checked, settings, model_args.model_revision)
+
+
+def load_for_training(name_or_path: str, model_args, settings):
+    """(tokenizer, 4-bit model) with the settings' Hub token; a refused download names HF_TOKEN."""
+    with hub_access(name_or_path, settings):
+        return load_tokenizer_and_model(name_or_path, model_args, hub_token(settings))
+
+
 def load_tokenizer_and_model(name_or_path: str, model_args, token: str | None):
     """(tokenizer, 4-bit model) of the model a stage trains on."""
     from transformers import AutoTokenizer
@@ -247,6 +261,35 @@ def stage_metrics(
 
 
 # --- merge and summary
+
+
+def publish_merged(
+    base: str,
+    output_dir: Path,
+    splits: tuple[Any, Any],
+    metrics: dict,
+    run: TrainedRun,
+    script_args: PublishArguments,
+    title: str,
+    settings,
+    model_args,
+) -> dict:
+    """`merge_and_publish` of a stage with the settings' Hub token and the recipe's revision; a
+    refused download names HF_TOKEN."""
+    train_set, eval_set = splits
+    with hub_access(base, settings):
+        return merge_and_publish(
+            base,
+            output_dir,
+            train_set,
+            eval_set,
+            metrics,
+            run,
+            script_args,
+            title,
+            hub_token(settings),
+            model_args.model_revision,
+        )
 
 
 def merge_and_publish(

@@ -21,13 +21,14 @@ from aria.settings import Settings, get_settings
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
 from training.model_files import release_memory
 from training.stages import (
-    load_tokenizer_and_model,
-    merge_and_publish,
+    load_for_training,
     other_rank_result,
+    publish_merged,
     resume_point,
     run_fingerprint,
     stage_metrics,
     train,
+    training_base,
     training_splits,
 )
 
@@ -55,17 +56,9 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     are the ones the arguments were parsed with (the profile, the running servers)."""
     from trl import DPOTrainer
 
-    from training.preflight import (
-        hub_access,
-        hub_token,
-        local_model,
-        refuse_when_vllm_holds_gpu,
-        require_dataset,
-        require_model,
-    )
+    from training.preflight import refuse_when_vllm_holds_gpu, require_dataset
 
-    sft_model = require_model(model_args.model_name_or_path, "aria-ft-sft", settings)
-    sft_model = local_model(sft_model, settings, model_args.model_revision)
+    sft_model = training_base(model_args.model_name_or_path, "aria-ft-sft", settings, model_args)
     dpo_path = require_dataset(Path(script_args.dpo_path))
     refuse_when_vllm_holds_gpu(settings)
     output_dir = Path(training_args.output_dir)
@@ -80,9 +73,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: aria-ft-sft in 4 bits with a fresh LoRA adapter.
-    token = hub_token(settings)
-    with hub_access(sft_model, settings):
-        tokenizer, model = load_tokenizer_and_model(sft_model, model_args, token)
+    tokenizer, model = load_for_training(sft_model, model_args, settings)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # with a peft_config: the reference is this model with the adapter off
@@ -107,19 +98,10 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
         eval_reward_accuracy=run.eval_metrics.get("eval_rewards/accuracies"),
         beta=training_args.beta,
     )
-    with hub_access(sft_model, settings):
-        return merge_and_publish(
-            sft_model,
-            output_dir,
-            train_set,
-            eval_set,
-            metrics,
-            run,
-            script_args,
-            plot_title(model_args),
-            token,
-            model_args.model_revision,
-        )
+    splits, title = (train_set, eval_set), plot_title(model_args)
+    return publish_merged(
+        sft_model, output_dir, splits, metrics, run, script_args, title, settings, model_args
+    )
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ from aria.settings import Settings, get_settings
 from training.config import SFTScriptArguments, lora_config, parse_sft_args
 from training.model_files import release_memory
 from training.stages import (
-    load_tokenizer_and_model,
-    merge_and_publish,
+    load_for_training,
     other_rank_result,
+    publish_merged,
     resume_point,
     run_fingerprint,
     stage_metrics,
     train,
+    training_base,
     training_splits,
 )
 
@@ -122,19 +123,11 @@ def sft_trainer_class(label_loss_weight: float, tokenizer, confidence_loss_weigh
 def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
     """Train, merge (parity checked), quick-eval and publish; returns the metrics. `settings` are
     the ones the arguments were parsed with (the profile, HF_TOKEN, the running servers)."""
-    from training.preflight import (
-        hub_access,
-        hub_token,
-        local_model,
-        refuse_when_vllm_holds_gpu,
-        require_model,
-    )
+    from training.preflight import refuse_when_vllm_holds_gpu
 
-    base = require_model(model_args.model_name_or_path, "base", settings)
-    base = local_model(base, settings, model_args.model_revision)
+    base = training_base(model_args.model_name_or_path, "base", settings, model_args)
     sft_path = require_sft_set(Path(script_args.sft_path))
     refuse_when_vllm_holds_gpu(settings)
-    token = hub_token(settings)
     output_dir = Path(training_args.output_dir)
     started = time.perf_counter()
 
@@ -156,8 +149,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: the 4-bit base with a fresh LoRA adapter, the loss on the completion.
-    with hub_access(base, settings):
-        tokenizer, model = load_tokenizer_and_model(base, model_args, token)
+    tokenizer, model = load_for_training(base, model_args, settings)
     trainer = sft_trainer_class(
         script_args.label_loss_weight, tokenizer, script_args.confidence_loss_weight
     )(
@@ -176,19 +168,11 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
 
     # Merge into the bf16 base, complete the folder and publish it as aria-ft-sft (rank 0).
     metrics = stage_metrics("aria-ft-sft", base, run, len(train_set))
-    with hub_access(base, settings):
-        return merge_and_publish(
-            base,
-            output_dir,
-            train_set,
-            eval_set,
-            metrics,
-            run,
-            script_args,
-            "ARIA SFT (QLoRA NF4)",
-            token,
-            model_args.model_revision,
-        )
+    splits = (train_set, eval_set)
+    title = "ARIA SFT (QLoRA NF4)"
+    return publish_merged(
+        base, output_dir, splits, metrics, run, script_args, title, settings, model_args
+    )
 
 
 if __name__ == "__main__":
