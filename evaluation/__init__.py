@@ -6,7 +6,7 @@
         --target dpo=http://127.0.0.1:8003/v1,aria-ft-dpo,reports=40 --sweep 1,4,16
     python -m scripts.benchmark --resume 20250101-120000      # finish an interrupted run
 
-Targets are OpenAI-compatible endpoints `ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...]` with
+Targets are OpenAI-compatible endpoints `ROLE=BASE_URL,SERVED_NAME[,KEY=VALUE...]` with
 ROLE in base|sft|dpo (default: one target, role dpo, on VLLM_HOST:VLLM_PORT serving
 VLLM_SERVED_NAME; the API key is VLLM_API_KEY). The optional KEY=VALUE fields narrow what one
 target gets: `bodies=seed+project`, `sets=eval+outside`, `limit=N` (items per set, a seeded subset
@@ -35,10 +35,10 @@ the percentiles.
 
 Outputs in reports/<run-id>/ (and reports/latest -> the newest run): summary.json, report.md and
 PNG plots. summary.json (schema_version 2; version 1 had one body and one eval set) is written
-through the dataclasses of aria.summary, which are its schema and which every reader uses:
+through the pydantic models of aria.summary, which are its schema and which every reader uses:
 RunSummary {run_id, started_at, finished_at, profile, eval, bodies, prompts, slo_ms, notes,
-models [ModelSummary: one per target, every body under `bodies`, the primary body's figures
-repeated at its top level, cold and warm-up latencies, report, sweep, field_orders (null without
+models [ModelSummary: one per target, every body under `bodies` (the first, `primary_body`, is
+what cards and plots show), cold and warm-up latencies, report, sweep, field_orders (null without
 --field-orders)], experiments, comparison, gate (passed is null when no production target could
 be chosen)}.
 

@@ -40,7 +40,6 @@ class Target:
     role: str
     base_url: str
     served_name: str
-    vision: bool | None = None  # None: decide from /v1/models and the model's config.json
     bodies: list[str] | None = None
     sets: list[str] | None = None
     limit: int | None = None
@@ -75,30 +74,27 @@ class BenchmarkConfig:
     slo_ms: float = 3000.0
     run_id: str | None = None
     resume: bool = False
-    vision: bool | None = None
     plots: bool = True
     field_orders: bool = False  # also the project's body in the five other field orders
 
 
 def parse_target(spec: str) -> Target:
-    """`ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...]` -> Target, KEY in bodies (seed+project),
+    """`ROLE=BASE_URL,SERVED_NAME[,KEY=VALUE...]` -> Target, KEY in bodies (seed+project),
     sets (eval+outside), limit, reports and orders (integers); raises ValueError naming the
     expected form."""
     role, sep, rest = spec.partition("=")
     parts = [p.strip() for p in rest.split(",")]
     if not sep or role not in ROLES or len(parts) < 2 or not all(parts[:2]):
         raise ValueError(
-            f"--target {spec!r}: expected ROLE=BASE_URL,SERVED_NAME[,vision][,KEY=VALUE...] with "
+            f"--target {spec!r}: expected ROLE=BASE_URL,SERVED_NAME[,KEY=VALUE...] with "
             f"ROLE in {'|'.join(ROLES)}, e.g. dpo=http://127.0.0.1:8003/v1,aria-ft-dpo,bodies=seed"
         )
     target = Target(role, parts[0].rstrip("/"), parts[1])
     for extra in parts[2:]:
         key, eq, value = extra.partition("=")
-        if extra == "vision":
-            target.vision = True
-        elif not eq or key not in TARGET_OPTIONS or not value:
+        if not eq or key not in TARGET_OPTIONS or not value:
             raise ValueError(
-                f"--target {spec!r}: {extra!r} is neither 'vision' nor KEY=VALUE with KEY in "
+                f"--target {spec!r}: {extra!r} is not KEY=VALUE with KEY in "
                 f"{', '.join(TARGET_OPTIONS)}"
             )
         elif key == "bodies":
@@ -139,7 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
     """The CLI; every default comes from the settings (.env) or the repository layout."""
     p = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=DESCRIPTION)
     p.add_argument(
-        "--target", action="append", default=[], help="ROLE=BASE_URL,SERVED_NAME[,vision]"
+        "--target", action="append", default=[], help="ROLE=BASE_URL,SERVED_NAME[,KEY=VALUE...]"
     )
     p.add_argument(
         "--eval", type=Path, default=None, help="eval JSONL (default data/eval/eval.jsonl)"
@@ -175,7 +171,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports-dir", type=Path, default=None)
     p.add_argument("--run-id", default=None, help="name the run (reusing one resumes it)")
     p.add_argument("--resume", metavar="RUN_ID", default=None, help="finish an interrupted run")
-    p.add_argument("--vision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
         "--field-orders",
@@ -224,7 +219,6 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> BenchmarkC
         slo_ms=args.slo_ms,
         run_id=args.resume or args.run_id,
         resume=bool(args.resume),
-        vision=args.vision,
         plots=not args.no_plots,
         field_orders=args.field_orders,
     )

@@ -248,7 +248,7 @@ def evaluate_serving_gate(
 def serving_gate(settings: Settings, base_url: str, gate_path: Path) -> dict[str, Any]:
     """Measure the server behind `base_url` and check the gate's `serving` thresholds on it:
     {memory (serving_memory's dict or None), passed, checked, failures, note}."""
-    from serve.vllm_server import detect_engine
+    from serve.command import detect_engine
 
     thresholds = serving_thresholds(yaml.safe_load(gate_path.read_text(encoding="utf-8")))
     pid = local_server_pid(settings, base_url)
@@ -349,22 +349,21 @@ def pick_winner(models: Sequence[Mapping[str, Any]]) -> str | None:
     return min(candidates, key=key)["name"]
 
 
-def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> dict:
-    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict.
+def _common_body(a: dict, b: dict) -> str | None:
+    """The first body of DIAGNOSTIC_BODIES (the order of `bodies`) both models measured."""
+    return next((x for x in a["bodies"] if x in b["bodies"]), None)
 
-    Each pair is compared on the first body of DIAGNOSTIC_BODIES that both measured, on the
-    items both were asked (`records` maps (slug, body) to the first prompt's records).
-    """
-    by_role = {m["role"]: m for m in models}
 
-    def common_body(a: dict, b: dict) -> str | None:
-        return next((x for x in a["bodies"] if x in b["bodies"]), None)
-
+def paired_deltas(
+    by_role: dict[str, dict], records: dict[tuple[str, str], list[dict]]
+) -> list[dict]:
+    """base -> sft, sft -> dpo, base -> dpo among the roles present: exact match's paired
+    bootstrap delta on the items both were asked, and the per-pathology and per-slice deltas."""
     deltas = []
     for a, b in (("base", "sft"), ("sft", "dpo"), ("base", "dpo")):
         if a not in by_role or b not in by_role:
             continue
-        body = common_body(by_role[a], by_role[b])
+        body = _common_body(by_role[a], by_role[b])
         if body is None:
             continue
         ra = {r["id"]: r for r in first_per_id(records[(by_role[a]["slug"], body)])}
@@ -384,39 +383,56 @@ def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> d
                 "per_slice": _group_deltas(sa["per_slice"], sb["per_slice"]),
             }
         )
-    recommendation = None
+    return deltas
+
+
+_VERDICTS = {
+    "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
+    "moderate": "fine-tuning is moderate (5 to 10 points): look at the weakest category",
+    "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
+}
+
+
+def recommendation(by_role: dict[str, dict]) -> dict | None:
+    """The fine-tuning verdict: the tuned model (dpo, else sft) against the base on the first
+    body both measured, with its weakest pathology; None without both or a base figure."""
     tuned = next((r for r in ("dpo", "sft") if r in by_role), None)
-    body = common_body(by_role["base"], by_role[tuned]) if "base" in by_role and tuned else None
-    if body and by_role["base"]["bodies"][body]["exact_match"] is not None:
-        base_s, tuned_s = by_role["base"]["bodies"][body], by_role[tuned]["bodies"][body]
-        gain = 100 * ((tuned_s["exact_match"] or 0) - base_s["exact_match"])
-        band = recommendation_band(gain)
-        verdict = {
-            "effective": "fine-tuning is effective (gain above 10 points); the release gate decides whether it ships",
-            "moderate": "fine-tuning is moderate (5 to 10 points): look at the weakest category",
-            "insufficient": "fine-tuning is insufficient (below 5 points): revisit data or recipe",
-        }[band]
-        weakest = min(
-            tuned_s["per_pathology"].items(),
-            key=lambda kv: kv[1]["accuracy"],
-            default=(None, None),
-        )[0]
-        text = f"{tuned} vs base ({body} body): {gain:+.1f} points of exact match; {verdict}."
-        if weakest:
-            text += f" Weakest pathology for {tuned}: {weakest}."
-        recommendation = {
-            "from": "base",
-            "to": tuned,
-            "body": body,
-            "gain_points": gain,
-            "band": band,
-            "text": text,
-        }
-    # Roles are unique in a run while served names may repeat: the winner is named by its role.
+    body = _common_body(by_role["base"], by_role[tuned]) if "base" in by_role and tuned else None
+    if not body or by_role["base"]["bodies"][body]["exact_match"] is None:
+        return None
+    base_s, tuned_s = by_role["base"]["bodies"][body], by_role[tuned]["bodies"][body]
+    gain = 100 * ((tuned_s["exact_match"] or 0) - base_s["exact_match"])
+    band = recommendation_band(gain)
+    weakest = min(
+        tuned_s["per_pathology"].items(), key=lambda kv: kv[1]["accuracy"], default=(None, None)
+    )[0]
+    text = f"{tuned} vs base ({body} body): {gain:+.1f} points of exact match; {_VERDICTS[band]}."
+    if weakest:
+        text += f" Weakest pathology for {tuned}: {weakest}."
     return {
-        "winner": pick_winner([{**m, "name": m["role"]} for m in models]),
-        "deltas": deltas,
-        "recommendation": recommendation,
+        "from": "base",
+        "to": tuned,
+        "body": body,
+        "gain_points": gain,
+        "band": band,
+        "text": text,
+    }
+
+
+def compare(models: list[dict], records: dict[tuple[str, str], list[dict]]) -> dict:
+    """Winner, paired deltas base -> sft -> dpo with bootstrap CIs, and the seed's verdict.
+
+    Each pair is compared on the first body of DIAGNOSTIC_BODIES that both measured, on the
+    items both were asked (`records` maps (slug, body) to the first prompt's records); the
+    winner is chosen on each model's primary body.
+    """
+    by_role = {m["role"]: m for m in models}
+    # Roles are unique in a run while served names may repeat: the winner is named by its role.
+    primaries = [{**m["bodies"][m["primary_body"]], "name": m["role"]} for m in models]
+    return {
+        "winner": pick_winner(primaries),
+        "deltas": paired_deltas(by_role, records),
+        "recommendation": recommendation(by_role),
     }
 
 

@@ -2,7 +2,7 @@
 
     python -m evaluation.guided_overhead --requests 30          # on VLLM_MODEL or the base
 
-Starts a vLLM server (serve.vllm_server.start_server, a free port) on VLLM_MODEL or the
+Starts a vLLM server (serve.process.start_server, a free port) on VLLM_MODEL or the
 profile's base model, measures process start → /health OK, then sends the same diagnostic
 `--requests` times, one at a time, in three forms, interleaved:
 
@@ -28,7 +28,8 @@ import httpx
 from aria.prompts import DIAGNOSTIC_BODIES, diagnostic_request
 from aria.settings import get_settings
 from evaluation.soak import soak_measurements
-from serve.vllm_server import free_port, resolve_model, start_server
+from serve.command import resolve_model
+from serve.process import free_port, start_server
 
 
 @dataclass
@@ -63,43 +64,32 @@ def summarise(rows: list[tuple[float, int]]) -> dict:
     }
 
 
-def main(cfg: BenchConfig) -> int:
-    """Run the benchmark on a fresh server; prints a table then a JSON line."""
-    if cfg.body not in DIAGNOSTIC_BODIES:
-        raise SystemExit(f"--body {cfg.body!r}: expected one of {', '.join(DIAGNOSTIC_BODIES)}")
-    settings = get_settings()
-    model = resolve_model(settings, cfg.stage)
-    port = free_port()
-    handle = start_server(
-        model,
-        port,
-        "aria-bench",
-        "bench-key",
-        max_model_len=settings.vllm_max_model_len,
-        kv_cache_gib=1,
-        settings=settings,
-    )
-    try:
-        start_s = handle.wait_ready(cfg.ready_timeout_s)
-        headers = {"Authorization": "Bearer bench-key"}
-        runners = soak_measurements(cfg.warmup + cfg.requests, cfg.seed)
-        results: dict[str, list[tuple[float, int]]] = {"guided": [], "unguided": [], "same": []}
-        with httpx.Client(base_url=handle.base_url, headers=headers, timeout=300) as client:
-            for i, measurements in enumerate(runners):
-                guided = diagnostic_request(measurements, handle.served_name, body=cfg.body)
-                unguided = {k: v for k, v in guided.items() if k != "response_format"}
-                g = timed_post(client, guided)
-                u = timed_post(client, unguided)
-                same = {**unguided, "max_tokens": g[1], "ignore_eos": True}
-                s = timed_post(client, same)
-                if i >= cfg.warmup:  # the first requests also pay for warm-up and caches
-                    results["guided"].append(g)
-                    results["unguided"].append(u)
-                    results["same"].append(s)
-    finally:
-        handle.stop()
+def send_triplets(base_url: str, served_name: str, cfg: BenchConfig) -> dict[str, list]:
+    """{guided, unguided, same: [(latency s, tokens)]}: each runner's diagnostic guided, then
+    unguided, then unguided held to the guided answer's token count, one at a time; the first
+    `cfg.warmup` runners are sent and left out (they also pay for warm-up and caches)."""
+    headers = {"Authorization": "Bearer bench-key"}
+    runners = soak_measurements(cfg.warmup + cfg.requests, cfg.seed)
+    results: dict[str, list[tuple[float, int]]] = {"guided": [], "unguided": [], "same": []}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=300) as client:
+        for i, measurements in enumerate(runners):
+            guided = diagnostic_request(measurements, served_name, body=cfg.body)
+            unguided = {k: v for k, v in guided.items() if k != "response_format"}
+            g = timed_post(client, guided)
+            u = timed_post(client, unguided)
+            same = {**unguided, "max_tokens": g[1], "ignore_eos": True}
+            s = timed_post(client, same)
+            if i >= cfg.warmup:
+                results["guided"].append(g)
+                results["unguided"].append(u)
+                results["same"].append(s)
+    return results
+
+
+def overhead_summary(cfg: BenchConfig, model: str, start_s: float, results: dict) -> dict:
+    """The medians of each form and the latency ratios of guided decoding."""
     guided, unguided, same = (summarise(results[k]) for k in ("guided", "unguided", "same"))
-    summary = {
+    return {
         "model": str(model),
         "body": cfg.body,
         "requests": cfg.requests,
@@ -114,13 +104,18 @@ def main(cfg: BenchConfig) -> int:
             guided["median_latency_s"] / same["median_latency_s"], 3
         ),
     }
-    print(f"server start (process → /health OK): {start_s:.1f} s on {model}")
+
+
+def print_overhead(summary: dict, start_s: float) -> None:
+    """The table for people, then the JSON line."""
+    print(f"server start (process → /health OK): {start_s:.1f} s on {summary['model']}")
     print(f"{'request':<26}{'median latency':>16}{'median tokens':>15}{'ms/token':>10}")
-    for name, row in (
-        ("guided (xgrammar)", guided),
-        ("unguided", unguided),
-        ("unguided, same tokens", same),
+    for name, key in (
+        ("guided (xgrammar)", "guided"),
+        ("unguided", "unguided"),
+        ("unguided, same tokens", "unguided_same_tokens"),
     ):
+        row = summary[key]
         print(
             f"{name:<26}{row['median_latency_s']:>14.3f} s{row['median_completion_tokens']:>15}"
             f"{row['median_ms_per_token']:>10.2f}"
@@ -130,6 +125,29 @@ def main(cfg: BenchConfig) -> int:
         f"guided / same tokens: {summary['latency_ratio_guided_vs_same_tokens']}x"
     )
     print(json.dumps(summary))
+
+
+def main(cfg: BenchConfig) -> int:
+    """Run the benchmark on a fresh server; prints a table then a JSON line."""
+    if cfg.body not in DIAGNOSTIC_BODIES:
+        raise SystemExit(f"--body {cfg.body!r}: expected one of {', '.join(DIAGNOSTIC_BODIES)}")
+    settings = get_settings()
+    model = resolve_model(settings, cfg.stage)
+    handle = start_server(
+        model,
+        free_port(),
+        "aria-bench",
+        "bench-key",
+        max_model_len=settings.vllm_max_model_len,
+        kv_cache_gib=1,
+        settings=settings,
+    )
+    try:
+        start_s = handle.wait_ready(cfg.ready_timeout_s)
+        results = send_triplets(handle.base_url, handle.served_name, cfg)
+    finally:
+        handle.stop()
+    print_overhead(overhead_summary(cfg, model, start_s, results), start_s)
     return 0
 
 

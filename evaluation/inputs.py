@@ -6,8 +6,6 @@ what the labelling rule (aria.domain) says about its measurements.
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +33,6 @@ class EvalItem:
     pathology: str
     confidence: str
     slices: list[str]
-    image: str | None = None
     set: str = EVAL_SET  # the eval set it comes from
     rank: int = 0  # position in its set's seeded shuffle: --limit and limit=N keep the lowest
 
@@ -60,9 +57,7 @@ def parse_eval_record(record: dict) -> EvalItem:
     slices = [slices] if isinstance(slices, str) else [str(s) for s in slices]
     if "id" not in record:
         raise ValueError("missing `id`")
-    return EvalItem(
-        str(record["id"]), measurements, pathology, confidence, slices, record.get("image")
-    )
+    return EvalItem(str(record["id"]), measurements, pathology, confidence, slices)
 
 
 def eval_sets(cfg: BenchmarkConfig) -> dict[str, Path]:
@@ -109,7 +104,7 @@ def load_eval(cfg: BenchmarkConfig, limit: int | None = None) -> list[EvalItem]:
 def report_order(items: list[EvalItem]) -> list[EvalItem]:
     """The report runners' order: one seeded order mixing the sets (each set's rank, then the
     set), so that the first N alternate between eval.jsonl and outside.jsonl. The benchmark's
-    report pass and `training.quick_reports` take its first N."""
+    report pass and `tiny.quick_reports` take its first N."""
     return sorted(items, key=lambda it: (it.rank, it.set))
 
 
@@ -188,12 +183,3 @@ def load_prompts(cfg: BenchmarkConfig, example: dict) -> dict[str, str]:
                 "use {measurements}, {context} and {thresholds} only"
             ) from None
     return chosen
-
-
-def image_url(image: str) -> str:
-    """A data URL for an eval image given as a path (or already a URL)."""
-    if image.startswith(("data:", "http://", "https://")):
-        return image
-    path = Path(image)
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

@@ -23,8 +23,8 @@ conditions of `make benchmark ARGS="--concurrency N"`: its median end-to-end lat
 cross-check of the benchmark's P50 on the same server (docs/serving.md).
 Exit codes: 0 a rate met the SLO, 1 none did, 2 nothing measured (server down, bad input).
 
-About 400 lines on purpose: one command's whole flow (the dataset, the `vllm bench serve` line,
-each rate's row, the sweep) read top to bottom; its pure parts are unit-tested in tests/test_load.py.
+One command's whole flow read top to bottom: the dataset, the `vllm bench serve` line, each
+rate's row, the sweep; its pure parts are unit-tested in tests/test_load.py.
 """
 
 from __future__ import annotations
@@ -129,56 +129,33 @@ def bench_command(
     `max_concurrency`, at most that many calls in flight (rate inf: a closed loop)."""
     body = {k: v for k, v in extra.items() if k not in ("max_tokens", "temperature")}
     closed = [] if max_concurrency is None else ["--max-concurrency", str(max_concurrency)]
-    argv = [
-        sys.executable,
-        "-m",
-        BENCH_MODULE,
-        "bench",
-        "serve",
-        "--backend",
-        "openai-chat",
-        "--base-url",
-        settings.root_url,
-        "--endpoint",
-        "/v1/chat/completions",
-        "--model",
-        settings.vllm_served_name,
-        "--tokenizer",
-        tokenizer,
-        "--dataset-name",
-        "custom",
-        "--dataset-path",
-        str(dataset),
+    return [
+        sys.executable, "-m", BENCH_MODULE, "bench", "serve",
+        "--backend", "openai-chat",
+        "--base-url", settings.root_url,
+        "--endpoint", "/v1/chat/completions",
+        "--model", settings.vllm_served_name,
+        "--tokenizer", tokenizer,
+        "--dataset-name", "custom",
+        "--dataset-path", str(dataset),
         "--skip-chat-template",  # the server applies the chat template, as for our clients
-        "--custom-output-len",
-        str(extra["max_tokens"]),
-        "--temperature",
-        str(extra["temperature"]),
-        "--extra-body",
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        "--num-prompts",
-        str(num_prompts),
-        "--request-rate",
-        f"{rate:g}",
-        "--burstiness",
-        "1.0",
-        "--seed",
-        str(seed),
-        "--goodput",
-        f"e2el:{slo.p99_ms:g}",
-        "--percentile-metrics",
-        "ttft,tpot,itl,e2el",
-        "--metric-percentiles",
-        "50,90,99",
+        "--custom-output-len", str(extra["max_tokens"]),
+        "--temperature", str(extra["temperature"]),
+        "--extra-body", json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        "--num-prompts", str(num_prompts),
+        "--request-rate", f"{rate:g}",
+        "--burstiness", "1.0",
+        "--seed", str(seed),
+        "--goodput", f"e2el:{slo.p99_ms:g}",
+        "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,90,99",
         "--save-result",
         "--save-detailed",  # the answers, to count the valid JSON ones
-        "--result-dir",
-        str(result_dir),
-        "--result-filename",
-        result_filename(rate),
+        "--result-dir", str(result_dir),
+        "--result-filename", result_filename(rate),
         "--disable-tqdm",
-    ]
-    return argv + closed
+        *closed,
+    ]  # fmt: skip
 
 
 def result_filename(rate: float) -> str:
@@ -291,51 +268,43 @@ def check_server(settings: Settings) -> None:
         raise LoadError(f"{url} is not healthy: see `make health`")
 
 
-def main(cfg: LoadConfig) -> int:
-    """Run the sweep; returns the exit code (0 a rate met the SLO, 1 none did, 2 error)."""
-    settings = get_settings()
-    slo = slo_from_gate(cfg.gate_config, settings.aria_profile)
-    check_server(settings)
-    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = (cfg.reports_dir or settings.aria_reports_dir / "load") / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dataset = run_dir / "diagnostics.jsonl"
-    extra = write_dataset(
-        cfg.eval_path or settings.eval_path, dataset, settings.vllm_served_name, cfg.body
+def run_rate(
+    cfg: LoadConfig, settings: Settings, rate: float, run_dir: Path, extra: dict, slo: Slo
+) -> dict:
+    """One `vllm bench serve` at `rate` on the dataset of `run_dir`, logged beside it; its row
+    (rate_row). Raises LoadError with the log's tail when it fails."""
+    argv = bench_command(
+        settings,
+        rate=rate,
+        num_prompts=cfg.num_prompts,
+        dataset=run_dir / "diagnostics.jsonl",
+        extra=extra,
+        tokenizer=cfg.tokenizer or served_tokenizer(settings),
+        slo=slo,
+        result_dir=run_dir,
+        seed=cfg.seed,
+        max_concurrency=cfg.max_concurrency,
     )
+    loop = f"closed loop, {cfg.max_concurrency} in flight" if cfg.max_concurrency else "open"
+    print(f"--- {rate:g} requests/s ({loop}), {cfg.num_prompts} calls", flush=True)
+    log = run_dir / f"rate-{rate:g}.log"
     env = {**os.environ, "OPENAI_API_KEY": settings.api_key_value()}
-    rows: list[dict] = []
-    rates = [math.inf] if cfg.max_concurrency else sorted(cfg.rates)
-    for rate in rates:
-        argv = bench_command(
-            settings,
-            rate=rate,
-            num_prompts=cfg.num_prompts,
-            dataset=dataset,
-            extra=extra,
-            tokenizer=cfg.tokenizer or served_tokenizer(settings),
-            slo=slo,
-            result_dir=run_dir,
-            seed=cfg.seed,
-            max_concurrency=cfg.max_concurrency,
-        )
-        loop = f"closed loop, {cfg.max_concurrency} in flight" if cfg.max_concurrency else "open"
-        print(f"--- {rate:g} requests/s ({loop}), {cfg.num_prompts} calls", flush=True)
-        log = run_dir / f"rate-{rate:g}.log"
-        with log.open("w") as out:
-            code = subprocess.call(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        result_path = run_dir / result_filename(rate)
-        if code != 0 or not result_path.is_file():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise LoadError(f"vllm bench serve at {rate:g}/s exited with {code}; {log}:\n{tail}")
-        row = rate_row(rate, json.loads(result_path.read_text()), slo)
-        rows.append(row)
-        print(sweep_table([row], slo).splitlines()[1], flush=True)
-        if cfg.stop_at_miss and not row["meets_slo"]:
-            break
+    with log.open("w") as out:
+        code = subprocess.call(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    result_path = run_dir / result_filename(rate)
+    if code != 0 or not result_path.is_file():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise LoadError(f"vllm bench serve at {rate:g}/s exited with {code}; {log}:\n{tail}")
+    return rate_row(rate, json.loads(result_path.read_text()), slo)
+
+
+def load_summary(
+    cfg: LoadConfig, settings: Settings, run_dir: Path, slo: Slo, rows: list[dict]
+) -> dict:
+    """summary.json of the load run: the server, the SLO, each rate's row, the capacity."""
     best = None if cfg.max_concurrency else highest_rate_under_slo(rows)
-    summary = {
-        "run_id": run_id,
+    return {
+        "run_id": run_dir.name,
         "report_dir": str(run_dir),
         "profile": settings.aria_profile,
         "server": f"{settings.vllm_host}:{settings.vllm_port}",
@@ -350,19 +319,20 @@ def main(cfg: LoadConfig) -> int:
         if cfg.target_rps is None
         else replicas_needed(cfg.target_rps, best),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
-    print()
-    print(sweep_table(rows, slo))
+
+
+def print_verdict(cfg: LoadConfig, summary: dict) -> int:
+    """The closed loop's latencies, or the highest rate under the SLO and the replicas the
+    target needs; then the JSON line. Returns the exit code."""
+    best = summary["highest_rate_under_slo"]
     if cfg.max_concurrency:
-        row = rows[0]
+        row = summary["sweep"][0]
         print(
             f"\nclosed loop at {cfg.max_concurrency} in flight: median end-to-end "
             f"{row['e2e_p50_ms']:.0f} ms, P99 {row['e2e_p99_ms']:.0f} ms (compare with the "
             f"benchmark's P50 at --concurrency {cfg.max_concurrency})"
         )
-        print(json.dumps(summary, ensure_ascii=False))
-        return 0
-    if best is None:
+    elif best is None:
         print("\nno rate of the sweep met the SLO: try lower --rates")
     else:
         print(f"\nhighest rate under the SLO: {best:g} requests/s for one replica")
@@ -373,7 +343,34 @@ def main(cfg: LoadConfig) -> int:
         if cfg.target_rps is not None:
             print(f"{cfg.target_rps:g} requests/s need {summary['replicas_needed']} replica(s)")
     print(json.dumps(summary, ensure_ascii=False))
-    return 0 if best is not None else 1
+    return 0 if cfg.max_concurrency or best is not None else 1
+
+
+def main(cfg: LoadConfig) -> int:
+    """Run the sweep; returns the exit code (0 a rate met the SLO, 1 none did, 2 error)."""
+    settings = get_settings()
+    slo = slo_from_gate(cfg.gate_config, settings.aria_profile)
+    check_server(settings)
+    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = (cfg.reports_dir or settings.aria_reports_dir / "load") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = write_dataset(
+        cfg.eval_path or settings.eval_path,
+        run_dir / "diagnostics.jsonl",
+        settings.vllm_served_name,
+        cfg.body,
+    )
+    rows: list[dict] = []
+    for rate in [math.inf] if cfg.max_concurrency else sorted(cfg.rates):
+        rows.append(run_rate(cfg, settings, rate, run_dir, extra, slo))
+        print(sweep_table(rows[-1:], slo).splitlines()[1], flush=True)
+        if cfg.stop_at_miss and not rows[-1]["meets_slo"]:
+            break
+    summary = load_summary(cfg, settings, run_dir, slo, rows)
+    atomic_write_json(run_dir / "summary.json", summary)
+    print()
+    print(sweep_table(rows, slo))
+    return print_verdict(cfg, summary)
 
 
 def make_parser() -> argparse.ArgumentParser:

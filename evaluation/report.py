@@ -1,7 +1,7 @@
 """The human side of a benchmark run: PNG plots and the Markdown report.
 
-Called by `evaluation.runner` (python -m scripts.benchmark) once a run is scored; it reads the typed summary (aria.summary) and
-the records and writes next to them. Pure rendering plus matplotlib (Agg), no network.
+Called by `evaluation.runner` (python -m scripts.benchmark) once a run is scored; it reads the
+typed summary (aria.summary) and the records and writes next to them. Pure rendering plus matplotlib (Agg), no network.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aria.domain import PATHOLOGIES
-from aria.summary import DiagnosticSummary, ModelSummary, RunSummary
+from aria.summary import Comparison, DiagnosticSummary, Gate, ModelSummary, RunSummary
 
 
 def first_per_id(records: list[dict]) -> list[dict]:
@@ -22,24 +22,8 @@ def first_per_id(records: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def write_plots(
-    run_dir: Path, models: list[ModelSummary], records_by_slug: dict[str, list[dict]]
-) -> list[str]:
-    """Latency histogram and CDF, per-pathology accuracy, confusion matrices, comparison bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: list[str] = []
-
-    def save(fig: Any, name: str) -> None:
-        tmp = run_dir / f".{name}.tmp"
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, run_dir / name)
-        written.append(name)
-
+def _latency_plot(plt: Any, models: list[ModelSummary], records_by_slug: dict) -> Any:
+    """Histogram and CDF of each model's warm diagnostic latencies (its answered requests)."""
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4))
     for m in models:
         xs = sorted(
@@ -55,8 +39,11 @@ def write_plots(
     for ax in (hist, cdf):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    save(fig, "latency.png")
+    return fig
 
+
+def _per_pathology_plot(plt: Any, models: list[ModelSummary]) -> Any:
+    """Exact match per pathology, one bar per model (its primary body)."""
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(len(models), 1)
     for j, m in enumerate(models):
@@ -67,20 +54,25 @@ def write_plots(
     ax.set_xticklabels([p.replace(" ", "\n", 1) for p in PATHOLOGIES], fontsize=8)
     ax.set(title="Exact match per pathology", ylabel="accuracy", ylim=(0, 1.05))
     ax.legend()
-    save(fig, "per_pathology.png")
+    return fig
 
-    for m in models:
-        conf = m.primary.confusion
-        fig, ax = plt.subplots(figsize=(7, 5.5))
-        ax.imshow(conf.matrix, cmap="Blues")
-        for i, row in enumerate(conf.matrix):
-            for j, v in enumerate(row):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(conf.columns)), conf.columns, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(conf.rows)), conf.rows, fontsize=7)
-        ax.set(title=f"Confusion matrix — {m.role} ({m.name})", xlabel="predicted", ylabel="true")
-        save(fig, f"confusion_{m.slug}.png")
 
+def _confusion_plot(plt: Any, m: ModelSummary) -> Any:
+    """The confusion matrix of one model's primary body, counts written in the cells."""
+    conf = m.primary.confusion
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    ax.imshow(conf.matrix, cmap="Blues")
+    for i, row in enumerate(conf.matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(conf.columns)), conf.columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(conf.rows)), conf.rows, fontsize=7)
+    ax.set(title=f"Confusion matrix — {m.role} ({m.name})", xlabel="predicted", ylabel="true")
+    return fig
+
+
+def _comparison_plot(plt: Any, models: list[ModelSummary]) -> Any:
+    """Exact match with its 95 % interval, JSON-valid rate and P50 / P99 latency per model."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     names = [m.role for m in models]
     em = [m.primary.exact_match or 0 for m in models]
@@ -99,20 +91,46 @@ def write_plots(
     axes[2].set_xticks(list(xs), names)
     axes[2].set(title="Latency (ms)")
     axes[2].legend()
-    save(fig, "comparison.png")
+    return fig
 
+
+def _sweep_plot(plt: Any, models: list[ModelSummary]) -> Any:
+    """Throughput and P99 latency against concurrency, per model."""
+    fig, (thr, lat) = plt.subplots(1, 2, figsize=(11, 4))
+    for m in models:
+        cs = [s.concurrency for s in m.sweep]
+        thr.plot(cs, [s.throughput_rps or 0 for s in m.sweep], marker="o", label=m.role)
+        lat.plot(cs, [s.latency_ms.p99 or 0 for s in m.sweep], marker="o", label=m.role)
+    thr.set(title="Throughput", xlabel="concurrency", ylabel="requests/s", xscale="log")
+    lat.set(title="P99 latency", xlabel="concurrency", ylabel="ms", xscale="log")
+    thr.legend()
+    lat.legend()
+    return fig
+
+
+def write_plots(
+    run_dir: Path, models: list[ModelSummary], records_by_slug: dict[str, list[dict]]
+) -> list[str]:
+    """Latency histogram and CDF, per-pathology accuracy, confusion matrices, comparison bars
+    and, with a sweep, throughput and latency by concurrency; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = [("latency.png", _latency_plot(plt, models, records_by_slug))]
+    figures.append(("per_pathology.png", _per_pathology_plot(plt, models)))
+    for m in models:
+        figures.append((f"confusion_{m.slug}.png", _confusion_plot(plt, m)))
+    figures.append(("comparison.png", _comparison_plot(plt, models)))
     if any(m.sweep for m in models):
-        fig, (thr, lat) = plt.subplots(1, 2, figsize=(11, 4))
-        for m in models:
-            cs = [s.concurrency for s in m.sweep]
-            thr.plot(cs, [s.throughput_rps or 0 for s in m.sweep], marker="o", label=m.role)
-            lat.plot(cs, [s.latency_ms.p99 or 0 for s in m.sweep], marker="o", label=m.role)
-        thr.set(title="Throughput", xlabel="concurrency", ylabel="requests/s", xscale="log")
-        lat.set(title="P99 latency", xlabel="concurrency", ylabel="ms", xscale="log")
-        thr.legend()
-        lat.legend()
-        save(fig, "sweep.png")
-    return written
+        figures.append(("sweep.png", _sweep_plot(plt, models)))
+    for name, fig in figures:
+        tmp = run_dir / f".{name}.tmp"
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, run_dir / name)
+    return [name for name, _ in figures]
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -261,10 +279,10 @@ def _body_section(b: DiagnosticSummary) -> list[str]:
         f"{_fmt(b.exact_match_lenient, True)}. Calibration (pathology accuracy per announced "
         f"confiance): {bands}; monotonic: {cal.monotonic}.",
         f"Justification (n={j.n}): every number grounded {_fmt(j.grounded_rate, True)} "
-        f"(mean share {_fmt(j.text.grounded_rate_mean, True)}), code trace "
+        f"(mean share {_fmt(j.grounded_rate_mean, True)}), code trace "
         f"{_fmt(j.code_trace_rate, True)}, clinician-readable {_fmt(j.readable_rate, True)}, "
-        f"anchoring {_fmt(j.text.anchoring_mean, True)}, deciding keys named "
-        f"{_fmt(j.text.keyword_coverage_mean, True)}, count of alert signals right "
+        f"anchoring {_fmt(j.anchoring_mean, True)}, deciding keys named "
+        f"{_fmt(j.keyword_coverage_mean, True)}, count of alert signals right "
         f"{_fmt(j.crossings_right_rate, True)}.",
     ]
     if b.failed_ids:
@@ -274,13 +292,14 @@ def _body_section(b: DiagnosticSummary) -> list[str]:
     return out
 
 
-def render_report(summary: RunSummary, plots: list[str]) -> str:
-    """report.md: the table, the gate, per-category results, failures, plots."""
-    out = [f"# Benchmark {summary.run_id}", ""]
+def _run_head(summary: RunSummary) -> list[str]:
+    """The title, what was run and the models table."""
     sets = ", ".join(
         f"{n} {name} (`{summary.eval.sets[name]}`)" for name, n in summary.eval.n_per_set.items()
     )
-    out += [
+    return [
+        f"# Benchmark {summary.run_id}",
+        "",
         f"Profile `{summary.profile}`, {summary.eval.n_items} eval items: {sets}; "
         f"bodies {', '.join(summary.bodies)}; prompts {', '.join(summary.prompts)}; "
         f"started {summary.started_at}, finished {summary.finished_at}.",
@@ -296,7 +315,12 @@ def render_report(summary: RunSummary, plots: list[str]) -> str:
         models_table(summary.models),
         "",
     ]
-    if any(m.report for m in summary.models):
+
+
+def _passes_sections(models: list[ModelSummary]) -> list[str]:
+    """The report call's and the field orders' tables, for the runs that asked them."""
+    out: list[str] = []
+    if any(m.report for m in models):
         out += [
             "## Report call",
             "",
@@ -304,10 +328,10 @@ def render_report(summary: RunSummary, plots: list[str]) -> str:
             "report passes when it is prose (no JSON, enough words, mostly words, no loop), "
             "names the rule's pathology first, and cites only numbers of the input.",
             "",
-            reports_table(summary.models),
+            reports_table(models),
             "",
         ]
-    if any(m.field_orders for m in summary.models):
+    if any(m.field_orders for m in models):
         out += [
             "## Field orders (project body)",
             "",
@@ -315,11 +339,15 @@ def render_report(summary: RunSummary, plots: list[str]) -> str:
             "(xgrammar writes them in the schema's order), on the same items; the canonical "
             "order's row is the project pass above. Not gated.",
             "",
-            field_orders_table(summary.models),
+            field_orders_table(models),
             "",
         ]
-    comp = summary.comparison
-    out += [f"Winner (quality first, latency second): **{comp.winner}**.", ""]
+    return out
+
+
+def _comparison_lines(comp: Comparison) -> list[str]:
+    """The winner, the recommendation and each paired delta with its interval."""
+    out = [f"Winner (quality first, latency second): **{comp.winner}**.", ""]
     if comp.recommendation:
         out += [f"Recommendation: {comp.recommendation.text}", ""]
     for d in comp.deltas:
@@ -331,8 +359,12 @@ def render_report(summary: RunSummary, plots: list[str]) -> str:
                 f"(95% CI {100 * em.ci95_low:+.1f} to {100 * em.ci95_high:+.1f}, "
                 f"{d.n_paired} paired items)"
             )
-    gate = summary.gate
-    out += ["", "## Release gate", ""]
+    return out
+
+
+def _gate_section(gate: Gate) -> list[str]:
+    """The release gate's verdict and every check."""
+    out = ["", "## Release gate", ""]
     if gate.passed is None:
         out.append(f"Not evaluated: {gate.reason}")
     else:
@@ -343,49 +375,67 @@ def render_report(summary: RunSummary, plots: list[str]) -> str:
         )
         out.append("")
         out += [f"- {'✓' if c.passed else '✗'} {c.message}" for c in gate.checked]
-    out += ["", "Serving VRAM (< 10 GB) is measured with nvidia-smi on GPU; not gated here.", ""]
-    for m in summary.models:
-        out += [f"## {m.role} ({m.name})", ""]
-        for body, b in m.bodies.items():
-            out += [f"### {body} body", ""]
-            out += _body_section(b)
-        if m.report:
-            r = m.report
-            sim = "–" if r.similarity_mean is None else f"{r.similarity_mean:.3f}"
-            problems = ", ".join(f"{k} {v}" for k, v in r.problems.items()) or "none"
-            out.append(
-                f"Reports (n={r.n}, answered {r.answered}): passed {_fmt(r.passed_rate, True)}; "
-                f"not prose because of: {problems}; numbers grounded (mean) "
-                f"{_fmt(r.text.grounded_rate_mean, True)}, anchoring "
-                f"{_fmt(r.text.anchoring_mean, True)}, similarity to the reference {sim}."
-            )
-        if m.sweep:
-            out += [
-                "",
-                "| concurrency | n | req/s | tok/s | P50 ms | P99 ms | goodput |",
-                "|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for s in m.sweep:
-                out.append(
-                    f"| {s.concurrency} | {s.n} | {s.throughput_rps or 0:.2f} | "
-                    f"{s.output_tokens_per_s or 0:.1f} | {_fmt(s.latency_ms.p50)} | "
-                    f"{_fmt(s.latency_ms.p99)} | {_fmt(s.goodput, True)} |"
-                )
-        out.append("")
-    if summary.experiments and len(summary.prompts) > 1:
+    out += ["", "Serving VRAM (< 10 GB) is measured with nvidia-smi on GPU; not gated here."]
+    return [*out, ""]
+
+
+def _model_section(m: ModelSummary) -> list[str]:
+    """One model: each body's section, its reports' verdicts and its sweep."""
+    out = [f"## {m.role} ({m.name})", ""]
+    for body, b in m.bodies.items():
+        out += [f"### {body} body", ""]
+        out += _body_section(b)
+    if m.report:
+        r = m.report
+        sim = "–" if r.similarity_mean is None else f"{r.similarity_mean:.3f}"
+        problems = ", ".join(f"{k} {v}" for k, v in r.problems.items()) or "none"
+        out.append(
+            f"Reports (n={r.n}, answered {r.answered}): passed {_fmt(r.passed_rate, True)}; "
+            f"not prose because of: {problems}; numbers grounded (mean) "
+            f"{_fmt(r.grounded_rate_mean, True)}, anchoring "
+            f"{_fmt(r.anchoring_mean, True)}, similarity to the reference {sim}."
+        )
+    if m.sweep:
         out += [
-            "## Prompts × models",
             "",
-            "| role | prompt | body | n | exact match | JSON valid | P50 ms |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| concurrency | n | req/s | tok/s | P50 ms | P99 ms | goodput |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for e in summary.experiments:
+        for s in m.sweep:
             out.append(
-                f"| {e.role} | {e.prompt} | {e.body} | {e.n} | "
-                f"{_fmt(e.exact_match, True)} | "
-                f"{_fmt(e.json_valid_rate, True)} | {_fmt(e.latency_ms.p50)} |"
+                f"| {s.concurrency} | {s.n} | {s.throughput_rps or 0:.2f} | "
+                f"{s.output_tokens_per_s or 0:.1f} | {_fmt(s.latency_ms.p50)} | "
+                f"{_fmt(s.latency_ms.p99)} | {_fmt(s.goodput, True)} |"
             )
-        out.append("")
+    return [*out, ""]
+
+
+def _prompts_section(summary: RunSummary) -> list[str]:
+    """Every prompt x model x body, when the run compared prompts."""
+    if not summary.experiments or len(summary.prompts) <= 1:
+        return []
+    out = [
+        "## Prompts × models",
+        "",
+        "| role | prompt | body | n | exact match | JSON valid | P50 ms |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for e in summary.experiments:
+        out.append(
+            f"| {e.role} | {e.prompt} | {e.body} | {e.n} | "
+            f"{_fmt(e.exact_match, True)} | "
+            f"{_fmt(e.json_valid_rate, True)} | {_fmt(e.latency_ms.p50)} |"
+        )
+    return [*out, ""]
+
+
+def render_report(summary: RunSummary, plots: list[str]) -> str:
+    """report.md: the table, the gate, per-category results, failures, plots."""
+    out = _run_head(summary) + _passes_sections(summary.models)
+    out += _comparison_lines(summary.comparison) + _gate_section(summary.gate)
+    for m in summary.models:
+        out += _model_section(m)
+    out += _prompts_section(summary)
     if summary.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in summary.notes] + [""]
     out += [f"![{p}]({p})" for p in plots]

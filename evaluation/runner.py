@@ -49,9 +49,60 @@ from evaluation.report import (
     reports_table,
     write_plots,
 )
-from evaluation.scoring import Embedder, reference_report_text, score_diagnostic, score_report
+from evaluation.scoring import Embedder, score_diagnostic, score_report
 from evaluation.summary import one_line_summary, summarize_target
 from evaluation.transport import preflight, send_chat
+
+
+def diagnostic_record(
+    p: Pass, item: EvalItem, text: str, body: dict, outcome: dict, embedder: Embedder
+) -> dict:
+    """The scored fields of one answer: the report's verdicts, or the diagnostic's scores with
+    the field order asked and the parsed answer (an `ok` answer that is not JSON: `unparsable`)."""
+    if p.kind == "report":
+        return {"scores": score_report(item, outcome["content"], text, embedder)}
+    order = tuple(body["response_format"]["json_schema"]["schema"]["properties"])
+    scores = score_diagnostic(item, outcome["content"], text, p.body, order)
+    fields = {"field_order": list(order)}
+    fields["parsed"] = {k: scores[k] for k in ("pathologie", "confiance")}
+    fields["scores"] = scores
+    if outcome["status"] == "ok" and not scores["json_valid"]:
+        fields["status"] = "unparsable"
+    return fields
+
+
+def request_record(
+    p: Pass, item: EvalItem, text: str, outcome: dict, started: float
+) -> dict[str, object]:
+    """What was asked and what came back for one request of a pass, before scoring."""
+    return {
+        "id": item.id,
+        "kind": p.kind,
+        "model": p.target.served_name,
+        "role": p.target.role,
+        "prompt": p.prompt,
+        "body": None if p.kind == "report" else p.body,
+        "set": item.set,
+        "concurrency": p.concurrency,
+        "input": item.measurements,
+        "prompt_text": text,
+        "expected": {"pathologie": item.pathology, "confiance": item.confidence},
+        "slices": item.slices,
+        "status": outcome["status"],
+        "http_status": outcome["http_status"],
+        "error": outcome["error"],
+        "attempts": outcome["attempts"],
+        "raw": outcome["content"],
+        "finish_reason": outcome["finish_reason"],
+        "latency": {
+            "e2e_ms": outcome["e2e_ms"],
+            "ttft_ms": outcome["ttft_ms"],
+            "output_tokens": outcome["output_tokens"],
+            "tokens_per_s": _rate(outcome["output_tokens"], outcome["e2e_ms"]),
+        },
+        "t_start": started,
+        "t_end": time.time(),
+    }
 
 
 async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedder) -> None:
@@ -70,49 +121,11 @@ async def run_pass(p: Pass, api_key: str, cfg: BenchmarkConfig, embedder: Embedd
 
     async def one(client: httpx.AsyncClient, item: EvalItem) -> None:
         async with semaphore:
-            body, text, image_status = build_body(p, item)
+            body, text = build_body(p, item)
             started = time.time()
             outcome = await send_chat(client, url, body, cfg.timeout_s)
-        record = {
-            "id": item.id,
-            "kind": p.kind,
-            "model": p.target.served_name,
-            "role": p.target.role,
-            "prompt": p.prompt,
-            "body": None if p.kind == "report" else p.body,
-            "set": item.set,
-            "concurrency": p.concurrency,
-            "input": item.measurements,
-            "prompt_text": text,
-            "image": image_status,
-            "expected": {"pathologie": item.pathology, "confiance": item.confidence},
-            "slices": item.slices,
-            "status": outcome["status"],
-            "http_status": outcome["http_status"],
-            "error": outcome["error"],
-            "attempts": outcome["attempts"],
-            "raw": outcome["content"],
-            "finish_reason": outcome["finish_reason"],
-            "latency": {
-                "e2e_ms": outcome["e2e_ms"],
-                "ttft_ms": outcome["ttft_ms"],
-                "output_tokens": outcome["output_tokens"],
-                "tokens_per_s": _rate(outcome["output_tokens"], outcome["e2e_ms"]),
-            },
-            "t_start": started,
-            "t_end": time.time(),
-        }
-        if p.kind == "report":
-            record["scores"] = score_report(item, outcome["content"], text, embedder)
-        else:
-            order = tuple(body["response_format"]["json_schema"]["schema"]["properties"])
-            record["field_order"] = list(order)
-            scores = score_diagnostic(item, outcome["content"], text, p.body, order)
-            record["parsed"] = {k: scores[k] for k in ("pathologie", "confiance")}
-            record["scores"] = scores
-            if outcome["status"] == "ok" and not scores["json_valid"]:
-                record["status"] = "unparsable"
-        append_jsonl(p.path, record)
+        record = request_record(p, item, text, outcome, started)
+        append_jsonl(p.path, record | diagnostic_record(p, item, text, body, outcome, embedder))
         bar.update(1)
 
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=cfg.timeout_s) as client:
@@ -132,28 +145,24 @@ def point_latest(reports_dir: Path, run_id: str) -> None:
     os.replace(tmp, reports_dir / "latest")
 
 
-def main(cfg: BenchmarkConfig, settings: Settings) -> int:
-    """Run the benchmark with `settings` (the API key, the profile's gate, the local server's
-    memory); returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    api_key = settings.api_key_value()
-    gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
-    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = cfg.reports_dir / run_id
-    if cfg.resume and not run_dir.exists():
-        raise SetupError(f"--resume {run_id}: {run_dir} does not exist")
-    items = load_eval(cfg, cfg.limit)
-    if (run_dir / "run.json").exists():
-        # Resume on exactly the items the run started with, whatever the flags say now.
-        wanted = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["item_ids"]
-        by_id = {it.id: it for it in load_eval(cfg)}
-        missing = [i for i in wanted if i not in by_id]
-        if missing:
-            raise SetupError(
-                f"{run_dir}/run.json names ids absent from "
-                f"{', '.join(map(str, eval_sets(cfg).values()))}: {missing[:5]}"
-            )
-        items = [by_id[i] for i in wanted]
+def run_items(cfg: BenchmarkConfig, run_dir: Path) -> list[EvalItem]:
+    """The items of the run: a resumed run's exactly as it started (its run.json), whatever
+    the flags say now; else the eval sets' (or their seeded --limit sample)."""
+    if not (run_dir / "run.json").exists():
+        return load_eval(cfg, cfg.limit)
+    wanted = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["item_ids"]
+    by_id = {it.id: it for it in load_eval(cfg)}
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        raise SetupError(
+            f"{run_dir}/run.json names ids absent from "
+            f"{', '.join(map(str, eval_sets(cfg).values()))}: {missing[:5]}"
+        )
+    return [by_id[i] for i in wanted]
+
+
+def check_targets(cfg: BenchmarkConfig, items: list[EvalItem]) -> None:
+    """Raise SetupError when a target asks for a set the run lacks, or is left no item."""
     sets = eval_sets(cfg)
     for t in cfg.targets:
         unknown = [x for x in t.sets or [] if x not in sets]
@@ -167,64 +176,72 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
             raise SetupError(
                 f"--target {t.role}: no eval item left for it (check sets= and limit=)"
             )
-    templates = load_prompts(cfg, items[0].measurements)
-    preflight(cfg, api_key)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "run.json").exists():
-        atomic_write_json(
-            run_dir / "run.json",
-            {
-                "run_id": run_id,
-                "started_at": started,
-                "item_ids": [it.id for it in items],
-                "sets": {name: str(path) for name, path in sets.items()},
-                "targets": [t.__dict__ for t in cfg.targets],
-                "bodies": cfg.bodies,
-                "prompts": list(templates),
-                "field_orders": cfg.field_orders,
-            },
-        )
-    records_dir = run_dir / "records"
-    notes: list[str] = []
-    embedder = Embedder()
+
+
+def write_run_record(
+    cfg: BenchmarkConfig, run_dir: Path, run_id: str, started: str, items, templates
+) -> None:
+    """run.json, once per run: what it started with (its items above all, for --resume)."""
+    if (run_dir / "run.json").exists():
+        return
+    atomic_write_json(
+        run_dir / "run.json",
+        {
+            "run_id": run_id,
+            "started_at": started,
+            "item_ids": [it.id for it in items],
+            "sets": {name: str(path) for name, path in eval_sets(cfg).items()},
+            "targets": [t.__dict__ for t in cfg.targets],
+            "bodies": cfg.bodies,
+            "prompts": list(templates),
+            "field_orders": cfg.field_orders,
+        },
+    )
+
+
+def n_reports(cfg: BenchmarkConfig, t: Target) -> int:
+    """The report calls this target gets: its reports=N, else --report-sample."""
+    return cfg.report_sample if t.reports is None else t.reports
+
+
+def send_passes(
+    cfg: BenchmarkConfig, items, templates, records_dir: Path, api_key: str, embedder: Embedder
+) -> None:
+    """Every pass of every target (plan_passes), resuming from the records files."""
     # One seeded order of report runners, mixing the sets; each target takes its first N.
     reports_first = report_order(items)
-
-    def n_reports(t: Target) -> int:
-        return cfg.report_sample if t.reports is None else t.reports
-
     for t in cfg.targets:
         mine = target_items(t, items)
         ids = {it.id for it in mine}
-        report_items = [it for it in reports_first if it.id in ids][: n_reports(t)]
+        report_items = [it for it in reports_first if it.id in ids][: n_reports(cfg, t)]
         for p in plan_passes(cfg, t, templates, mine, report_items, records_dir):
             asyncio.run(run_pass(p, api_key, cfg, embedder))
 
+
+def summarize_targets(
+    cfg: BenchmarkConfig, items: list[EvalItem], templates: dict[str, str], records_dir: Path
+) -> tuple[list[dict], list[dict], dict[tuple[str, str], list[dict]]]:
+    """(model summaries, experiment rows, {(slug, body): the first prompt's records})."""
     models, experiments = [], []
     records_by_body: dict[tuple[str, str], list[dict]] = {}
-    records_by_slug: dict[str, list[dict]] = {}
     for t in cfg.targets:
         order_ids = {it.id for it in order_items(t, target_items(t, items))}
         model, rows, records = summarize_target(
-            cfg, t, templates, records_dir, n_reports(t) > 0, order_ids
+            cfg, t, templates, records_dir, n_reports(cfg, t) > 0, order_ids
         )
         models.append(model)
         experiments += rows
-        records_by_slug[t.slug] = records[model["primary_body"]]
         for body, recs in records.items():
             records_by_body[(t.slug, body)] = recs
-    if embedder.note:
-        notes.append(embedder.note)
-    if any(n_reports(t) for t in cfg.targets) and reference_report_text(items[0].measurements)[1]:
-        notes.append(reference_report_text(items[0].measurements)[1])
-    if any(m["images"]["skipped"] for m in models):
-        notes.append(
-            "eval images were skipped for targets without a vision tower (--vision forces)"
-        )
+    return models, experiments, records_by_body
 
-    gate = release_gate(models, gate_spec, cfg.gate_config, settings)
 
-    summary = {
+def run_summary(
+    cfg: BenchmarkConfig, settings: Settings, run_id: str, started: str, items, templates
+) -> dict:
+    """summary.json's head: the run, its eval sets, bodies and prompts (models and the rest
+    follow)."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "started_at": started,
@@ -232,7 +249,7 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
         "profile": settings.aria_profile,
         "eval": {
             "path": str(cfg.eval_path),
-            "sets": {name: str(path) for name, path in sets.items()},
+            "sets": {name: str(path) for name, path in eval_sets(cfg).items()},
             "n_items": len(items),
             "n_per_set": dict(Counter(it.set for it in items)),
             "limit": cfg.limit,
@@ -241,18 +258,50 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
         "bodies": cfg.bodies,
         "prompts": list(templates),
         "slo_ms": cfg.slo_ms,
-        "notes": notes,
-        "models": models,
-        "experiments": experiments,
-        "comparison": compare(models, records_by_body),
-        "gate": gate,
     }
+
+
+def write_outputs(
+    cfg: BenchmarkConfig, run_dir: Path, summary: dict, records_by_body: dict
+) -> RunSummary:
+    """Check the summary against the schema, then write the plots, summary.json and report.md
+    and point reports/latest at the run."""
     typed = RunSummary.from_dict(summary)  # checks the schema before anything is written
-    plots = write_plots(run_dir, typed.models, records_by_slug) if cfg.plots else []
+    primary = {m.slug: records_by_body[(m.slug, m.primary_body)] for m in typed.models}
+    plots = write_plots(run_dir, typed.models, primary) if cfg.plots else []
     write_summary(run_dir / "summary.json", typed)
     atomic_write_text(run_dir / "report.md", render_report(typed, plots))
-    point_latest(cfg.reports_dir, run_id)
+    point_latest(cfg.reports_dir, summary["run_id"])
+    return typed
 
+
+def main(cfg: BenchmarkConfig, settings: Settings) -> int:
+    """Run the benchmark with `settings` (the API key, the profile's gate, the local server's
+    memory); returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    api_key = settings.api_key_value()
+    gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
+    run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = cfg.reports_dir / run_id
+    if cfg.resume and not run_dir.exists():
+        raise SetupError(f"--resume {run_id}: {run_dir} does not exist")
+    items = run_items(cfg, run_dir)
+    check_targets(cfg, items)
+    templates = load_prompts(cfg, items[0].measurements)
+    preflight(cfg, api_key)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(cfg, run_dir, run_id, started, items, templates)
+    records_dir = run_dir / "records"
+    embedder = Embedder()
+    send_passes(cfg, items, templates, records_dir, api_key, embedder)
+
+    models, experiments, records_by_body = summarize_targets(cfg, items, templates, records_dir)
+    gate = release_gate(models, gate_spec, cfg.gate_config, settings)
+    summary = run_summary(cfg, settings, run_id, started, items, templates)
+    summary |= {"notes": [embedder.note] if embedder.note else [], "models": models}
+    summary |= {"experiments": experiments, "comparison": compare(models, records_by_body)}
+    summary["gate"] = gate
+    typed = write_outputs(cfg, run_dir, summary, records_by_body)
     print_outcome(typed, summary, run_dir)
     return 1 if gate["passed"] is False else 0
 

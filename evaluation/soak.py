@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from aria.domain import MEASUREMENTS, RULES
 from aria.files import atomic_write_json
 from aria.metrics import as_percent, percentile
 from aria.settings import Settings, get_settings
-from serve.vllm_server import pid_alive, pid_path, read_pid
+from serve.process import pid_alive, pid_path, read_pid
 
 # Memory counts as flat when the last quarter's mean is within this of the first quarter's.
 FLAT_MEMORY_TOLERANCE_MIB = 64.0
@@ -211,76 +211,86 @@ def latency_summary(latencies: list[float]) -> dict:
     return quantiles | {"max_s": round(max(latencies), 4)}
 
 
-def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
-    """Send the requests, sample memory, and return the summary (see module docstring)."""
-    from tqdm import tqdm
+@dataclass
+class SoakTally:
+    """What came back so far: each outcome's count, the latencies, a few examples of failures;
+    `done` (requests sent) is read by the sampler while the pool fills it."""
 
-    pid = read_pid(pid_path(settings, settings.vllm_port))
-    if pid is not None and not pid_alive(pid):
-        pid = None
-    client = AriaClient(timeout=cfg.timeout_s, max_retries=0, settings=settings)
-    runners = soak_measurements(cfg.requests, cfg.seed)
-    outcomes: Counter[str] = Counter()
-    latencies: list[float] = []
-    samples: list[tuple[float, int, float]] = []
-    engine_samples: list[dict[str, float | None]] = []
-    root_url = settings.base_url.removesuffix("/v1")
-    invalid_examples: list[str] = []
-    error_examples: list[str] = []
-    done = 0
-    lock = threading.Lock()
-    stop_sampling = threading.Event()
-    started = time.monotonic()
-    deadline = started + cfg.max_seconds
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    invalid_examples: list[str] = field(default_factory=list)
+    error_examples: list[str] = field(default_factory=list)
+    done: int = 0
 
-    def sample_memory() -> None:
-        while not stop_sampling.is_set():
-            rss = server_rss_mib(pid) if pid is not None else None
+    def add(self, outcome: str, latency: float | None, raw: str | None) -> None:
+        """Count one request's outcome (send_one's triple)."""
+        self.outcomes[outcome] += 1
+        self.done += outcome != "not_sent"
+        if latency is not None:
+            self.latencies.append(latency)
+        examples = self.invalid_examples if outcome == "invalid" else self.error_examples
+        if raw is not None and len(examples) < 3:
+            examples.append(raw)
+
+
+@dataclass
+class ServerSamples:
+    """The server's resident memory, (seconds since the start, requests done, MiB), and its
+    /metrics scrapes, taken every `every_s` by `run` on a thread of its own."""
+
+    pid: int | None
+    root_url: str
+    api_key: str
+    every_s: float
+    rss: list[tuple[float, int, float]] = field(default_factory=list)
+    engine: list[dict[str, float | None]] = field(default_factory=list)
+
+    def run(self, stop: threading.Event, started: float, tally: SoakTally) -> None:
+        """Sample until `stop` is set."""
+        while not stop.is_set():
+            rss = server_rss_mib(self.pid) if self.pid is not None else None
             if rss is not None:
-                samples.append((time.monotonic() - started, done, rss))
-            scraped = scrape_metrics(root_url, settings.api_key_value())
+                self.rss.append((time.monotonic() - started, tally.done, rss))
+            scraped = scrape_metrics(self.root_url, self.api_key)
             if scraped is not None:
-                engine_samples.append(scraped)
-            stop_sampling.wait(cfg.sample_every_s)
+                self.engine.append(scraped)
+            stop.wait(self.every_s)
 
-    def one(measurements: dict) -> tuple[str, float | None, str | None]:
-        if time.monotonic() > deadline:
-            return "not_sent", None, None
-        t0 = time.perf_counter()
-        try:
-            client.diagnose(measurements)
-        except InvalidDiagnosticError as error:
-            return "invalid", time.perf_counter() - t0, error.raw_text
-        except Exception as error:  # every failure counts, by type, with its cause
-            cause = error.__cause__ or error.__context__
-            detail = f"{type(error).__name__}: {error}"
-            if cause is not None:
-                detail += f" (cause: {type(cause).__name__}: {cause})"
-            return f"error:{type(error).__name__}", None, detail
-        return "ok", time.perf_counter() - t0, None
 
-    sampler = threading.Thread(target=sample_memory, daemon=True)
-    sampler.start()
-    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        futures = [pool.submit(one, p) for p in runners]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="soak", unit="req"):
-            outcome, latency, raw = future.result()
-            with lock:
-                outcomes[outcome] += 1
-                done += outcome != "not_sent"
-                if latency is not None:
-                    latencies.append(latency)
-                examples = invalid_examples if outcome == "invalid" else error_examples
-                if raw is not None and len(examples) < 3:
-                    examples.append(raw)
-    wall = time.monotonic() - started
-    stop_sampling.set()
-    sampler.join(timeout=5)
-    client.close()
+def send_one(
+    client: AriaClient, measurements: dict, deadline: float
+) -> tuple[str, float | None, str | None]:
+    """(outcome, seconds, the invalid answer or the error) of one diagnostic: `ok`, `invalid`,
+    `error:<type>` (every failure counts, by type, with its cause), `not_sent` past `deadline`."""
+    if time.monotonic() > deadline:
+        return "not_sent", None, None
+    t0 = time.perf_counter()
+    try:
+        client.diagnose(measurements)
+    except InvalidDiagnosticError as error:
+        return "invalid", time.perf_counter() - t0, error.raw_text
+    except Exception as error:
+        cause = error.__cause__ or error.__context__
+        detail = f"{type(error).__name__}: {error}"
+        if cause is not None:
+            detail += f" (cause: {type(cause).__name__}: {cause})"
+        return f"error:{type(error).__name__}", None, detail
+    return "ok", time.perf_counter() - t0, None
 
+
+def soak_summary(
+    cfg: SoakConfig,
+    settings: Settings,
+    pid: int | None,
+    tally: SoakTally,
+    samples: ServerSamples,
+    wall: float,
+) -> dict:
+    """soak.json: the counts, whether it passed, latency, memory and engine trends, examples."""
+    outcomes = tally.outcomes
     sent = cfg.requests - outcomes["not_sent"]
     errors = sum(n for k, n in outcomes.items() if k.startswith("error:"))
-    memory = memory_trend(samples) if pid is not None else {"flat": None, "note": "no pid file"}
+    memory = memory_trend(samples.rss) if pid is not None else {"flat": None, "note": "no pid file"}
     passed = (
         sent == cfg.requests
         and errors == 0
@@ -301,14 +311,44 @@ def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
         "schema_valid_pct": round(100.0 * outcomes["ok"] / sent, 2) if sent else 0.0,
         "wall_s": round(wall, 2),
         "throughput_rps": round(sent / wall, 2) if wall else 0.0,
-        "latency": latency_summary(latencies),
+        "latency": latency_summary(tally.latencies),
         "memory": memory,
-        "engine": engine_trend(engine_samples),
-        "invalid_examples": invalid_examples,
-        "error_examples": error_examples,
-        "rss_samples": [[round(t, 1), n, round(r, 1)] for t, n, r in samples],
+        "engine": engine_trend(samples.engine),
+        "invalid_examples": tally.invalid_examples,
+        "error_examples": tally.error_examples,
+        "rss_samples": [[round(t, 1), n, round(r, 1)] for t, n, r in samples.rss],
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
+
+
+def run_soak(cfg: SoakConfig, settings: Settings) -> dict:
+    """Send the requests, sample memory, and return the summary (see module docstring)."""
+    from tqdm import tqdm
+
+    pid = read_pid(pid_path(settings, settings.vllm_port))
+    if pid is not None and not pid_alive(pid):
+        pid = None
+    client = AriaClient(timeout=cfg.timeout_s, max_retries=0, settings=settings)
+    runners = soak_measurements(cfg.requests, cfg.seed)
+    tally = SoakTally()
+    root_url = settings.base_url.removesuffix("/v1")
+    samples = ServerSamples(pid, root_url, settings.api_key_value(), cfg.sample_every_s)
+    stop_sampling = threading.Event()
+    started = time.monotonic()
+    deadline = started + cfg.max_seconds
+    sampler = threading.Thread(
+        target=samples.run, args=(stop_sampling, started, tally), daemon=True
+    )
+    sampler.start()
+    with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+        futures = [pool.submit(send_one, client, p, deadline) for p in runners]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="soak", unit="req"):
+            tally.add(*future.result())
+    wall = time.monotonic() - started
+    stop_sampling.set()
+    sampler.join(timeout=5)
+    client.close()
+    return soak_summary(cfg, settings, pid, tally, samples, wall)
 
 
 def print_table(summary: dict) -> None:

@@ -1,7 +1,7 @@
 """The figures of summary.json, computed from the records files.
 
-The schema of summary.json is aria.summary's dataclasses (`RunSummary` and what it holds): the
-dicts built here go through `RunSummary.from_dict` before anything is written.
+The schema of summary.json is aria.summary's models (`RunSummary` and what it holds): the dicts
+built here go through `RunSummary.from_dict` before anything is written.
 """
 
 from __future__ import annotations
@@ -53,80 +53,110 @@ def _text_summary(rows: list[dict]) -> dict:
     }
 
 
-def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = True) -> dict:
-    """Quality and latency of one target on one prompt and one body, from its records; with
-    `per_set`, the same headline figures for each eval set apart."""
-    records = first_per_id(records)
+def _failures(records: list[dict]) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """({status: count}, {status: ids}) of the records that did not end `ok`."""
+    failed: dict[str, list[str]] = {}
+    for r in records:
+        if r["status"] != "ok":
+            failed.setdefault(r["status"], []).append(r["id"])
+    return dict(Counter(r["status"] for r in records if r["status"] != "ok")), failed
+
+
+def _answer_figures(records: list[dict]) -> dict:
+    """Validity of the answers (JSON, schema, cut by length, key order, canonical label), their
+    exact match with its bootstrap interval, the lenient match, the confidence and the whole
+    answer."""
+    scores = [r["scores"] for r in records]
+    expected_conf = [r["expected"]["confiance"] for r in records]
+    predicted_conf = [s["confiance"] for s in scores]
+    correct = [bool(s["correct"]) for s in scores]
+    ci = metrics.bootstrap_ci([float(c) for c in correct]) if records else None
+    return {
+        "json_valid_rate": _mean([float(s["json_valid"]) for s in scores]),
+        "schema_valid_rate": _mean([float(s["schema_valid"]) for s in scores]),
+        "cut_by_length_rate": metrics.share([r.get("finish_reason") == "length" for r in records]),
+        "key_order_rate": metrics.share([s["key_order"] for s in scores]),
+        "canonical_label_rate": metrics.share([s["canonical_label"] for s in scores]),
+        "exact_match": metrics.exact_match(
+            [r["expected"]["pathologie"] for r in records], [s["pathologie"] for s in scores]
+        ),
+        "exact_match_ci95": list(ci) if ci else None,
+        "exact_match_lenient": metrics.share([s["correct_lenient"] for s in scores]),
+        "confidence_accuracy": metrics.confidence_accuracy(expected_conf, predicted_conf),
+        "whole_answer_rate": metrics.whole_answer_rate(correct, expected_conf, predicted_conf),
+    }
+
+
+def _latency_figures(records: list[dict], slo_ms: float) -> dict:
+    """Latency and time to first token of the answered requests, tokens, and the goodput (a
+    valid answer under `slo_ms`)."""
+    answered = [r for r in records if r["status"] in ("ok", "unparsable")]
+    ttfts = [r["latency"]["ttft_ms"] for r in answered if r["latency"]["ttft_ms"] is not None]
+    good = [r["latency"]["e2e_ms"] if r["scores"]["json_valid"] else None for r in records]
+    return {
+        "latency_ms": metrics.latency_summary([r["latency"]["e2e_ms"] for r in answered]),
+        "ttft_ms": metrics.latency_summary(ttfts),
+        "output_tokens_mean": _mean([r["latency"]["output_tokens"] for r in answered]),
+        "tokens_per_s_mean": _mean([r["latency"]["tokens_per_s"] for r in answered]),
+        "goodput": metrics.goodput(good, slo_ms),
+    }
+
+
+def _group_figures(records: list[dict]) -> dict:
+    """Accuracy per pathology and per slice, the confusion matrices, the calibration and the
+    whole answer per band of the rule."""
     scores = [r["scores"] for r in records]
     expected = [r["expected"]["pathologie"] for r in records]
     predicted = [s["pathologie"] for s in scores]
     correct = [bool(s["correct"]) for s in scores]
     expected_conf = [r["expected"]["confiance"] for r in records]
     predicted_conf = [s["confiance"] for s in scores]
-    answered = [r for r in records if r["status"] in ("ok", "unparsable")]
-    latencies = [r["latency"]["e2e_ms"] for r in answered]
-    ttfts = [r["latency"]["ttft_ms"] for r in answered if r["latency"]["ttft_ms"] is not None]
-    errors = Counter(r["status"] for r in records if r["status"] != "ok")
-    failed: dict[str, list[str]] = {}
-    for r in records:
-        if r["status"] != "ok":
-            failed.setdefault(r["status"], []).append(r["id"])
-    em = metrics.exact_match(expected, predicted)
-    ci = metrics.bootstrap_ci([float(c) for c in correct]) if records else None
-    good = [r["latency"]["e2e_ms"] if r["scores"]["json_valid"] else None for r in records]
-    justification = _justification_summary(
-        [s["justification"] for s in scores if "justification" in s]
-    )
-    out = {
-        "body": records[0].get("body") if records else None,
-        "n": len(records),
-        "json_valid_rate": _mean([float(s["json_valid"]) for s in scores]),
-        "schema_valid_rate": _mean([float(s["schema_valid"]) for s in scores]),
-        "cut_by_length_rate": metrics.share([r.get("finish_reason") == "length" for r in records]),
-        "key_order_rate": metrics.share([s["key_order"] for s in scores]),
-        "canonical_label_rate": metrics.share([s["canonical_label"] for s in scores]),
-        "exact_match": em,
-        "exact_match_ci95": list(ci) if ci else None,
-        "exact_match_lenient": metrics.share([s["correct_lenient"] for s in scores]),
-        "confidence_accuracy": metrics.confidence_accuracy(expected_conf, predicted_conf),
-        "whole_answer_rate": metrics.whole_answer_rate(correct, expected_conf, predicted_conf),
-        "latency_ms": metrics.latency_summary(latencies),
-        "ttft_ms": metrics.latency_summary(ttfts),
-        "output_tokens_mean": _mean([r["latency"]["output_tokens"] for r in answered]),
-        "tokens_per_s_mean": _mean([r["latency"]["tokens_per_s"] for r in answered]),
-        "goodput": metrics.goodput(good, slo_ms),
-        "error_rate": sum(errors.values()) / len(records) if records else None,
-        "errors": dict(errors),
-        "failed_ids": failed,
+    return {
         "per_pathology": metrics.per_pathology_accuracy(expected, predicted) if records else {},
         "per_slice": metrics.per_slice_accuracy([r["slices"] for r in records], correct),
         "confusion": metrics.confusion_matrix(expected, predicted),
         "calibration": metrics.calibration(predicted_conf, correct),
         "per_confidence": metrics.per_confidence(correct, expected_conf, predicted_conf),
         "confidence_confusion": metrics.confidence_confusion(expected_conf, predicted_conf),
-        "justification": justification,
-        "images": {
-            "sent": sum(1 for r in records if r.get("image") == "sent"),
-            "skipped": sum(1 for r in records if r.get("image") == "skipped"),
-        },
     }
+
+
+def _set_figures(records: list[dict], slo_ms: float) -> dict[str, dict]:
+    """{eval set: its headline figures} (SetFigures), in the order the sets first appear."""
+    out = {}
+    for name in dict.fromkeys(r.get("set", EVAL_SET) for r in records):
+        part = summarize_diagnostics(
+            [r for r in records if r.get("set", EVAL_SET) == name], slo_ms, per_set=False
+        )
+        out[name] = {
+            "n": part["n"],
+            "exact_match": part["exact_match"],
+            "exact_match_ci95": part["exact_match_ci95"],
+            "whole_answer_rate": part["whole_answer_rate"],
+            "per_confidence": part["per_confidence"],
+            "json_valid_rate": part["json_valid_rate"],
+            "cut_by_length_rate": part["cut_by_length_rate"],
+            "justification_grounded_rate": part["justification"]["grounded_rate"],
+            "per_slice": part["per_slice"],
+        }
+    return out
+
+
+def summarize_diagnostics(records: list[dict], slo_ms: float, per_set: bool = True) -> dict:
+    """Quality and latency of one target on one prompt and one body, from its records (a
+    DiagnosticSummary's dict); with `per_set`, the same headline figures for each eval set apart."""
+    records = first_per_id(records)
+    errors, failed = _failures(records)
+    out = {"body": records[0].get("body") if records else None, "n": len(records)}
+    out |= _answer_figures(records) | _latency_figures(records, slo_ms)
+    out["error_rate"] = sum(errors.values()) / len(records) if records else None
+    out |= {"errors": errors, "failed_ids": failed} | _group_figures(records)
+    scores = [r["scores"] for r in records]
+    out["justification"] = _justification_summary(
+        [s["justification"] for s in scores if "justification" in s]
+    )
     if per_set:
-        out["per_set"] = {}
-        for name in dict.fromkeys(r.get("set", EVAL_SET) for r in records):
-            part = summarize_diagnostics(
-                [r for r in records if r.get("set", EVAL_SET) == name], slo_ms, per_set=False
-            )
-            out["per_set"][name] = {
-                "n": part["n"],
-                "exact_match": part["exact_match"],
-                "exact_match_ci95": part["exact_match_ci95"],
-                "whole_answer_rate": part["whole_answer_rate"],
-                "per_confidence": part["per_confidence"],
-                "json_valid_rate": part["json_valid_rate"],
-                "cut_by_length_rate": part["cut_by_length_rate"],
-                "justification_grounded_rate": part["justification"]["grounded_rate"],
-                "per_slice": part["per_slice"],
-            }
+        out["per_set"] = _set_figures(records, slo_ms)
     return out
 
 
@@ -222,9 +252,9 @@ def summarize_target(
 ) -> tuple[dict, list[dict], dict[str, list[dict]]]:
     """(model summary, one experiment row per prompt x body, {body: first prompt's records}).
 
-    The model summary carries every body under `bodies` and, at its top level, the figures of
-    its primary body (the seed's when measured), which cards and plots read; `field_orders`
-    summarises the field-order passes on the items `order_ids`.
+    The model summary carries every body under `bodies`, the first (the seed's when measured)
+    its `primary_body`; `field_orders` summarises the field-order passes on the items
+    `order_ids`.
     """
     first = next(iter(templates))
     bodies = target_bodies(cfg, t)
@@ -247,9 +277,8 @@ def summarize_target(
                 first_records[body] = records
     primary = bodies[0]
     model = {"name": t.served_name, "role": t.role, "slug": t.slug, "base_url": t.base_url}
-    model |= {"prompt": first, "vision": t.vision, "bodies_measured": bodies}
+    model |= {"prompt": first, "bodies_measured": bodies}
     model |= {"sets": list(by_body[primary]["per_set"]), "primary_body": primary}
-    model |= by_body[primary]
     model["bodies"] = by_body
     cold = load_records(records_dir / f"{t.slug}__cold.jsonl")
     model["cold_ms"] = cold[0]["latency"]["e2e_ms"] if cold else None
@@ -265,50 +294,54 @@ def summarize_target(
     return model, rows, first_records
 
 
+def _body_line(s: dict) -> dict:
+    """One body's figures on the last line."""
+    return {
+        "n": s["n"],
+        "exact_match": s["exact_match"],
+        "exact_match_per_set": {k: v["exact_match"] for k, v in s["per_set"].items()},
+        "json_valid_rate": s["json_valid_rate"],
+        "cut_by_length_rate": s["cut_by_length_rate"],
+        "justification_grounded_rate": s["justification"]["grounded_rate"],
+        "p50_ms": s["latency_ms"]["p50"],
+        "p99_ms": s["latency_ms"]["p99"],
+    }
+
+
+def _model_line(m: dict) -> dict:
+    """One model on the last line: its primary body's headline figures, then every body's,
+    the report call's and the field orders'."""
+    primary = m["bodies"][m["primary_body"]]
+    orders = m["field_orders"]
+    return {
+        "name": m["name"],
+        "role": m["role"],
+        "n": primary["n"],
+        "exact_match": primary["exact_match"],
+        "json_valid_rate": primary["json_valid_rate"],
+        "p50_ms": primary["latency_ms"]["p50"],
+        "p99_ms": primary["latency_ms"]["p99"],
+        "errors": sum(primary["errors"].values()),
+        "primary_body": m["primary_body"],
+        "bodies": {b: _body_line(s) for b, s in m["bodies"].items()},
+        "report": None
+        if not m["report"]
+        else {"n": m["report"]["n"], "passed_rate": m["report"]["passed_rate"]},
+        "field_orders": None
+        if not orders
+        else {
+            key: {k: o[k] for k in ("n", "exact_match", "json_valid_rate", "key_order_rate")}
+            for key, o in orders.items()
+        },
+    }
+
+
 def one_line_summary(summary: dict, run_dir: Path) -> dict:
     """The last line printed: what another program needs from the run."""
-
-    def body_line(s: dict) -> dict:
-        return {
-            "n": s["n"],
-            "exact_match": s["exact_match"],
-            "exact_match_per_set": {k: v["exact_match"] for k, v in s["per_set"].items()},
-            "json_valid_rate": s["json_valid_rate"],
-            "cut_by_length_rate": s["cut_by_length_rate"],
-            "justification_grounded_rate": s["justification"]["grounded_rate"],
-            "p50_ms": s["latency_ms"]["p50"],
-            "p99_ms": s["latency_ms"]["p99"],
-        }
-
     return {
         "run_id": summary["run_id"],
         "report_dir": str(run_dir),
-        "models": [
-            {
-                "name": m["name"],
-                "role": m["role"],
-                "n": m["n"],
-                "exact_match": m["exact_match"],
-                "json_valid_rate": m["json_valid_rate"],
-                "p50_ms": m["latency_ms"]["p50"],
-                "p99_ms": m["latency_ms"]["p99"],
-                "errors": sum(m["errors"].values()),
-                "primary_body": m["primary_body"],
-                "bodies": {b: body_line(s) for b, s in m["bodies"].items()},
-                "report": None
-                if not m["report"]
-                else {"n": m["report"]["n"], "passed_rate": m["report"]["passed_rate"]},
-                "field_orders": None
-                if not m["field_orders"]
-                else {
-                    key: {
-                        k: o[k] for k in ("n", "exact_match", "json_valid_rate", "key_order_rate")
-                    }
-                    for key, o in m["field_orders"].items()
-                },
-            }
-            for m in summary["models"]
-        ],
+        "models": [_model_line(m) for m in summary["models"]],
         "winner": summary["comparison"]["winner"],
         "gate": {
             "model": summary["gate"]["model"],

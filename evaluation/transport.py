@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ CONNECT_BACKOFF_S = 0.5
 
 
 def preflight(cfg: BenchmarkConfig, api_key: str) -> None:
-    """Check each target lists its served name on /v1/models; decide whether it sees images."""
+    """Check each target answers and lists its served name on /v1/models."""
     for t in cfg.targets:
         url = f"{t.base_url}/models"
         try:
@@ -46,19 +45,6 @@ def preflight(cfg: BenchmarkConfig, api_key: str) -> None:
                 f"{', '.join(map(str, models)) or 'nothing'}): fix the served name in --target "
                 "or VLLM_SERVED_NAME"
             )
-        if t.vision is None:
-            t.vision = (
-                cfg.vision if cfg.vision is not None else _has_vision_tower(models[t.served_name])
-            )
-
-
-def _has_vision_tower(model_card: dict) -> bool:
-    """True when the served model's local config.json declares a vision tower."""
-    config = Path(str(model_card.get("root", ""))) / "config.json"
-    try:
-        return "vision_config" in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
 
 
 class _Unanswered(Exception):
@@ -109,6 +95,56 @@ async def send_chat(
     return out
 
 
+def _error_in_stream(chunk: dict) -> tuple[str, str] | None:
+    """(status, error) of a request refused inside a 200 stream (vLLM reports it so), else None."""
+    if "error" not in chunk:
+        return None
+    error = chunk["error"]
+    code = (error or {}).get("code") if isinstance(error, dict) else None
+    kind = {4: "http_4xx", 5: "http_5xx"}.get(int(code) // 100 if code else 0)
+    return kind or "stream_error", str(error)[:300]
+
+
+def _take_chunk(chunk: dict, out: dict[str, Any], parts: list[str], start: float) -> None:
+    """One SSE chunk's usage, finish reason and content into `out` and `parts`; the first
+    content sets ttft_ms."""
+    if chunk.get("usage"):
+        out["output_tokens"] = chunk["usage"].get("completion_tokens")
+    for choice in chunk.get("choices", []):
+        if choice.get("finish_reason"):
+            out["finish_reason"] = choice["finish_reason"]
+        delta = (choice.get("delta") or {}).get("content")
+        if delta:
+            if out["ttft_ms"] is None:
+                out["ttft_ms"] = (time.perf_counter() - start) * 1000
+            parts.append(delta)
+
+
+async def _read_response(
+    resp: httpx.Response, out: dict[str, Any], parts: list[str], start: float
+) -> None:
+    """The response of one try into `out`: an error status, or the stream's chunks until
+    [DONE] or an error inside it."""
+    out["http_status"] = resp.status_code
+    if resp.status_code >= 400:
+        text = (await resp.aread()).decode("utf-8", "replace")
+        out["status"] = "http_5xx" if resp.status_code >= 500 else "http_4xx"
+        out["error"] = text[:300]
+        return
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        refused = _error_in_stream(chunk)
+        if refused:
+            out["status"], out["error"] = refused
+            return
+        _take_chunk(chunk, out, parts, start)
+
+
 async def _stream_once(client: httpx.AsyncClient, url: str, body: dict, timeout_s: float) -> dict:
     """One try of send_chat; raises _Unanswered when the connection failed before the response's
     status line and headers came, the only failure worth sending again."""
@@ -123,38 +159,7 @@ async def _stream_once(client: httpx.AsyncClient, url: str, body: dict, timeout_
         nonlocal answered
         async with client.stream("POST", url, json=body) as resp:
             answered = True
-            out["http_status"] = resp.status_code
-            if resp.status_code >= 400:
-                text = (await resp.aread()).decode("utf-8", "replace")
-                out["status"] = "http_5xx" if resp.status_code >= 500 else "http_4xx"
-                out["error"] = text[:300]
-                return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:  # vLLM reports a refused request inside a 200 stream
-                    code = (
-                        (chunk["error"] or {}).get("code")
-                        if isinstance(chunk["error"], dict)
-                        else None
-                    )
-                    kind = {4: "http_4xx", 5: "http_5xx"}.get(int(code) // 100 if code else 0)
-                    out["status"], out["error"] = kind or "stream_error", str(chunk["error"])[:300]
-                    return
-                if chunk.get("usage"):
-                    out["output_tokens"] = chunk["usage"].get("completion_tokens")
-                for choice in chunk.get("choices", []):
-                    if choice.get("finish_reason"):
-                        out["finish_reason"] = choice["finish_reason"]
-                    delta = (choice.get("delta") or {}).get("content")
-                    if delta:
-                        if out["ttft_ms"] is None:
-                            out["ttft_ms"] = (time.perf_counter() - start) * 1000
-                        parts.append(delta)
+            await _read_response(resp, out, parts, start)
 
     try:
         await asyncio.wait_for(consume(), timeout_s)

@@ -8,7 +8,7 @@ import json
 from aria.domain import EXAMPLE_MEASUREMENTS
 from evaluation import sdk_parse
 from evaluation.inputs import EvalItem
-from serve.vllm_server import free_port
+from serve.process import free_port
 
 
 def item(set_name: str) -> EvalItem:

@@ -31,16 +31,12 @@ from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
 from evaluation.soak import is_loopback, memory_trend, soak_measurements
 from serve import docker, health
-from serve.vllm_server import (
-    API_SERVER_MODULE,
-    MASK,
-    ModelMissingError,
+from serve.command import API_SERVER_MODULE, MASK, ModelMissingError, build_command, resolve_model
+from serve.process import (
     PortTakenError,
-    build_command,
     check_port_free,
     pid_path,
     port_in_use,
-    resolve_model,
     stop_recorded_server,
 )
 
@@ -76,7 +72,7 @@ def make_model(settings: Settings, stage: str) -> Path:
     the GPU memory plan read), no weights."""
     folder = settings.model_dir(stage)
     folder.mkdir(parents=True)
-    shutil.copy(ROOT / "training" / "tiny_base" / "config.json", folder / "config.json")
+    shutil.copy(ROOT / "tiny" / "base" / "config.json", folder / "config.json")
     return folder
 
 
@@ -737,7 +733,7 @@ def test_benchmark_measures_both_bodies_and_a_failure_on_the_seed_body_fails_the
     assert summary["eval"]["n_per_set"] == {"eval": 8, "outside": 8}
     model = summary["models"][0]
     seed, project = model["bodies"]["seed"], model["bodies"]["project"]
-    assert model["primary_body"] == "seed" and model["exact_match"] == seed["exact_match"]
+    assert model["primary_body"] == "seed" and "exact_match" not in model  # one copy: bodies
     # The seed's answers were cut: invalid JSON, wrong, counted as cut by length.
     assert seed["json_valid_rate"] == 0.0 and seed["exact_match"] == 0.0
     assert seed["cut_by_length_rate"] == 1.0
@@ -869,15 +865,15 @@ def test_target_spec_narrows_bodies_sets_and_sizes():
 
     t = parse_target("base=http://h:1/v1/,aria-base,bodies=seed,sets=eval,limit=60,reports=0")
     assert (t.role, t.base_url, t.served_name) == ("base", "http://h:1/v1", "aria-base")
-    assert (t.bodies, t.sets, t.limit, t.reports, t.vision) == (["seed"], ["eval"], 60, 0, None)
+    assert (t.bodies, t.sets, t.limit, t.reports) == (["seed"], ["eval"], 60, 0)
     assert t.orders is None and parse_target("dpo=http://h/v1,m,orders=60").orders == 60
     assert parse_target("dpo=http://h/v1,m,orders=0").orders == 0
-    assert parse_target("dpo=http://h/v1,m,vision").vision is True
     for bad, words in (
         ("dpo=http://h/v1,m,bodies=seed+json", "unknown body 'json'"),
         ("dpo=http://h/v1,m,limit=0", "limit must be a whole number"),
         ("dpo=http://h/v1,m,orders=all", "orders must be a whole number"),
         ("dpo=http://h/v1,m,colour=red", "KEY=VALUE"),
+        ("dpo=http://h/v1,m,vision", "'vision' is not KEY=VALUE"),  # no image is ever sent
         ("judge=http://h/v1,m", "ROLE"),
     ):
         with pytest.raises(ValueError, match=re.escape(words)):

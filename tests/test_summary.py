@@ -1,7 +1,9 @@
-"""aria.summary: summary.json read and written through the same typed classes.
+"""aria.summary: summary.json read and written through the same pydantic models.
 
 tests/fixtures/summary_v2.json is the summary of the tiny demo's benchmark of 2026-11-30 (run
-20261130-152205), cut to two models (base, dpo), two field orders and four gate checks.
+20261130-152205), cut to two models (base, dpo), two field orders and four gate checks. It was
+written before the benchmark dropped its image path and the top-level copy of each model's
+primary body: it holds `vision`, `images` and that copy, which current runs no longer write.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from aria.summary import (
+    PRIMARY_KEYS,
     ROLES,
     SCHEMA_VERSION,
     STAGE_ROLES,
@@ -30,16 +33,40 @@ def raw() -> dict:
     return json.loads(FIXTURE.read_text(encoding="utf-8"))
 
 
-def test_a_real_summary_round_trips_key_for_key(tmp_path) -> None:
+def current(data: dict) -> dict:
+    """`data` as a current run writes it: no vision, no images, no top-level copy."""
+    data = copy.deepcopy(data)
+    for i, model in enumerate(data["models"]):
+        kept = {k: v for k, v in model.items() if k not in PRIMARY_KEYS and k != "vision"}
+        for body in kept["bodies"].values():
+            del body["images"]
+        data["models"][i] = kept
+    return data
+
+
+def test_a_real_summary_round_trips_byte_for_byte(tmp_path) -> None:
     summary = read_summary(FIXTURE)
     assert summary.to_dict() == raw()
+    # Same keys in the same order and the same values: the file as the benchmark wrote it.
+    text = FIXTURE.read_text(encoding="utf-8")
+    assert json.dumps(summary.to_dict(), ensure_ascii=False) + "\n" == text
     out = tmp_path / "summary.json"
     write_summary(out, summary)
-    # Same keys in the same order: the file the benchmark writes is the file readers read.
-    assert json.dumps(json.loads(out.read_text()), ensure_ascii=False) == json.dumps(
-        raw(), ensure_ascii=False
-    )
+    assert json.dumps(json.loads(out.read_text()), ensure_ascii=False) + "\n" == text
     assert read_summary(out) == summary
+
+
+def test_a_current_summary_has_no_image_key_nor_top_level_copy(tmp_path) -> None:
+    data = current(raw())
+    assert "exact_match" not in data["models"][1] and "vision" not in data["models"][1]
+    summary = RunSummary.from_dict(data)
+    assert summary.to_dict() == data
+    assert list(summary.to_dict()["models"][1]) == list(data["models"][1])
+    # The figures read are the same, with or without the older keys.
+    old = read_summary(FIXTURE).models[1]
+    assert old.primary.images == {"sent": 0, "skipped": 0} and old.vision is False
+    assert summary.models[1].primary == old.primary.model_copy(update={"images": None})
+    assert (summary.models[1].vision, summary.models[1].primary.images) == (None, None)
 
 
 def test_fields_are_typed_and_the_primary_body_is_one_copy() -> None:
@@ -72,7 +99,8 @@ def test_an_unknown_key_names_where_it_is_and_the_fix() -> None:
     data = raw()
     data["models"][1]["bodies"]["seed"]["latency_ms"]["p42"] = 1.0
     with pytest.raises(
-        SummaryError, match=r"models\[1\]\.bodies\.seed\.latency_ms.*'p42'.*aria\.summary"
+        SummaryError,
+        match=r"(?s)aria\.summary.*models\.1\.bodies\.seed\.latency_ms\.p42\n\s+Extra inputs",
     ):
         RunSummary.from_dict(data)
 
@@ -80,14 +108,18 @@ def test_an_unknown_key_names_where_it_is_and_the_fix() -> None:
 def test_a_missing_key_names_it() -> None:
     data = raw()
     del data["gate"]["by_body"]
-    with pytest.raises(SummaryError, match=r"gate.*'by_body'.*make benchmark"):
+    with pytest.raises(
+        SummaryError, match=r"(?s)make benchmark.*\ngate\.by_body\n\s+Field required"
+    ):
         RunSummary.from_dict(data)
 
 
 def test_a_wrong_type_names_the_key() -> None:
     data = raw()
     data["eval"]["n_items"] = "many"
-    with pytest.raises(SummaryError, match=r"eval\.n_items: expected int"):
+    with pytest.raises(
+        SummaryError, match=r"\neval\.n_items\n\s+Input should be a valid integer.*'many'"
+    ):
         RunSummary.from_dict(data)
 
 
@@ -101,6 +133,13 @@ def test_top_level_figures_must_repeat_the_primary_body() -> None:
     data = raw()
     data["models"][1]["exact_match"] = 0.5
     with pytest.raises(SummaryError, match=r"top-level figures differ from bodies\.seed"):
+        RunSummary.from_dict(data)
+
+
+def test_the_primary_body_must_be_measured() -> None:
+    data = current(raw())
+    data["models"][0]["primary_body"] = "json"
+    with pytest.raises(SummaryError, match=r"\nmodels\.0\n.*primary_body 'json' is not in bodies"):
         RunSummary.from_dict(data)
 
 

@@ -24,15 +24,16 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from aria import metrics
 from aria.domain import CONFIDENCES, label, ranked_pathologies
 from aria.files import read_jsonl
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
-from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, parse_diagnostic
+from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, Diagnostic, parse_diagnostic
 from aria.verdicts import justification_verdict
 from training.model_files import compute_device, eos_ids_with_end_of_turn, load_bf16
 
 # Bounds of the top-two gap buckets (the label's exceedance minus the runner-up's; 0.03 is three
-# points of the prompt's percent): docs/training.md ("Independent runners") scores by them.
+# points of the prompt's percent): docs/training.md ("Judging a change in process").
 GAP_BOUNDS: tuple[float, ...] = (0.03, 0.07, 0.15)
 
 # What guided decoding of the seed's schema writes before the model chooses anything.
@@ -73,13 +74,38 @@ def _confidence_rank(name: str) -> int:
     return CONFIDENCES.index(name) if name in CONFIDENCES else len(CONFIDENCES)
 
 
+def _parsed(text: str) -> Diagnostic | None:
+    """The answer as a Diagnostic, None when it is not one (cut, not JSON, off the schema)."""
+    try:
+        return parse_diagnostic(text.strip())
+    except ValueError:
+        return None
+
+
+def confidences_answered(
+    expected: list[str], parsed: list[Diagnostic | None]
+) -> dict[str, dict[str, int]]:
+    """{expected confidence: {answered confidence (`null`: no valid answer): count}}, both in
+    the domain's order."""
+    answered: dict[str, dict[str, int]] = {}
+    for confiance, diagnostic in zip(expected, parsed, strict=True):
+        row = answered.setdefault(confiance, {})
+        name = diagnostic.confiance if diagnostic else "null"
+        row[name] = row.get(name, 0) + 1
+    return {
+        expected: dict(sorted(row.items(), key=lambda item: _confidence_rank(item[0])))
+        for expected, row in sorted(answered.items(), key=lambda i: _confidence_rank(i[0]))
+    }
+
+
 def score_answers(
     answers: list[str],
     expected: list[tuple[str, str]],
     slices: list[str | None] | None = None,
     runners: list[Mapping[str, Any] | None] | None = None,
 ) -> dict:
-    """JSON-valid rate and exact-match rates of pathologie and confiance (0..1).
+    """JSON-valid rate and exact-match rates of pathologie and confiance (0..1), through
+    aria.metrics as the benchmark computes them; an invalid answer counts as wrong.
 
     With the eval records' `slices`, also the pathology exact match of each slice. With their
     `runners` (measurements), also `grounded`: the share of answers whose justification cites
@@ -90,56 +116,51 @@ def score_answers(
     (`gap_bucket`). `confiance_answered`: for each expected confidence, how often each one was
     answered (an invalid answer counts under `null`).
     """
-    valid = pathology_ok = confidence_ok = grounded = crossings_right = 0
-    answered: dict[str, dict[str, int]] = {}
-    per_slice: dict[str, list[int]] = {}
-    per_gap: dict[str, list[int]] = {name: [0, 0] for name in gap_buckets()}
-    slices = slices or [None] * len(answers)
-    runners = runners or [None] * len(answers)
-    for text, (pathology, confiance), slice_name, measurements in zip(
-        answers, expected, slices, runners, strict=True
-    ):
-        hits = per_slice.setdefault(slice_name, [0, 0]) if slice_name else [0, 0]
-        hits[1] += 1
-        gap_hits = per_gap[gap_bucket(measurements)] if measurements is not None else [0, 0]
-        gap_hits[1] += 1
-        row = answered.setdefault(confiance, {})
-        try:
-            diagnostic = parse_diagnostic(text.strip())
-        except ValueError:
-            row["null"] = row.get("null", 0) + 1
-            continue
-        row[diagnostic.confiance] = row.get(diagnostic.confiance, 0) + 1
-        valid += 1
-        pathology_ok += diagnostic.pathologie == pathology
-        hits[0] += diagnostic.pathologie == pathology
-        gap_hits[0] += diagnostic.pathologie == pathology
-        confidence_ok += diagnostic.confiance == confiance
-        if measurements is not None:
-            verdict = justification_verdict(diagnostic.justification, measurements)
-            grounded += verdict["grounded"]
-            crossings_right += verdict["crossings_right"]
-    n = max(len(answers), 1)
+    parsed = [_parsed(text) for text in answers]
+    pathologies, confidences = [p for p, _ in expected], [c for _, c in expected]
+    predicted = [d.pathologie if d else None for d in parsed]
+    hits = [p == e for p, e in zip(predicted, pathologies, strict=True)]
     result = {
         "n": len(answers),
-        "json_valid": valid / n,
-        "exact_match": pathology_ok / n,
-        "exact_match_confiance": confidence_ok / n,
-        "confiance_answered": {
-            expected: dict(sorted(row.items(), key=lambda item: _confidence_rank(item[0])))
-            for expected, row in sorted(answered.items(), key=lambda i: _confidence_rank(i[0]))
-        },
+        "json_valid": metrics.share([d is not None for d in parsed]) or 0.0,
+        "exact_match": metrics.exact_match(pathologies, predicted) or 0.0,
+        "exact_match_confiance": metrics.confidence_accuracy(
+            confidences, [d.confiance if d else None for d in parsed]
+        )
+        or 0.0,
+        "confiance_answered": confidences_answered(confidences, parsed),
     }
+    runners = runners or [None] * len(answers)
     if any(m is not None for m in runners):
-        result["grounded"] = grounded / n
-        result["crossings_right"] = crossings_right / n
-        result["exact_match_by_gap"] = {
-            name: {"n": total, "exact_match": ok / total if total else None}
-            for name, (ok, total) in per_gap.items()
-        }
-    if per_slice:
-        result["exact_match_by_slice"] = {k: ok / total for k, (ok, total) in per_slice.items()}
+        verdicts = [
+            justification_verdict(d.justification, m) if d and m is not None else {}
+            for d, m in zip(parsed, runners, strict=True)
+        ]
+        result["grounded"] = metrics.share([bool(v.get("grounded")) for v in verdicts])
+        result["crossings_right"] = metrics.share(
+            [bool(v.get("crossings_right")) for v in verdicts]
+        )
+        result["exact_match_by_gap"] = exact_match_by_gap(hits, runners)
+    named = [(s, ok) for s, ok in zip(slices or [None] * len(answers), hits, strict=True) if s]
+    if named:
+        by_slice = metrics.accuracy_by_group([s for s, _ in named], [ok for _, ok in named])
+        result["exact_match_by_slice"] = {k: cell["accuracy"] for k, cell in by_slice.items()}
     return result
+
+
+def exact_match_by_gap(
+    hits: list[bool], runners: list[Mapping[str, Any] | None]
+) -> dict[str, dict[str, Any]]:
+    """{gap bucket: {n, exact_match}} of the answers with measurements, every bucket listed
+    (exact_match None where it holds none)."""
+    scored = [(gap_bucket(m), ok) for ok, m in zip(hits, runners, strict=True) if m is not None]
+    cells = metrics.accuracy_by_group([b for b, _ in scored], [ok for _, ok in scored])
+    return {
+        name: {"n": cells[name]["n"], "exact_match": cells[name]["accuracy"]}
+        if name in cells
+        else {"n": 0, "exact_match": None}
+        for name in gap_buckets()
+    }
 
 
 def gap_buckets() -> list[str]:
@@ -150,7 +171,8 @@ def gap_buckets() -> list[str]:
 
 def gap_bucket(measurements: Mapping[str, Any]) -> str:
     """The bucket of the gap between the label's exceedance and the runner-up's: a near tie is
-    where a model that reads percents loosely errs (docs/training.md, "Independent runners")."""
+    where a model that reads percents loosely errs (docs/training.md, "Judging a change in
+    process")."""
     ranked = ranked_pathologies(measurements)
     gap = ranked[0][1] - ranked[1][1]
     names = gap_buckets()
