@@ -71,9 +71,7 @@ def diagnostic_record(
     return fields
 
 
-def request_record(
-    p: Pass, item: EvalItem, text: str, outcome: dict, started: float
-) -> dict[str, object]:
+def request_record(p: Pass, item: EvalItem, text: str, outcome: dict, started: float) -> dict:
     """What was asked and what came back for one request of a pass, before scoring."""
     return {
         "id": item.id,
@@ -179,7 +177,12 @@ def check_targets(cfg: BenchmarkConfig, items: list[EvalItem]) -> None:
 
 
 def write_run_record(
-    cfg: BenchmarkConfig, run_dir: Path, run_id: str, started: str, items, templates
+    cfg: BenchmarkConfig,
+    run_dir: Path,
+    run_id: str,
+    started: str,
+    items: list[EvalItem],
+    templates: dict[str, str],
 ) -> None:
     """run.json, once per run: what it started with (its items above all, for --resume)."""
     if (run_dir / "run.json").exists():
@@ -205,7 +208,12 @@ def n_reports(cfg: BenchmarkConfig, t: Target) -> int:
 
 
 def send_passes(
-    cfg: BenchmarkConfig, items, templates, records_dir: Path, api_key: str, embedder: Embedder
+    cfg: BenchmarkConfig,
+    items: list[EvalItem],
+    templates: dict[str, str],
+    records_dir: Path,
+    api_key: str,
+    embedder: Embedder,
 ) -> None:
     """Every pass of every target (plan_passes), resuming from the records files."""
     # One seeded order of report runners, mixing the sets; each target takes its first N.
@@ -237,7 +245,12 @@ def summarize_targets(
 
 
 def run_summary(
-    cfg: BenchmarkConfig, settings: Settings, run_id: str, started: str, items, templates
+    cfg: BenchmarkConfig,
+    settings: Settings,
+    run_id: str,
+    started: str,
+    items: list[EvalItem],
+    templates: dict[str, str],
 ) -> dict:
     """summary.json's head: the run, its eval sets, bodies and prompts (models and the rest
     follow)."""
@@ -262,7 +275,10 @@ def run_summary(
 
 
 def write_outputs(
-    cfg: BenchmarkConfig, run_dir: Path, summary: dict, records_by_body: dict
+    cfg: BenchmarkConfig,
+    run_dir: Path,
+    summary: dict,
+    records_by_body: dict[tuple[str, str], list[dict]],
 ) -> RunSummary:
     """Check the summary against the schema, then write the plots, summary.json and report.md
     and point reports/latest at the run."""

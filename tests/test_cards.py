@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -111,7 +110,7 @@ def test_missing_summary_says_to_run_the_benchmark() -> None:
 
 
 def test_missing_stage_in_summary_and_missing_recipe_are_said() -> None:
-    summary = dataclasses.replace(SUMMARY, models=[BASE])
+    summary = SUMMARY.model_copy(update={"models": [BASE]})
     text = render(summary=summary, recipes={"sft": RECIPES["sft"]})
     assert "no entry for `aria-ft-dpo`" in text
     assert "Recipe `dpo.yaml` not found" in text
@@ -127,8 +126,8 @@ def test_tiny_profile_has_no_hub_base_and_an_open_licence() -> None:
 
 def test_stage_result_matches_name_then_role() -> None:
     assert stage_result(SUMMARY, "aria-ft-dpo") is DPO
-    served = dataclasses.replace(DPO, name="aria-ft")  # `make serve-ft` serves it as aria-ft
-    summary = dataclasses.replace(SUMMARY, models=[BASE, served])
+    served = DPO.model_copy(update={"name": "aria-ft"})  # `make serve-ft` serves it as aria-ft
+    summary = SUMMARY.model_copy(update={"models": [BASE, served]})
     assert stage_result(summary, "aria-ft-dpo") is served
     assert stage_result(SUMMARY, "aria-ft-sft") is None
     assert stage_result(None, "aria-ft-dpo") is None
