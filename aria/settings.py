@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Profile = Literal["medgemma", "tiny"]
 Stage = Literal["base", "aria-ft-sft", "aria-ft-dpo"]
 _SECRET_MARKERS = ("TOKEN", "KEY", "SECRET")
-STAGES: tuple[str, ...] = ("base", "aria-ft-sft", "aria-ft-dpo")
+STAGES: tuple[str, ...] = get_args(Stage)
 MEDGEMMA_HUB_ID = "google/medgemma-4b-it"
 # The make target that produces each stage, named in "missing model" errors.
 STAGE_TARGETS: dict[str, str] = {
