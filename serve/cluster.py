@@ -9,9 +9,10 @@ vLLM's multi-node recipe (docs: serving/parallelism_scaling, examples multi-node
 a Ray head on one node, join every other node to it with `ray start --address`, then start the
 server on the head with `--distributed-executor-backend ray`, VLLM_TENSOR_PARALLEL_SIZE set to the
 GPUs per node and VLLM_PIPELINE_PARALLEL_SIZE to the number of nodes. `serve` checks that the
-cluster has that many GPUs before it starts, and otherwise runs `make serve`'s launcher with the
-ray backend forced. Every node needs the same model folder at the same path (or a Hub id) and the
-same Python environment, with `ray` installed (`pip install ray`; not in the CPU profile).
+cluster has that many GPUs before it starts, and otherwise runs `make serve`'s launcher on a copy
+of the settings with the ray backend forced (os.environ is left as it is). Every node needs the
+same model folder at the same path (or a Hub id) and the same Python environment, with `ray`
+installed (`pip install ray`; not in the CPU profile).
 
 The commands are built by pure functions and unit-tested; Ray itself is not run by the tests.
 """
@@ -19,12 +20,12 @@ The commands are built by pure functions and unit-tested; Ray itself is not run 
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 
+from aria.logs import setup_logging
 from aria.settings import STAGES, Settings, get_settings
 from serve.command import shell_quote
 from serve.vllm_server import ServeConfig
@@ -34,6 +35,8 @@ RAY_MISSING = (
     "the `ray` command is not on PATH: install Ray on every node (`.venv/bin/pip install ray`), "
     "the same version everywhere"
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,15 +114,15 @@ class ClusterConfig:
 
 
 def _run(command: RayCommand) -> int:
-    print(command.display(), flush=True)
+    log.info("%s", command.display())
     return subprocess.call(command.argv)
 
 
-def main(cfg: ClusterConfig) -> int:
-    """Run the action; returns its exit code (2 when Ray or an argument is missing)."""
-    settings = get_settings()
+def main(cfg: ClusterConfig, settings: Settings) -> int:
+    """Run the action on `settings`; returns its exit code (2 when Ray or an argument is
+    missing)."""
     if shutil.which("ray") is None:
-        print(f"error: {RAY_MISSING}", file=sys.stderr)
+        log.error("%s", RAY_MISSING)
         return 2
     if cfg.action == "head":
         return _run(head_command(settings))
@@ -129,17 +132,16 @@ def main(cfg: ClusterConfig) -> int:
         try:
             return _run(worker_command(settings, cfg.address or ""))
         except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
+            log.error("%s", error)
             return 2
     try:
         check_cluster_gpus(settings, cluster_gpu_count(settings))
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
-    # serve.vllm_server reads its settings afresh: force the ray backend there.
-    os.environ["VLLM_DISTRIBUTED_EXECUTOR_BACKEND"] = "ray"
-    get_settings.cache_clear()
-    return serve_main(ServeConfig(stage=cfg.stage))
+    # A copy with the ray backend: the server gets `--distributed-executor-backend ray`.
+    ray_settings = settings.model_copy(update={"vllm_distributed_executor_backend": "ray"})
+    return serve_main(ServeConfig(stage=cfg.stage), ray_settings)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -151,5 +153,12 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> ClusterConfig:
+    """Command-line flags → ClusterConfig."""
+    return ClusterConfig(**vars(make_parser().parse_args(argv)))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(ClusterConfig(**vars(make_parser().parse_args()))))
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

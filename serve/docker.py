@@ -24,15 +24,18 @@ The commands are built by pure functions and unit-tested; Docker itself is not r
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aria.logs import setup_logging
 from aria.settings import STAGES, Settings, get_settings
 from serve.command import ServeError, build_command, is_hub_id, shell_quote
+
+log = logging.getLogger(__name__)
 
 # The vLLM version pinned in pyproject.toml (extra `gpu`); the image tag is v<version>.
 VLLM_VERSION = "0.32.0"
@@ -259,23 +262,20 @@ class DockerConfig:
 
 
 def _run(command: DockerCommand, env: dict[str, str] | None = None) -> int:
-    print(command.display(), flush=True)
+    log.info("%s", command.display())
     return subprocess.call(command.argv, env=env)
 
 
-def main(cfg: DockerConfig) -> int:
-    """Run the action; returns docker's exit code (2 when docker or the model is missing)."""
+def main(cfg: DockerConfig, settings: Settings) -> int:
+    """Run the action on `settings`; returns docker's exit code (2 when docker or the model is
+    missing). What it does is logged; docker's own output is docker's."""
     if shutil.which("docker") is None:
-        print(
-            "error: the docker CLI is not on PATH; install Docker or use `make serve-ft`",
-            file=sys.stderr,
-        )
+        log.error("the docker CLI is not on PATH; install Docker or use `make serve-ft`")
         return 2
     if cfg.action == "stop":
         return _run(stop_command())
     if cfg.action == "logs":
         return _run(logs_command())
-    settings = get_settings()
     if cfg.action in ("compose-up", "compose-down"):
         path = settings.aria_data_dir / "run" / "compose" / "compose.yaml"
         if cfg.action == "compose-down":
@@ -283,7 +283,7 @@ def main(cfg: DockerConfig) -> int:
         try:
             path = write_compose(settings, cfg.stage, cfg.replicas)
         except (ServeError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            log.error("%s", error)
             return 2
         code = _run(build_image_command())
         if code != 0:
@@ -292,26 +292,29 @@ def main(cfg: DockerConfig) -> int:
         env = forwarded_env(settings, build_run_command(settings, cfg.stage))
         code = _run(compose_command(path, "up"), env=env)
         if code == 0:
-            print(f"{cfg.replicas} replicas behind {settings.base_url} (nginx, {path})")
+            log.info("%s replicas behind %s (nginx, %s)", cfg.replicas, settings.base_url, path)
         return code
     try:
         run = build_run_command(settings, cfg.stage, cfg.gpus or None)
     except ServeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
     code = _run(build_image_command())
     if code != 0:
         return code
     code = _run(run, env=forwarded_env(settings, run))
     if code == 0:
-        print(
-            f"started {CONTAINER}: {settings.base_url} (`make docker-logs`, `make docker-stop`; "
-            "`make health` once the model is loaded)"
+        log.info(
+            "started %s: %s (`make docker-logs`, `make docker-stop`; `make health` once the "
+            "model is loaded)",
+            CONTAINER,
+            settings.base_url,
         )
     return code
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> DockerConfig:
+    """Command-line flags → DockerConfig."""
     parser = argparse.ArgumentParser(description="vLLM in Docker (official image, NVIDIA GPU)")
     parser.add_argument("action", choices=("up", "stop", "logs", "compose-up", "compose-down"))
     parser.add_argument("--replicas", type=int, default=DockerConfig.replicas)
@@ -319,4 +322,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--gpus", default=DockerConfig.gpus, help="docker --gpus value; '' for none"
     )
-    raise SystemExit(main(DockerConfig(**vars(parser.parse_args()))))
+    return DockerConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

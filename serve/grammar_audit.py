@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 
 from aria.domain import CONFIDENCES, EXAMPLE_MEASUREMENTS, PATHOLOGIES
 from aria.files import atomic_write_text
+from aria.logs import setup_logging
 from aria.references import reference_justification
 from aria.schema import (
     FIELD_ORDER,
@@ -44,6 +45,9 @@ from aria.schema import (
     Diagnostic,
     diagnostic_json_schema,
 )
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_MASKED = 1
@@ -203,38 +207,48 @@ def audit_model(model_dir: Path) -> AuditResult:
     return audit_answers(info, HFEncoder(tokenizer), contract_schemas())
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class AuditConfig:
+    """What `python -m serve.grammar_audit` audits and where the JSON goes besides stdout."""
+
+    model: Path | None = None  # default: the profile's aria-ft-dpo folder
+    json: Path | None = None
+
+
+def main(cfg: AuditConfig, settings: Settings) -> int:
+    """Audit the model (cfg.model, else `settings`' aria-ft-dpo); print the masked tokens, the
+    summary line, then the JSON line; return the exit code."""
+    model = cfg.model or settings.model_dir("aria-ft-dpo")
+    if not (model / "tokenizer_config.json").exists():
+        log.error(
+            "%s has no tokenizer_config.json: pass a model folder, e.g. "
+            "data/models/tiny/aria-ft-dpo after `make train-all`",
+            model,
+        )
+        return EXIT_NO_TOKENIZER
+    result = audit_model(model)
+    summary = {"model": str(model), **result.as_dict()}
+    for m in result.masked[:10]:
+        print(m.line())
+    verdict = "every token allowed" if result.ok else f"{len(result.masked)} tokens masked"
+    print(f"grammar audit of {model}: {result.answers} answers, {result.tokens} tokens, {verdict}")
+    if cfg.json:
+        atomic_write_text(cfg.json, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    print(json.dumps(summary, ensure_ascii=False))
+    return EXIT_OK if result.ok else EXIT_MASKED
+
+
+def parse_args(argv: list[str] | None = None) -> AuditConfig:
+    """Command-line flags → AuditConfig."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model", type=Path, help="a model folder (default: the profile's aria-ft-dpo)"
     )
     parser.add_argument("--json", type=Path, help="also write the result there (atomically)")
-    args = parser.parse_args(argv)
-    if args.model is None:
-        from aria.settings import get_settings
-
-        args.model = get_settings().model_dir("aria-ft-dpo")
-    if not (args.model / "tokenizer_config.json").exists():
-        print(
-            f"{args.model} has no tokenizer_config.json: pass a model folder, e.g. "
-            "data/models/tiny/aria-ft-dpo after `make train-all`",
-            file=sys.stderr,
-        )
-        return EXIT_NO_TOKENIZER
-    result = audit_model(args.model)
-    summary = {"model": str(args.model), **result.as_dict()}
-    for m in result.masked[:10]:
-        print(m.line())
-    verdict = "every token allowed" if result.ok else f"{len(result.masked)} tokens masked"
-    print(
-        f"grammar audit of {args.model}: {result.answers} answers, {result.tokens} tokens, "
-        f"{verdict}"
-    )
-    if args.json:
-        atomic_write_text(args.json, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-    print(json.dumps(summary, ensure_ascii=False))
-    return EXIT_OK if result.ok else EXIT_MASKED
+    return AuditConfig(**vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import httpx
 
 from aria.domain import EXAMPLE_MEASUREMENTS
+from aria.logs import setup_logging
 from aria.prompts import diagnostic_request
 from aria.schema import (
     FIELD_ORDER,
@@ -194,9 +195,9 @@ def _guided_call(
         )
 
 
-def main(cfg: HealthConfig) -> int:
+def main(cfg: HealthConfig, settings: Settings) -> int:
     """Print the check's outcome for people, then one JSON line; return its exit code."""
-    result = check(get_settings(), cfg.timeout_s)
+    result = check(settings, cfg.timeout_s)
     print(result.message, flush=True)
     print(
         json.dumps(
@@ -207,7 +208,14 @@ def main(cfg: HealthConfig) -> int:
     return result.code
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> HealthConfig:
+    """Command-line flags → HealthConfig."""
     parser = argparse.ArgumentParser(description="/health and one guided diagnostic")
     parser.add_argument("--timeout-s", type=float, default=HealthConfig.timeout_s)
-    raise SystemExit(main(HealthConfig(**vars(parser.parse_args()))))
+    return HealthConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

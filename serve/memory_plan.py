@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from aria.logs import setup_logging
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 GB = 1e9
 # CUDA context, cuBLAS/attention workspaces and CUDA graphs of one vLLM engine, measured on the
@@ -264,37 +270,56 @@ def cards_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the plan of MedGemma's text model (or a folder), or the table of cards."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a model folder (default: MedGemma 4B's shape)")
-    parser.add_argument("--budget-gb", type=float, default=DEFAULT_BUDGET_GB)
-    parser.add_argument("--max-num-seqs", type=int, default=16)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--quantization", choices=("none", "fp8"), default="none")
-    parser.add_argument("--cards", action="store_true", help="the table of cards (docs)")
-    args = parser.parse_args(argv)
-    if args.cards:
+@dataclass
+class PlanConfig:
+    """What `python -m serve.memory_plan` plans: a shape and the engine's limits, or the cards."""
+
+    model: Path | None = None  # a model folder; default: MedGemma 4B's shape
+    budget_gb: float = DEFAULT_BUDGET_GB
+    max_num_seqs: int = 16
+    max_model_len: int = 4096
+    quantization: str = "none"
+    cards: bool = False  # the table of cards (docs/serving.md)
+
+
+def main(cfg: PlanConfig, settings: Settings) -> int:
+    """Print the plan of MedGemma's text model (or a folder), or the table of cards, then its
+    JSON line. The plan is the flags' alone: `settings` are not read (one entry shape)."""
+    if cfg.cards:
         rows = card_rows()
         print(cards_table(rows))
         print(json.dumps(rows))
         return 0
-    shape = shape_of_folder(args.model) if args.model else MEDGEMMA_4B_TEXT
+    shape = shape_of_folder(cfg.model) if cfg.model else MEDGEMMA_4B_TEXT
     try:
         plan = plan_memory(
             shape,
-            budget_gb=args.budget_gb,
-            max_num_seqs=args.max_num_seqs,
-            max_model_len=args.max_model_len,
-            quantization=args.quantization,
+            budget_gb=cfg.budget_gb,
+            max_num_seqs=cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len,
+            quantization=cfg.quantization,
         )
     except MemoryPlanError as error:
-        print(f"error: {error}")
+        log.error("%s", error)
         return 1
     print("\n".join(plan.lines()))
     print(json.dumps(plan.as_dict()))
     return 0
 
 
+def parse_args(argv: list[str] | None = None) -> PlanConfig:
+    """Command-line flags → PlanConfig."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a model folder (default: MedGemma 4B's shape)")
+    parser.add_argument("--budget-gb", type=float, default=PlanConfig.budget_gb)
+    parser.add_argument("--max-num-seqs", type=int, default=PlanConfig.max_num_seqs)
+    parser.add_argument("--max-model-len", type=int, default=PlanConfig.max_model_len)
+    parser.add_argument("--quantization", choices=("none", "fp8"), default="none")
+    parser.add_argument("--cards", action="store_true", help="the table of cards (docs)")
+    return PlanConfig(**vars(parser.parse_args(argv)))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

@@ -11,17 +11,19 @@ the engine's memory flags), the process serve.process's. Its pid goes to data/ru
 and its output to data/logs/vllm-<port>.log (also shown in the terminal in the foreground).
 SIGINT/SIGTERM or `--stop` end it: SIGTERM to its process group, SIGKILL after a timeout, pid
 file removed. Code that starts a server itself calls serve.process.start_server.
+A dry run prints its listing on stdout; what a start or a stop tells a person is logged (stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aria.settings import STAGES, get_settings
+from aria.logs import setup_logging
+from aria.settings import STAGES, Settings, get_settings
 from serve.command import Engine, ServeCommand, ServeError, build_command, detect_engine
 from serve.process import (
     DEFAULT_READY_TIMEOUT_S,
@@ -33,6 +35,8 @@ from serve.process import (
     pid_path,
     stop_recorded_server,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,17 +62,17 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def main(cfg: ServeConfig) -> int:
-    """Start (foreground or background) or stop the server; returns the exit code."""
-    settings = get_settings()
+def main(cfg: ServeConfig, settings: Settings) -> int:
+    """Start (foreground or background) or stop the server on `settings`; returns the exit
+    code. A dry run prints its listing (the command's result); the rest is logged."""
     if cfg.port is not None:
         settings = settings.model_copy(update={"vllm_port": cfg.port})
     port = settings.vllm_port
     if cfg.stop:
-        print(stop_recorded_server(settings, port, cfg.stop_timeout_s))
+        log.info("%s", stop_recorded_server(settings, port, cfg.stop_timeout_s))
         return 0
     if cfg.stage is None:
-        print("error: give --stage base|aria-ft-sft|aria-ft-dpo, or --stop", file=sys.stderr)
+        log.error("give --stage base|aria-ft-sft|aria-ft-dpo, or --stop")
         return 2
     engine = cfg.engine or detect_engine()
     try:
@@ -78,13 +82,13 @@ def main(cfg: ServeConfig) -> int:
             return 0
         check_port_free(settings, settings.vllm_host, port)
     except ServeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 1
     log_path = log_path_for(settings, port)
-    print(f"engine: {engine} · stage: {cfg.stage} · log: {log_path}", flush=True)
+    log.info("engine: %s · stage: %s · log: %s", engine, cfg.stage, log_path)
     if command.plan is not None:
-        print("\n".join(command.plan.lines()), flush=True)
-    print(command.display(), flush=True)
+        log.info("%s", "\n".join(command.plan.lines()))
+    log.info("%s", command.display())
     handle = launch(
         command,
         host=settings.vllm_host,
@@ -107,11 +111,13 @@ def wait_ready_in_background(handle: ServerHandle, cfg: ServeConfig) -> int:
         seconds = handle.wait_ready(cfg.ready_timeout_s)
     except ServeError as error:
         handle.stop(cfg.stop_timeout_s)
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 1
-    print(
-        f"ready in {seconds:.1f} s at {handle.base_url} (pid {handle.pid}); "
-        "stop it with `make serve-stop`"
+    log.info(
+        "ready in %.1f s at %s (pid %s); stop it with `make serve-stop`",
+        seconds,
+        handle.base_url,
+        handle.pid,
     )
     return 0
 
@@ -122,20 +128,20 @@ def serve_until_stopped(handle: ServerHandle, cfg: ServeConfig, log_path: Path) 
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         seconds = handle.wait_ready(cfg.ready_timeout_s)
-        print(f"\n>>> ready in {seconds:.1f} s at {handle.base_url} (Ctrl-C stops)\n", flush=True)
+        log.info(">>> ready in %.1f s at %s (Ctrl-C stops)", seconds, handle.base_url)
         code = handle.process.wait()
         if code in (0, -signal.SIGTERM):  # `make serve-stop` from another terminal
-            print(f"the vLLM server stopped (exit code {code})")
+            log.info("the vLLM server stopped (exit code %s)", code)
             return 0
-        print(f"the vLLM server exited with code {code}; see {log_path}", file=sys.stderr)
+        log.error("the vLLM server exited with code %s; see %s", code, log_path)
         return 1
     except (KeyboardInterrupt, _Terminated):
-        print("\nstopping the vLLM server…", flush=True)
+        log.info("stopping the vLLM server…")
         handle.stop(cfg.stop_timeout_s)
         return 0
     except ServeError as error:
         handle.stop(cfg.stop_timeout_s)
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 1
     finally:
         handle.stop(cfg.stop_timeout_s)
@@ -182,6 +188,12 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> ServeConfig:
+    """Command-line flags → ServeConfig."""
+    return ServeConfig(**vars(make_parser().parse_args(argv)))
+
+
 if __name__ == "__main__":
-    args = make_parser().parse_args()
-    raise SystemExit(main(ServeConfig(**vars(args))))
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

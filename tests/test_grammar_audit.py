@@ -6,11 +6,13 @@ Real xgrammar, real tokenizers, no server: the mask is computed as vLLM computes
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
 
 from serve import grammar_audit
+from tests.test_serving import make_settings
 from tiny.build import PRETRAINED_DIR
 from tiny.tokenizer import UNMERGED, without_merges
 
@@ -74,21 +76,32 @@ def test_the_audit_finds_the_token_the_mask_hides(tmp_path):
     assert all(m.before.endswith('"confiance":"') for m in result.masked)
     assert all(m.why == "masked" for m in result.masked)
     # The CLI says so and exits 1.
-    assert grammar_audit.main(["--model", str(folder)]) == grammar_audit.EXIT_MASKED
+    cfg = grammar_audit.parse_args(["--model", str(folder)])
+    assert grammar_audit.main(cfg, make_settings(tmp_path)) == grammar_audit.EXIT_MASKED
 
 
 def result_answers() -> int:
     return sum(len(answers) for _, _, answers in grammar_audit.contract_schemas())
 
 
-def test_the_cli_exit_codes_and_json(tmp_path, capsys):
+def test_the_cli_exit_codes_and_json(tmp_path, capsys, caplog):
+    settings = make_settings(tmp_path)
     out = tmp_path / "audit.json"
-    assert grammar_audit.main(["--model", str(PRETRAINED_DIR), "--json", str(out)]) == 0
+    cfg = grammar_audit.parse_args(["--model", str(PRETRAINED_DIR), "--json", str(out)])
+    assert grammar_audit.main(cfg, settings) == 0
     summary = json.loads(out.read_text())
     assert summary["ok"] and summary["masked"] == 0 and summary["answers"] == result_answers()
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
-    assert grammar_audit.main(["--model", str(tmp_path)]) == grammar_audit.EXIT_NO_TOKENIZER
-    assert "no tokenizer_config.json" in capsys.readouterr().err
+    caplog.set_level(logging.ERROR, logger="serve.grammar_audit")
+    cfg = grammar_audit.parse_args(["--model", str(tmp_path)])
+    assert grammar_audit.main(cfg, settings) == grammar_audit.EXIT_NO_TOKENIZER
+    assert "no tokenizer_config.json" in caplog.text
+    assert capsys.readouterr().out == ""  # the result is on stdout; a failure only in the log
+    # Without --model, the settings passed in name the folder: their aria-ft-dpo.
+    caplog.clear()
+    code = grammar_audit.main(grammar_audit.parse_args([]), settings)
+    assert code == grammar_audit.EXIT_NO_TOKENIZER
+    assert f"{settings.model_dir('aria-ft-dpo')} has no tokenizer_config.json" in caplog.text
 
 
 def test_without_merges_leaves_the_vocabulary_and_refuses_a_merge_it_lacks():

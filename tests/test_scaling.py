@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from serve import cluster, docker
+from serve import cluster, docker, vllm_server
 from serve.command import build_command
 from tests.test_serving import flag, make_model, make_settings
 
@@ -107,6 +108,47 @@ def test_cluster_must_hold_tp_times_pp_times_dp_gpus(tmp_path):
     cluster.check_cluster_gpus(settings, 16)
     with pytest.raises(ValueError, match=r"VLLM_PIPELINE_PARALLEL_SIZE=2.*make ray-worker"):
         cluster.check_cluster_gpus(settings, 8)
+
+
+class _Launched(Exception):
+    """Raised by the stand-in for serve.process.launch once it has the command."""
+
+
+def test_cluster_serve_starts_vllm_with_the_ray_backend_and_leaves_os_environ(
+    tmp_path, monkeypatch
+):
+    """`serve` hands the server settings with the ray backend (so vLLM's argv has it) and
+    changes neither os.environ nor the settings it was given."""
+    settings = make_settings(tmp_path, vllm_port=8011)
+    make_model(settings, "aria-ft-dpo")
+    launched: dict = {}
+
+    def launch(command, **kwargs):
+        launched.update(command=command, **kwargs)
+        raise _Launched
+
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(cluster, "cluster_gpu_count", lambda settings: 1.0)
+    monkeypatch.setattr(vllm_server, "check_port_free", lambda settings, host, port: None)
+    monkeypatch.setattr(vllm_server, "launch", launch)
+    before = dict(os.environ)
+    with pytest.raises(_Launched):
+        cluster.main(cluster.parse_args(["serve", "--stage", "aria-ft-dpo"]), settings)
+    assert dict(os.environ) == before
+    assert settings.vllm_distributed_executor_backend == "auto"
+    command = launched["command"]
+    assert flag(command.argv, "--distributed-executor-backend") == "ray"
+    assert flag(command.argv, "--model") == str(settings.model_dir("aria-ft-dpo"))
+    assert launched["port"] == 8011
+    assert "VLLM_DISTRIBUTED_EXECUTOR_BACKEND" not in command.env  # vLLM reads the flag
+
+
+def test_cluster_serve_refuses_a_cluster_short_of_gpus(tmp_path, monkeypatch, caplog):
+    settings = make_settings(tmp_path, vllm_tensor_parallel_size=2)
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(cluster, "cluster_gpu_count", lambda settings: 1.0)
+    assert cluster.main(cluster.parse_args(["serve"]), settings) == 2
+    assert "VLLM_TENSOR_PARALLEL_SIZE=2" in caplog.text
 
 
 # --- several replicas behind one address
