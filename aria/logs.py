@@ -30,6 +30,20 @@ def process_rank() -> int:
         return 0
 
 
+class _ModuleName(logging.Filter):
+    """Names `__main__` after the module run with `python -m` (serve.vllm_server, not __main__)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        self.name_of_main = spec.name if spec is not None else "__main__"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "__main__":
+            record.name = self.name_of_main
+        return True
+
+
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once for a command: rich in a terminal, plain lines otherwise,
     INFO (or ARIA_LOG_LEVEL, or `level`) on rank 0 and WARNING on the other ranks."""
@@ -47,6 +61,7 @@ def setup_logging(level: str | None = None) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler.addFilter(_ModuleName())
     root.addHandler(handler)
     root.setLevel(getattr(logging, wanted, logging.INFO))
     for name in QUIET:
