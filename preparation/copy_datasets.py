@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import DataError, atomic_write_json, atomic_write_text, read_jsonl
+from aria.logs import setup_logging
 from aria.records import VALIDATORS, check_no_leakage, check_unique_ids, dataset_stats
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 
 # Where each file lives under a data folder.
 DATA_LAYOUT: dict[str, str] = {
@@ -59,11 +60,12 @@ def find_sources(src: Path) -> dict[str, Path]:
     return found
 
 
-def main(cfg: CopyConfig) -> dict[str, int]:
-    """Validate every given file, then copy them; returns the number of records per file."""
+def main(cfg: CopyConfig, settings: Settings) -> dict[str, int]:
+    """Validate every given file, then copy them (to cfg.out_dir, else the settings' data
+    folder); prints what was copied and the JSON line, returns the number of records per file."""
     if cfg.src is None:
         raise SystemExit("no source folder: run `make copy-datasets SRC=/path/to/folder`")
-    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else get_settings().aria_data_dir
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else settings.aria_data_dir
     sources = find_sources(Path(cfg.src))
 
     # Validate everything before writing anything: a bad line leaves the destination untouched.
@@ -114,4 +116,6 @@ def parse_args(argv: list[str] | None = None) -> CopyConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(sys.argv[1:]), settings)

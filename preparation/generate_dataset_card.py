@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,12 @@ from aria.domain import (
     RULES,
 )
 from aria.files import DataError, atomic_write_text, read_jsonl
+from aria.logs import setup_logging
 from aria.population import SLICES
 from aria.records import VALIDATORS, dataset_stats
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # Paths of the files inside the Hub dataset repository (configs' data_files).
 HUB_FILES: dict[str, tuple[str, str]] = {
@@ -181,9 +185,10 @@ vaut au moins {_fr(MODERATE_CONFIDENCE_MIN_EXCEEDANCE)}, `faible` sinon. Aucun p
     return str(card)
 
 
-def main(cfg: CardConfig) -> Path:
-    """Read and validate the datasets, render the card, write data/training/README.md."""
-    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else get_settings().aria_data_dir
+def main(cfg: CardConfig, settings: Settings) -> dict:
+    """Read and validate the datasets (in cfg.data_dir, else the settings' data folder), render
+    the card, write <data>/training/README.md; prints and returns {card, records}."""
+    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else settings.aria_data_dir
     paths = {
         "sft.jsonl": data_dir / "training" / "sft.jsonl",
         "dpo.jsonl": data_dir / "training" / "dpo.jsonl",
@@ -203,9 +208,10 @@ def main(cfg: CardConfig) -> Path:
         generation = json.loads(stats_path.read_text(encoding="utf-8")).get("generation", {})
     out = data_dir / "training" / "README.md"
     atomic_write_text(out, render_dataset_card(stats, cfg, generation))
-    print(f"wrote {out} ({sum(stats['records'].values())} records)")
-    print(json.dumps({"card": str(out), "records": stats["records"]}))
-    return out
+    log.info("wrote %s (%d records)", out, sum(stats["records"].values()))
+    result = {"card": str(out), "records": stats["records"]}
+    print(json.dumps(result))
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> CardConfig:
@@ -218,4 +224,6 @@ def parse_args(argv: list[str] | None = None) -> CardConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(sys.argv[1:]), settings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -37,6 +38,7 @@ from aria.domain import (
     runner_up,
 )
 from aria.files import atomic_write_json, atomic_write_jsonl
+from aria.logs import setup_logging
 from aria.population import (
     HARD_SLICE_WEIGHTS,
     SLICES,
@@ -64,7 +66,9 @@ from aria.references import (
     reference_report,
 )
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, GUIDED_SEPARATORS, Diagnostic
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 REPORT_SHARE = 0.12  # share of report records in sft.jsonl; the rest teach the diagnostic JSON
 # Share of reports among the extra runners of sft_extended.jsonl (the tiny profile's SFT set). Since
@@ -373,10 +377,11 @@ def format_summary(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: GenerateConfig) -> dict[str, Any]:
-    """Generate, validate and write the three datasets and stats.json; returns the stats."""
+def main(cfg: GenerateConfig, settings: Settings) -> dict[str, Any]:
+    """Generate, validate and write the datasets and stats.json (under cfg.out_dir, else the
+    settings' data folder); prints the counts table and the JSON line, returns the stats."""
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else get_settings().aria_data_dir
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else settings.aria_data_dir
     sft, extra, dpo, evaluation, outside = build_datasets(cfg)
     stats = dataset_stats(sft, dpo, evaluation)
     stats["generation"] = {
@@ -397,10 +402,16 @@ def main(cfg: GenerateConfig) -> dict[str, Any]:
     atomic_write_jsonl(out_dir / "training" / "dpo.jsonl", dpo)
     atomic_write_json(out_dir / "training" / "stats.json", stats)
     print(format_summary(stats))
-    print(
-        f"\nwrote {len(sft)} SFT ({len(sft) + len(extra)} in sft_extended.jsonl), {len(dpo)} DPO, "
-        f"{len(evaluation)} eval and {len(outside)} outside records under {out_dir} "
-        f"in {time.perf_counter() - start:.1f} s (no eval profile in training)"
+    log.info(
+        "wrote %d SFT (%d in sft_extended.jsonl), %d DPO, %d eval and %d outside records under %s "
+        "in %.1f s (no eval profile in training)",
+        len(sft),
+        len(sft) + len(extra),
+        len(dpo),
+        len(evaluation),
+        len(outside),
+        out_dir,
+        time.perf_counter() - start,
     )
     print(json.dumps({"records": stats["records"], "out_dir": str(out_dir)}))
     return stats
@@ -444,4 +455,6 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(sys.argv[1:]), settings)

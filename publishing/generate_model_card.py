@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ import yaml
 
 from aria.cards import STAGE_RECIPES, STAGE_SUMMARIES, render_model_card
 from aria.files import atomic_write_text
+from aria.logs import setup_logging
 from aria.settings import STAGE_TARGETS, Settings, get_settings
 from aria.summary import RunSummary, SummaryError, read_summary
+
+log = logging.getLogger(__name__)
 
 RECIPES_ROOT = Path("training/recipes")
 
@@ -70,9 +74,9 @@ def load_recipes(recipes_dir: Path) -> dict[str, dict[str, Any] | None]:
     return recipes
 
 
-def main(cfg: CardConfig, settings: Settings | None = None) -> dict:
-    """Write the card of each requested stage that exists; returns what was written and skipped."""
-    settings = settings or get_settings()
+def main(cfg: CardConfig, settings: Settings) -> dict:
+    """Write the card of each requested stage that exists; prints and returns what was written
+    and skipped."""
     stages = list(STAGE_SUMMARIES) if cfg.stage == "all" else [cfg.stage]
     present = [s for s in stages if settings.model_dir(s).is_dir()]
     if not present:
@@ -100,16 +104,18 @@ def main(cfg: CardConfig, settings: Settings | None = None) -> dict:
         path = settings.model_dir(stage) / "README.md"
         atomic_write_text(path, text)
         written.append(str(path))
-        print(f"✓ {path}")
+        log.info("✓ %s", path)
     skipped = [s for s in stages if s not in present]
     for stage in skipped:
-        print(f"- {stage}: not trained yet, no card (run `{STAGE_TARGETS[stage]}`)")
+        log.warning("%s: not trained yet, no card (run `%s`)", stage, STAGE_TARGETS[stage])
     if summary is None:
-        print(f"no benchmark yet: run `make benchmark` ({summary_path} is missing)")
+        log.warning("no benchmark yet: run `make benchmark` (%s is missing)", summary_path)
     needed = {n for stage in present for n in STAGE_RECIPES[stage]}
     missing = [f"{n}.yaml" for n, r in recipes.items() if r is None and n in needed]
     if missing:
-        print(f"recipes not found for profile {settings.aria_profile}: {', '.join(missing)}")
+        log.warning(
+            "recipes not found for profile %s: %s", settings.aria_profile, ", ".join(missing)
+        )
     result = {"written": written, "skipped": skipped, "benchmark": summary is not None}
     print(json.dumps(result, ensure_ascii=False))
     return result
@@ -126,4 +132,6 @@ def parse_args(argv: list[str] | None = None) -> CardConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

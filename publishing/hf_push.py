@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Callable
@@ -25,8 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from aria.logs import setup_logging
 from aria.retry import with_retries
 from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Target = Literal["model", "datasets"]
@@ -146,18 +150,18 @@ def human_size(size: float) -> str:
     return f"{size:.1f} GB"
 
 
-def print_plan(files: list[PlannedFile], repo: str, repo_type: str) -> None:
+def plan_table(files: list[PlannedFile], repo: str, repo_type: str) -> str:
     """The upload as a table: repo path, size, and the total."""
     width = max([len(f.path_in_repo) for f in files] + [10])
-    print(f"{repo_type} repo {repo}: {len(files)} files")
-    for f in files:
-        print(f"  {f.path_in_repo:<{width}}  {human_size(f.size):>9}")
-    print(f"  {'total':<{width}}  {human_size(sum(f.size for f in files)):>9}")
+    lines = [f"{repo_type} repo {repo}: {len(files)} files"]
+    lines += [f"  {f.path_in_repo:<{width}}  {human_size(f.size):>9}" for f in files]
+    lines.append(f"  {'total':<{width}}  {human_size(sum(f.size for f in files)):>9}")
+    return "\n".join(lines)
 
 
-def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
-    """Plan the upload, then (unless dry-run) create the repo, commit once and tag the commit."""
-    settings = settings or get_settings()
+def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
+    """Plan the upload, then (unless dry-run) create the repo, commit once and tag the commit.
+    A dry run prints the plan (its result); a push logs it and prints the summary's JSON line."""
     repo_id, repo_type, repo_var = repo_settings(cfg.target, settings)
     files = upload_plan(cfg.target, settings)
     total = sum(f.size for f in files)
@@ -173,9 +177,9 @@ def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
         "dry_run": cfg.dry_run,
     }
     if cfg.dry_run:
-        print_plan(files, repo_id or f"<{repo_var} unset>", repo_type)
+        print(plan_table(files, repo_id or f"<{repo_var} unset>", repo_type))
         if not repo_id:
-            print(f"note: set {repo_var} in .env before the real push")
+            log.warning("set %s in .env before the real push", repo_var)
         print(json.dumps(summary | {"paths": [f.path_in_repo for f in files]}))
         return summary
     if not repo_id:
@@ -191,11 +195,13 @@ def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
     api = HfApi(
         endpoint=os.environ.get("HF_ENDPOINT") or None, token=settings.hf_token.get_secret_value()
     )
-    print_plan(files, repo_id, repo_type)
+    log.info("%s", plan_table(files, repo_id, repo_type))
 
     def retried(call: Callable[[], T], what: str) -> T:
         def tell(error: BaseException, wait: float) -> None:
-            print(f"  {what}: transient error ({type(error).__name__}), retry in {wait:.1f} s")
+            log.warning(
+                "%s: transient error (%s), retry in %.1f s", what, type(error).__name__, wait
+            )
 
         return with_retries(
             call, attempts=cfg.retry_attempts, base_s=cfg.retry_base_s, on_retry=tell
@@ -232,7 +238,14 @@ def main(cfg: PushConfig, settings: Settings | None = None) -> dict[str, Any]:
             ) from None
         raise
     summary |= {"url": str(url), "commit": commit.oid}
-    print(f"✓ pushed {len(files)} files ({human_size(total)}) to {url} @ {commit.oid}, tag {tag}")
+    log.info(
+        "✓ pushed %d files (%s) to %s @ %s, tag %s",
+        len(files),
+        human_size(total),
+        url,
+        commit.oid,
+        tag,
+    )
     print(json.dumps(summary))
     return summary
 
@@ -249,4 +262,6 @@ def parse_args(argv: list[str] | None = None) -> PushConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
 from scripts.cuda_driver import read_driver, refusal, required_driver, show
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckGpuConfig:
+    """What the check demands: with `require_gpu`, a missing bf16 GPU exits 1."""
+
+    require_gpu: bool = False
 
 
 @dataclass
@@ -129,9 +140,8 @@ def checklist(gpu: dict, settings: Settings) -> list[Check]:
     return checks
 
 
-def main(require_gpu: bool = False) -> int:
-    """Print the report; return the exit status."""
-    settings = get_settings()
+def main(cfg: CheckGpuConfig, settings: Settings) -> int:
+    """Print the report (the command's result); return the exit status."""
     gpu = gpu_facts()
     driver, torch_cuda = read_driver(), torch_cuda_build()
     print("ARIA back — machine check")
@@ -168,13 +178,20 @@ def main(require_gpu: bool = False) -> int:
             print(f"      fix: {check.fix}")
     print()
     print("all good" if not failed else f"{failed} item(s) to fix above")
-    if require_gpu and not (gpu and gpu["bf16"]):
-        print("--require-gpu: no GPU with bf16 support found")
+    if cfg.require_gpu and not (gpu and gpu["bf16"]):
+        log.error("--require-gpu: no GPU with bf16 support found")
         return 1
     return 0
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> CheckGpuConfig:
+    """Command-line flags → CheckGpuConfig."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--require-gpu", action="store_true", help="exit 1 without a bf16 GPU")
-    sys.exit(main(parser.parse_args().require_gpu))
+    return CheckGpuConfig(parser.parse_args(argv).require_gpu)
+
+
+if __name__ == "__main__":
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

@@ -25,6 +25,7 @@ What the benchmark measures (sized to stay near 10 minutes on 2 CPU cores, docs/
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import subprocess
@@ -34,9 +35,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aria.files import atomic_write_json
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
 from aria.summary import STAGE_ROLES
 from scripts.figures import DEMO_STAGES_FILE, stage_times_record, this_machine
+
+log = logging.getLogger(__name__)
 
 PROFILE = "tiny"  # the demo is the CPU profile by definition
 
@@ -86,7 +90,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def run_stage(name: str, module: str, *args: str, env: dict[str, str]) -> float:
     """Run `python -m module args` as its make target would, in `env`; stop the demo if it fails."""
-    print(f"\n━━ {name} ━━ python -m {module} {' '.join(args)}".rstrip(), flush=True)
+    log.info("━━ %s ━━ %s", name, shlex.join(["python", "-m", module, *args]))
     started = time.monotonic()
     code = subprocess.run([sys.executable, "-m", module, *args], env=env).returncode
     if code != 0:
@@ -127,7 +131,7 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
 
     servers = []
     try:
-        print("\n━━ serving base, SFT and DPO side by side ━━", flush=True)
+        log.info("━━ serving base, SFT and DPO side by side ━━")
         started = time.monotonic()
         for i, stage in enumerate(STAGE_ROLES):
             servers.append(
@@ -144,11 +148,11 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
             )
         for server, stage in zip(servers, STAGE_ROLES, strict=True):
             ready = server.wait_ready(timeout=900)
-            print(f"  {stage} ready after {ready:.0f} s at {server.base_url}", flush=True)
+            log.info("  %s ready after %.0f s at %s", stage, ready, server.base_url)
         timings["serve"] = time.monotonic() - started
         urls = {stage: server.base_url for server, stage in zip(servers, STAGE_ROLES, strict=True)}
         args = benchmark_args(cfg, urls)
-        print(f"\n━━ benchmark ━━ python -m scripts.benchmark {' '.join(args)}", flush=True)
+        log.info("━━ benchmark ━━ %s", shlex.join(["python", "-m", "scripts.benchmark", *args]))
         started = time.monotonic()
         gate = subprocess.run(
             [sys.executable, "-m", "scripts.benchmark", *args], env=env
@@ -158,7 +162,7 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
         for server in servers:
             server.stop()
 
-    print("\n━━ demo done ━━")
+    print("\n━━ demo done ━━")  # the demo's result: its stage times, report and gate
     for stage, seconds in timings.items():
         print(f"  {stage:<12} {seconds:7.1f} s")
     latest = settings.aria_reports_dir / "latest"
@@ -179,7 +183,9 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
     return 0 if gate in verdict else gate
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> DemoConfig:
+    """Command-line flags (default sys.argv) → DemoConfig, with the command that started it."""
+    args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="rebuild every stage")
     defaults = DemoConfig()
@@ -204,8 +210,8 @@ if __name__ == "__main__":
         default=defaults.orders_limit,
         help="DPO: items of eval.jsonl per field order (0: none)",
     )
-    ns = parser.parse_args()
-    cfg = DemoConfig(
+    ns = parser.parse_args(args)
+    return DemoConfig(
         fresh=ns.fresh,
         limit=ns.limit or None,
         report_sample=ns.report_sample,
@@ -215,6 +221,11 @@ if __name__ == "__main__":
         first_port=ns.first_port,
         field_orders=not ns.no_field_orders,
         orders_limit=ns.orders_limit,
-        command=f'make demo ARGS="{shlex.join(sys.argv[1:])}"' if sys.argv[1:] else "make demo",
+        command=f'make demo ARGS="{shlex.join(args)}"' if args else "make demo",
     )
-    sys.exit(main(cfg, get_settings().for_profile(PROFILE)))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    settings = get_settings().for_profile(PROFILE)  # the demo is the tiny profile's
+    raise SystemExit(main(parse_args(), settings))

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from aria.logs import setup_logging
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 FIGURES_VERSION = 1
 DEMO_STAGES_FILE = "demo_stages.json"  # what `make demo` writes next to summary.json
@@ -339,7 +344,7 @@ def table_in(readme: str) -> str:
 class FiguresConfig:
     """Where the figures come from and where they go."""
 
-    reports_dir: Path = Path("reports")
+    reports_dir: Path | None = None  # default: the settings' ARIA_REPORTS_DIR
     figures_path: Path = Path("docs/figures.json")
     readme_path: Path = Path("README.md")
     check: bool = False
@@ -361,18 +366,22 @@ def gather(cfg: FiguresConfig) -> dict[str, Any] | None:
     stages_path = latest / DEMO_STAGES_FILE
     stages = json.loads(stages_path.read_text(encoding="utf-8")) if stages_path.exists() else None
     if stages and stages.get("run_id") != summary["run_id"]:
-        print(
-            f"{stages_path}: stage times of run {stages.get('run_id')}, not {summary['run_id']}: left out"
+        log.warning(
+            "%s: stage times of run %s, not %s: left out",
+            stages_path,
+            stages.get("run_id"),
+            summary["run_id"],
         )
         stages = None
     return figures_from_summary(summary, stages)
 
 
-def main(cfg: FiguresConfig) -> int:
-    """Gather the latest figures into docs/figures.json (if a benchmark ran) and rewrite the
-    README's table from it; with `check`, only compare."""
+def main(cfg: FiguresConfig, settings: Settings) -> int:
+    """Gather the latest figures (of cfg.reports_dir, else the settings') into docs/figures.json
+    (if a benchmark ran) and rewrite the README's table from it; with `check`, only compare."""
     from aria.files import atomic_write_json, atomic_write_text
 
+    cfg = replace(cfg, reports_dir=cfg.reports_dir or settings.aria_reports_dir)
     readme = cfg.readme_path.read_text(encoding="utf-8")
     figures = None if cfg.check else gather(cfg)
     if figures is None:
@@ -386,29 +395,39 @@ def main(cfg: FiguresConfig) -> int:
     updated = replace_table(readme, render_table(figures))
     if cfg.check:
         if updated != readme:
-            print(
-                f"{cfg.readme_path}: its figures table is not {cfg.figures_path}'s: run `make figures`"
+            log.error(
+                "%s: its figures table is not %s's: run `make figures`",
+                cfg.readme_path,
+                cfg.figures_path,
             )
             return 1
         return 0
     if updated != readme:
         atomic_write_text(cfg.readme_path, updated)
-    print(
-        f"{cfg.readme_path}: figures of {figures['date']} ({figures['command']}) from {cfg.figures_path}"
+    log.info(
+        "%s: figures of %s (%s) from %s",
+        cfg.readme_path,
+        figures["date"],
+        figures["command"],
+        cfg.figures_path,
     )
     return 0
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> FiguresConfig:
+    """Command-line flags → FiguresConfig."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     parser.add_argument("--figures", type=Path, default=FiguresConfig.figures_path)
     parser.add_argument("--readme", type=Path, default=FiguresConfig.readme_path)
-    ns = parser.parse_args()
-    from aria.settings import get_settings
+    ns = parser.parse_args(argv)
+    return FiguresConfig(None, ns.figures, ns.readme, ns.check)
 
-    config = FiguresConfig(get_settings().aria_reports_dir, ns.figures, ns.readme, ns.check)
-    try:
-        sys.exit(main(config))
+
+if __name__ == "__main__":
+    setup_logging()
+    settings = get_settings()
+    try:  # a missing input or marker: its message, which names the fix, and exit 1
+        raise SystemExit(main(parse_args(), settings))
     except FiguresError as error:
-        sys.exit(str(error))
+        raise SystemExit(str(error)) from None

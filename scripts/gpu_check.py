@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from aria.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_BASE = ROOT / "tiny" / "base"  # committed: the twin's language model, the tokenizer
@@ -284,8 +289,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the stages in order, stopping at the first that fails; print the table and JSON."""
+@dataclass
+class GpuCheckConfig:
+    """Where the check works, how long the 4B stages train, and which stages run."""
+
+    out_dir: Path | None = None  # default: a temporary folder
+    sft_steps: int = 20
+    dpo_steps: int = 8
+    dry_run: bool = False
+    no_serve: bool = False
+    small: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> GpuCheckConfig:
+    """Command-line flags → GpuCheckConfig."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--sft-steps", type=int, default=20)
@@ -293,13 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the stages; run nothing")
     parser.add_argument("--no-serve", action="store_true", help="skip vLLM (not installed there)")
     parser.add_argument("--small", action="store_true", help="small dims: the stages on a CPU")
-    args = parser.parse_args(argv)
-    work = args.out_dir or Path(tempfile.mkdtemp(prefix="aria-gpu-check-"))
+    return GpuCheckConfig(**vars(parser.parse_args(argv)))
+
+
+def main(cfg: GpuCheckConfig) -> int:
+    """Run the stages in order, stopping at the first that fails; print the table and JSON. It
+    reads no settings: each stage's command reads its own, from the environment it is given."""
+    work = cfg.out_dir or Path(tempfile.mkdtemp(prefix="aria-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     memory = PeakMemory()
     cpu = memory.source == "cpu_rss"
-    plan = stages(work, args.sft_steps, args.dpo_steps, cpu, not args.no_serve, args.small)
-    if args.dry_run:
+    plan = stages(work, cfg.sft_steps, cfg.dpo_steps, cpu, not cfg.no_serve, cfg.small)
+    if cfg.dry_run:
         for stage in plan:
             env = " ".join(f"{k}={v}" for k, v in sorted(stage.env.items()))
             print(f"{stage.name}: {env} {' '.join(stage.argv)}")
@@ -307,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for stage in plan:
         rows.append(run_stage(stage, memory, work))
-        print(f"{rows[-1]['stage']}: {rows[-1]['seconds']} s, {rows[-1]['peak_gb']} GB", flush=True)
+        log.info("%s: %s s, %s GB", rows[-1]["stage"], rows[-1]["seconds"], rows[-1]["peak_gb"])
         if rows[-1]["exit_code"] not in (0, 1) or (
             rows[-1]["exit_code"] == 1 and "benchmark" not in stage.name  # a random model's gate
         ):
@@ -327,4 +349,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    setup_logging()
+    raise SystemExit(main(parse_args()))

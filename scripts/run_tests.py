@@ -11,6 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+
+from aria.logs import setup_logging
 
 STEPS: list[tuple[str, list[str]]] = [
     ("ruff check", [sys.executable, "-m", "ruff", "check", "."]),
@@ -19,8 +22,21 @@ STEPS: list[tuple[str, list[str]]] = [
 ]
 
 
-def main(pytest_args: list[str]) -> int:
-    """Run each step; keep going after a failure so one run shows every problem."""
+@dataclass
+class RunTestsConfig:
+    """The arguments given to pytest (`-k domain`, `-x`, ...)."""
+
+    pytest_args: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None = None) -> RunTestsConfig:
+    """Every argument (default sys.argv) goes to pytest."""
+    return RunTestsConfig(list(sys.argv[1:] if argv is None else argv))
+
+
+def main(cfg: RunTestsConfig) -> int:
+    """Run each step, printing ✓ or ✗ with its time (the checklist is the command's result); keep
+    going after a failure so one run shows every problem. It reads no settings."""
     failures = []
     for name, cmd in STEPS:
         started = time.monotonic()
@@ -30,7 +46,7 @@ def main(pytest_args: list[str]) -> int:
         )
         if code != 0:
             failures.append(name)
-    code = subprocess.run([sys.executable, "-m", "pytest", *pytest_args]).returncode
+    code = subprocess.run([sys.executable, "-m", "pytest", *cfg.pytest_args]).returncode
     if code == 5:
         print("✗ pytest collected no test: that is a failure here")
     if failures:
@@ -39,4 +55,5 @@ def main(pytest_args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    setup_logging()
+    raise SystemExit(main(parse_args()))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aria.settings import get_settings
 from preparation.generate_datasets import GenerateConfig, main
 
 
@@ -16,5 +17,5 @@ from preparation.generate_datasets import GenerateConfig, main
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder with training/sft.jsonl, training/dpo.jsonl and eval/eval.jsonl (defaults)."""
     out = tmp_path_factory.mktemp("aria-data")
-    main(GenerateConfig(out_dir=out))
+    main(GenerateConfig(out_dir=out), get_settings())
     return out

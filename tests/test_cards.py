@@ -160,7 +160,7 @@ def test_unknown_stage_is_refused() -> None:
 # --- the script around it, on a temp folder
 
 
-def test_script_writes_the_card_and_names_the_missing_stage(tmp_path, capsys) -> None:
+def test_script_writes_the_card_and_names_the_missing_stage(tmp_path, caplog) -> None:
     settings = Settings(
         _env_file=None,
         aria_profile="tiny",
@@ -182,8 +182,8 @@ def test_script_writes_the_card_and_names_the_missing_stage(tmp_path, capsys) ->
     assert result["written"] == [str(settings.model_dir("aria-ft-sft") / "README.md")]
     assert result["skipped"] == ["aria-ft-dpo"]
     assert "| LoRA r | `lora_r` | 32 |" in card
-    out = capsys.readouterr().out
-    assert "no benchmark yet: run `make benchmark`" in out and "make train-dpo" in out
+    told = caplog.text  # what the script tells a person goes to the log, not stdout
+    assert "no benchmark yet: run `make benchmark`" in told and "make train-dpo" in told
 
     summary_path = tmp_path / "reports" / "latest" / "summary.json"
     summary_path.parent.mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -196,19 +197,21 @@ def test_pretrain_rebuilds_the_committed_base_with_its_stages():
 
 
 @pytest.mark.engine
-def test_the_committed_tiny_base_installs_and_copies(tmp_path: Path, capsys):
+def test_the_committed_tiny_base_installs_and_copies(tmp_path: Path, caplog):
     """`make tiny-model`: the committed base is installed as it is, and it copies a measured
     value asked by its key from held-out tables (the ability the recipe's grounding rests on)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from aria.settings import get_settings
     from tiny.build import CHECKED_FILES, PRETRAINED_DIR, TinyModelConfig
     from tiny.build import main as build_main
     from tiny.copy_probe import probe
     from tiny.pretraining import PRETRAIN_COPY_STEPS
 
-    out = build_main(TinyModelConfig(out_dir=tmp_path / "base"))
-    assert "installed from" in capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="tiny.build")
+    out = Path(build_main(TinyModelConfig(out_dir=tmp_path / "base"), get_settings())["path"])
+    assert "installed from" in caplog.text
     for name in CHECKED_FILES:
         assert (out / name).read_bytes() == (PRETRAINED_DIR / name).read_bytes()
     build = json.loads((out / "aria_build.json").read_text())

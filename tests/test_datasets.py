@@ -51,6 +51,7 @@ from aria.records import (
 )
 from aria.references import reference_justification, reference_report
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, parse_diagnostic
+from aria.settings import Settings
 from aria.verdicts import cited_numbers, grounding
 from preparation import copy_datasets
 from preparation.generate_dataset_card import render_dataset_card, size_category
@@ -62,6 +63,7 @@ from preparation.generate_datasets import (
 )
 from preparation.generate_datasets import main as generate
 
+SETTINGS = Settings(_env_file=None)  # every call below names its out_dir
 SMALL = {"n_sft": 96, "n_dpo": 48, "n_eval": 48, "n_sft_extended": 120}
 
 
@@ -96,9 +98,9 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
         "eval/outside.jsonl",
         "training/stats.json",
     )
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "a", **SMALL))
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "b", **SMALL))
-    generate(GenerateConfig(seed=6, out_dir=tmp_path / "c", **SMALL))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "a", **SMALL), SETTINGS)
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "b", **SMALL), SETTINGS)
+    generate(GenerateConfig(seed=6, out_dir=tmp_path / "c", **SMALL), SETTINGS)
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert (tmp_path / "a" / files[0]).read_bytes() != (tmp_path / "c" / files[0]).read_bytes()
@@ -112,8 +114,14 @@ def test_default_sizes(datasets) -> None:
 
 
 def test_extended_sft_is_sft_plus_fresh_records(tmp_path: Path) -> None:
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "small", **{**SMALL, "n_sft_extended": 216}))
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "none", **{**SMALL, "n_sft_extended": 0}))
+    generate(
+        GenerateConfig(seed=5, out_dir=tmp_path / "small", **{**SMALL, "n_sft_extended": 216}),
+        SETTINGS,
+    )
+    generate(
+        GenerateConfig(seed=5, out_dir=tmp_path / "none", **{**SMALL, "n_sft_extended": 0}),
+        SETTINGS,
+    )
     read = lambda d, f: read_jsonl(tmp_path / d / "training" / f, validate_sft_record)  # noqa: E731
     sft, extended = read("small", "sft.jsonl"), read("small", "sft_extended.jsonl")
     assert len(extended) == 216 and extended[: len(sft)] == sft
@@ -132,8 +140,11 @@ def test_extended_sft_is_sft_plus_fresh_records(tmp_path: Path) -> None:
 
 def test_extended_report_share_changes_the_extra_runners_only(tmp_path: Path) -> None:
     base = {**SMALL, "n_sft_extended": 216}
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "half", extended_report_share=0.5, **base))
-    generate(GenerateConfig(seed=5, out_dir=tmp_path / "default", **base))
+    generate(
+        GenerateConfig(seed=5, out_dir=tmp_path / "half", extended_report_share=0.5, **base),
+        SETTINGS,
+    )
+    generate(GenerateConfig(seed=5, out_dir=tmp_path / "default", **base), SETTINGS)
     extended = read_jsonl(
         tmp_path / "half" / "training" / "sft_extended.jsonl", validate_sft_record
     )
@@ -166,7 +177,7 @@ def test_answers_teach_every_field_order_the_seeds_most(datasets) -> None:
 
 
 def test_outside_runners_are_another_process_balanced_over_slices(tmp_path: Path) -> None:
-    generate(GenerateConfig(seed=5, out_dir=tmp_path, **{**SMALL, "n_outside": 40}))
+    generate(GenerateConfig(seed=5, out_dir=tmp_path, **{**SMALL, "n_outside": 40}), SETTINGS)
     outside = read_jsonl(tmp_path / "eval" / "outside.jsonl", validate_eval_record)
     assert [r["id"] for r in outside] == [f"outside-{i:04d}" for i in range(1, 41)]
     assert Counter(r["slice"] for r in outside) == {s: 10 for s in SLICES}
@@ -454,7 +465,9 @@ def test_extended_set_is_independent_and_reports_come_with_and_without_context(
 
 
 def test_copy_datasets_imports_valid_files(dataset_dir: Path, tmp_path: Path) -> None:
-    counts = copy_datasets.main(copy_datasets.CopyConfig(src=dataset_dir, out_dir=tmp_path))
+    counts = copy_datasets.main(
+        copy_datasets.CopyConfig(src=dataset_dir, out_dir=tmp_path), SETTINGS
+    )
     assert counts == {"sft.jsonl": 1500, "dpo.jsonl": 420, "eval.jsonl": 360}
     assert (tmp_path / "training" / "sft.jsonl").read_bytes() == (
         dataset_dir / "training" / "sft.jsonl"
@@ -476,18 +489,20 @@ def test_copy_datasets_refuses_a_bad_line_and_touches_nothing(
     (src / "sft.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     with pytest.raises(SystemExit, match=r"sft\.jsonl:3: label"):
-        copy_datasets.main(copy_datasets.CopyConfig(src=src, out_dir=dest))
+        copy_datasets.main(copy_datasets.CopyConfig(src=src, out_dir=dest), SETTINGS)
     assert (dest / "training" / "sft.jsonl").read_text(encoding="utf-8") == "previous\n"
     assert not (dest / "eval").exists()
 
 
 def test_copy_datasets_explains_a_missing_or_empty_source(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="SRC="):
-        copy_datasets.main(copy_datasets.CopyConfig(src=None, out_dir=tmp_path))
+        copy_datasets.main(copy_datasets.CopyConfig(src=None, out_dir=tmp_path), SETTINGS)
     with pytest.raises(SystemExit, match="not a folder"):
-        copy_datasets.main(copy_datasets.CopyConfig(src=tmp_path / "nope", out_dir=tmp_path))
+        copy_datasets.main(
+            copy_datasets.CopyConfig(src=tmp_path / "nope", out_dir=tmp_path), SETTINGS
+        )
     with pytest.raises(SystemExit, match="none of"):
-        copy_datasets.main(copy_datasets.CopyConfig(src=tmp_path, out_dir=tmp_path))
+        copy_datasets.main(copy_datasets.CopyConfig(src=tmp_path, out_dir=tmp_path), SETTINGS)
 
 
 def test_generate_and_copy_share_the_validators() -> None:

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from aria.settings import Settings
 from scripts import figures as fig
+
+SETTINGS = Settings(_env_file=None)  # every test names its reports folder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "summary_v2.json"
@@ -133,17 +136,17 @@ def test_main_gathers_the_latest_run_then_renders_the_readme(tmp_path: Path, cap
     readme.write_text(f"# ARIA\n{fig.START}\n{fig.END}\nrest\n", encoding="utf-8")
     cfg = fig.FiguresConfig(tmp_path / "reports", tmp_path / "figures.json", readme)
 
-    assert fig.main(cfg) == 0
+    assert fig.main(cfg, SETTINGS) == 0
     written = json.loads(cfg.figures_path.read_text(encoding="utf-8"))
     assert written["stages"] == STAGES and written["machine"] == "2 cores, AMD EPYC, AVX-512"
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# ARIA\n") and text.endswith(f"{fig.END}\nrest\n")
     assert fig.table_in(text) == fig.render_table(written)
     check = fig.FiguresConfig(cfg.reports_dir, cfg.figures_path, readme, check=True)
-    assert fig.main(check) == 0
+    assert fig.main(check, SETTINGS) == 0
 
     readme.write_text(text.replace("88.0 %", "99.0 %"), encoding="utf-8")
-    assert fig.main(check) == 1
+    assert fig.main(check, SETTINGS) == 1
 
 
 def test_stage_times_of_another_run_are_left_out(tmp_path: Path) -> None:
@@ -153,7 +156,7 @@ def test_stage_times_of_another_run_are_left_out(tmp_path: Path) -> None:
     (latest / fig.DEMO_STAGES_FILE).write_text(json.dumps(stages_of("20250101-000000")))
     readme = tmp_path / "README.md"
     readme.write_text(f"{fig.START}\n{fig.END}\n", encoding="utf-8")
-    fig.main(fig.FiguresConfig(tmp_path / "reports", tmp_path / "figures.json", readme))
+    fig.main(fig.FiguresConfig(tmp_path / "reports", tmp_path / "figures.json", readme), SETTINGS)
     written = json.loads((tmp_path / "figures.json").read_text(encoding="utf-8"))
     assert written["stages"] is None and written["command"] == "make benchmark"
 
@@ -163,4 +166,4 @@ def test_without_a_benchmark_nor_docs_figures_json_it_names_make_demo(tmp_path: 
     readme.write_text(f"{fig.START}\n{fig.END}\n", encoding="utf-8")
     cfg = fig.FiguresConfig(tmp_path / "reports", tmp_path / "figures.json", readme)
     with pytest.raises(fig.FiguresError, match="make demo"):
-        fig.main(cfg)
+        fig.main(cfg, SETTINGS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,12 +120,13 @@ def test_dry_run_lists_exactly_the_publishable_files_with_sizes(tmp_path, capsys
     assert "model.safetensors" in out and "total" in out
 
 
-def test_dry_run_needs_no_token_nor_repo(tmp_path, capsys) -> None:
+def test_dry_run_needs_no_token_nor_repo(tmp_path, capsys, caplog) -> None:
     settings = make_settings(tmp_path)
     fake_model(settings)
     summary = hf_push.main(PushConfig("model", dry_run=True), settings)
     assert summary["repo"] is None
     assert "HF_MODEL_REPO" in capsys.readouterr().out
+    assert "set HF_MODEL_REPO in .env" in caplog.text
 
 
 def test_dataset_plan_puts_the_card_at_the_root(tmp_path) -> None:
@@ -297,7 +299,10 @@ def hub(monkeypatch):
         yield stand_in
 
 
-def test_model_push_creates_private_repo_one_commit_and_a_tag(tmp_path, hub, capsys) -> None:
+def test_model_push_creates_private_repo_one_commit_and_a_tag(
+    tmp_path, hub, capsys, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
     token = "hf_test_token_never_printed"
     settings = make_settings(tmp_path, hf_token=token, hf_model_repo="me/aria-ft-dpo")
     folder = fake_model(settings)
@@ -319,7 +324,8 @@ def test_model_push_creates_private_repo_one_commit_and_a_tag(tmp_path, hub, cap
         {"repo": "me/aria-ft-dpo", "revision": summary["commit"], "tag": "v20250101-abc1234"}
     ]
     assert all(r["auth"] == f"Bearer {token}" for r in hub.requests)
-    assert token not in capsys.readouterr().out
+    assert token not in capsys.readouterr().out and token not in caplog.text
+    assert "transient error" in caplog.text and "pushed" in caplog.text
 
 
 def test_a_dropped_connection_is_retried(tmp_path, hub) -> None:

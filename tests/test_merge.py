@@ -171,6 +171,15 @@ def test_merge_that_drifts_is_refused(tiny_sft_run, dataset_dir: Path, tmp_path,
     assert not (tmp_path / "m").exists()
 
 
+def _merge(argv: list[str]) -> dict:
+    """`python -m training.merge_sft ARGV` in this process: its parse, then its main."""
+    from aria.settings import get_settings
+    from training.merge_sft import main, parse_args
+
+    settings = get_settings()
+    return main(*parse_args(argv, settings=settings), settings)
+
+
 def _merge_argv(run, dataset_dir: Path, merged: Path) -> list[str]:
     from tests.fixtures_training import TINY_SFT_RECIPE
 
@@ -188,13 +197,11 @@ def _merge_argv(run, dataset_dir: Path, merged: Path) -> list[str]:
 def test_merge_cli_keeps_the_training_files(tiny_sft_run, dataset_dir: Path, tmp_path: Path):
     """make merge-sft republishes aria-ft-sft with its metrics, loss plot, runs and card, the
     recipe's tolerance and the eval split's probes (the ones train-sft used)."""
-    from training.merge_sft import main
-
     merged = tmp_path / "aria-ft-sft"
     shutil.copytree(tiny_sft_run.merged, merged)
     (merged / "README.md").write_text("# card\n")
     before = json.loads((merged / "merge_parity.json").read_text())
-    report = main(_merge_argv(tiny_sft_run, dataset_dir, merged))
+    report = _merge(_merge_argv(tiny_sft_run, dataset_dir, merged))
     for name in ("training_metrics.json", "loss.png", "runs", "README.md", "model.safetensors"):
         assert (merged / name).exists(), name
     metrics = json.loads((merged / "training_metrics.json").read_text())
@@ -209,8 +216,6 @@ def test_merge_cli_refuses_a_4bit_base(tiny_sft_run, dataset_dir: Path, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from training.merge_sft import main
-
     quantized = tmp_path / "base-4bit"
     AutoModelForCausalLM.from_pretrained(
         tiny_sft_run.base,
@@ -222,7 +227,7 @@ def test_merge_cli_refuses_a_4bit_base(tiny_sft_run, dataset_dir: Path, tmp_path
     argv = _merge_argv(tiny_sft_run, dataset_dir, tmp_path / "m")
     argv[argv.index("--model_name_or_path") + 1] = str(quantized)
     with pytest.raises(SystemExit, match="quantized"):
-        main(argv)
+        _merge(argv)
     assert not (tmp_path / "m").exists()
 
 

@@ -660,7 +660,7 @@ def test_training_bench_times_real_qlora_steps(monkeypatch, capsys, tmp_path: Pa
         config_only=True,
     )  # fmt: skip
 
-    result = bench.main(cfg)
+    result = bench.main(cfg, get_settings())
 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert (result["steps_timed"], result["batch_size"], result["seq_len"]) == (2, 2, 32)

@@ -16,7 +16,7 @@ table. It takes longer than the whole chain, hence committed (docs/training.md, 
 profile's base").
 
 Its architecture is a Gemma 3 with small dimensions (hidden 256, 4 layers; the parameter count follows the
-learned vocabulary: the build prints it and writes it to aria_build.json), randomly
+learned vocabulary: the build logs it and writes it to aria_build.json), randomly
 initialised from a fixed seed and saved in bf16 safetensors; its tokenizer (`tiny.tokenizer`) is a
 byte-level BPE trained on our own dataset text, with Gemma's special tokens and Gemma 3's chat
 template. generation_config.json stops on `<eos>` and `<end_of_turn>`, as MedGemma's does.
@@ -41,13 +41,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import atomic_dir
+from aria.logs import setup_logging
+from aria.settings import Settings, get_settings
 from tiny.pretraining import PRETRAIN_COPY_STEPS, PRETRAIN_STAGES, PretrainStage, pretrain_stage
 from tiny.tokenizer import MAX_POSITIONS, SPECIAL_TOKENS, dataset_texts, train_tokenizer
 from training.model_files import END_OF_TURN
+
+log = logging.getLogger(__name__)
 
 # The pretrained tiny base, committed: `make tiny-model` installs it, `make tiny-pretrain`
 # rebuilds it (random weights, then PRETRAIN_STAGES of full-parameter pretraining).
@@ -155,7 +160,7 @@ def build_tiny_model(
                 else PretrainStage(stage.steps, seed, stage.rank_share, stage.describe_share)
             )
             records.append(pretrain_stage(tmp, tokenizer, stage))
-            print(f"pretraining stage {i + 1}/{len(stages)}: {json.dumps(records[-1])}", flush=True)
+            log.info("pretraining stage %d/%d: %s", i + 1, len(stages), json.dumps(records[-1]))
         if records:
             first = records[0]
             build |= {
@@ -207,11 +212,9 @@ def install_pretrained(out_dir: Path, source: Path = PRETRAINED_DIR) -> Path:
     return Path(out_dir)
 
 
-def main(cfg: TinyModelConfig) -> Path:
-    """Build the tiny base where the settings say and print a short summary."""
-    from aria.settings import get_settings
-
-    settings = get_settings()
+def main(cfg: TinyModelConfig, settings: Settings) -> dict:
+    """Install (or build) the tiny base where the settings say and log a short summary; returns
+    its aria_build.json with its `path`."""
     out_dir = cfg.out_dir or settings.models_dir.parent / "tiny" / "base"
     sft_path = cfg.sft_path or settings.training_dir / "sft.jsonl"
     if cfg.scratch:
@@ -221,23 +224,30 @@ def main(cfg: TinyModelConfig) -> Path:
         path = install_pretrained(out_dir)
     build = json.loads((path / "aria_build.json").read_text())
     origin = "built" if cfg.scratch else f"installed from {PRETRAINED_DIR}"
-    print(
-        f"tiny base model: {path}  ({build['parameters'] / 1e6:.2f}M parameters, "
-        f"seed {build['seed']}, {origin})"
+    log.info(
+        "tiny base model: %s  (%.2fM parameters, seed %s, %s)",
+        path,
+        build["parameters"] / 1e6,
+        build["seed"],
+        origin,
     )
-    print(f"tokenizer trained on {build['sft_path']}")
+    log.info("tokenizer trained on %s", build["sft_path"])
     if build.get("copy_steps"):
-        print(
-            f"copy pretraining: {build['copy_steps']} steps, "
-            f"copies {build['copy_exact']:.1%} of values"
+        log.info(
+            "copy pretraining: %s steps, copies %.1f%% of values",
+            build["copy_steps"],
+            100 * build["copy_exact"],
         )
     for stage in build.get("stages", [])[1:]:
-        print(
-            f"then {stage['steps']} steps, ranking {stage['rank_share']:.0%} and describing "
-            f"{stage['describe_share']:.0%} of examples: first key ranked right for "
-            f"{stage.get('rank_first', 0):.0%} of held-out tables"
+        log.info(
+            "then %s steps, ranking %.0f%% and describing %.0f%% of examples: first key ranked "
+            "right for %.0f%% of held-out tables",
+            stage["steps"],
+            100 * stage["rank_share"],
+            100 * stage["describe_share"],
+            100 * stage.get("rank_first", 0),
         )
-    return path
+    return {"path": str(path), **build}
 
 
 def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
@@ -289,4 +299,6 @@ def parse_args(argv: list[str] | None = None) -> TinyModelConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

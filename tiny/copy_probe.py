@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import time
 from collections.abc import Mapping
@@ -46,7 +47,10 @@ from pathlib import Path
 
 from aria.domain import MEASUREMENT_KEYS, MEASUREMENTS, THRESHOLD_BY_KEY, format_value
 from aria.files import atomic_dir
+from aria.logs import setup_logging
 from aria.prompts import render_measurements
+
+log = logging.getLogger(__name__)
 
 ANSWER_LEAD = "Valeurs :"
 INSTRUCTION = "Recopie quelques valeurs."
@@ -247,13 +251,14 @@ def pretrain(
         optimizer.zero_grad()
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
-            print(f"step {step:>4}  loss {losses[-1]:.3f}", flush=True)
+            log.info("step %4d  loss %.3f", step, losses[-1])
     model.eval()
     return losses
 
 
 def main(cfg: CopyProbeConfig) -> dict:
-    """Probe the base; with steps, pretrain a copy of it, probe it again and save it atomically."""
+    """Probe the base; with steps, pretrain a copy of it, probe it again and save it atomically;
+    prints the result's JSON line and returns it. It reads no settings: every path is a flag."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -344,4 +349,5 @@ def parse_args(argv: list[str] | None = None) -> CopyProbeConfig:
 
 
 if __name__ == "__main__":
+    setup_logging()
     main(parse_args())

@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aria.domain import MEASUREMENT_KEYS, RULES
+from aria.logs import setup_logging
 from aria.prompts import REPORT_MAX_TOKENS, REPORT_TEMPERATURE, report_messages
+from aria.settings import Settings, get_settings
 from aria.verdicts import named_pathologies, report_verdict
 
 CHECKS = ("prose", "names_pathology", "grounded", "passed")
@@ -89,17 +91,14 @@ def tally(verdicts: list[tuple[str, dict]]) -> dict:
 
 
 def quick_reports(cfg: QuickReportsConfig) -> dict:
-    """Sample and judge the reports; the counts, and each failing report with why it fails."""
+    """Sample and judge the reports of cfg.eval_path's runners (`main` defaults it from the
+    settings); the counts, and each failing report with why it fails."""
     from training.quick_eval import generate_answers
 
-    eval_path = cfg.eval_path
-    if eval_path is None:
-        from aria.settings import get_settings
-
-        eval_path = get_settings().eval_path
-    if not Path(eval_path).exists():
+    eval_path = Path(cfg.eval_path)
+    if not eval_path.exists():
         raise SystemExit(f"{eval_path} does not exist: run `make datasets` first")
-    items = report_runners(Path(eval_path), cfg.reports, cfg.seed)
+    items = report_runners(eval_path, cfg.reports, cfg.seed)
     prompts = [report_messages(it.measurements) for it in items]
     started = time.perf_counter()
     texts = generate_answers(
@@ -143,9 +142,10 @@ def quick_reports(cfg: QuickReportsConfig) -> dict:
     }
 
 
-def main(cfg: QuickReportsConfig) -> dict:
-    """Print the counts (and the failures with --show-failures), then the JSON line."""
-    result = quick_reports(cfg)
+def main(cfg: QuickReportsConfig, settings: Settings) -> dict:
+    """Print the counts (and the failures with --show-failures), then the JSON line; the set is
+    cfg.eval_path, else the settings' eval.jsonl."""
+    result = quick_reports(replace(cfg, eval_path=cfg.eval_path or settings.eval_path))
     print(f"model     {result['model']}  (temperature {cfg.temperature}, seed {cfg.seed})")
     print(f"{'set':<9} {'n':>3} " + " ".join(f"{c:>15}" for c in CHECKS))
     counts_by_set = result["counts"]
@@ -198,4 +198,6 @@ def parse_args(argv: list[str] | None = None) -> QuickReportsConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import atomic_dir
+from aria.logs import setup_logging
+from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # The Hub's MedGemma 4B-it image tokens (tokenizer_config.json), in its order.
 IMAGE_TOKENS = {
@@ -206,15 +211,16 @@ def build_twin(out_dir: Path, text_base: Path, seed: int = 0) -> Path:
     return Path(out_dir)
 
 
-def main(cfg: TwinConfig) -> Path:
-    """Build the twin and print where it is."""
-    from aria.settings import get_settings
-
-    text_base = cfg.text_base or get_settings().models_dir.parent / "tiny" / "base"
+def main(cfg: TwinConfig, settings: Settings) -> dict:
+    """Build the twin (its language model: cfg.text_base, else the settings' tiny base) and log
+    where it is; returns its aria_build.json with its `path`."""
+    text_base = cfg.text_base or settings.models_dir.parent / "tiny" / "base"
     path = build_twin(cfg.out_dir, text_base, cfg.seed)
     build = json.loads((path / "aria_build.json").read_text())
-    print(f"multimodal twin: {path} ({build['parameters'] / 1e6:.2f}M parameters, seed {cfg.seed})")
-    return path
+    log.info(
+        "multimodal twin: %s (%.2fM parameters, seed %s)", path, build["parameters"] / 1e6, cfg.seed
+    )
+    return {"path": str(path), **build}
 
 
 def parse_args(argv: list[str] | None = None) -> TwinConfig:
@@ -228,4 +234,6 @@ def parse_args(argv: list[str] | None = None) -> TwinConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

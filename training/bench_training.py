@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # MedGemma 4B's language model (Gemma 3 4B): the dims --config-only builds from a config.
 GEMMA3_4B_TEXT = {
@@ -157,7 +161,7 @@ def _bench_in(cfg: BenchConfig, profile: str, tmp: Path, settings: Settings) -> 
 
     if cfg.config_only:
         if not torch.cuda.is_available():
-            print("warning: --config-only builds a 4B model; it is meant for a GPU machine")
+            log.warning("--config-only builds a 4B model; it is meant for a GPU machine")
         base = str(build_config_only_model(tmp / "model"))
     elif profile == "tiny":
         base = require_model(str(settings.models_dir.parent / "tiny" / "base"), "base", settings)
@@ -214,9 +218,9 @@ def _bench_in(cfg: BenchConfig, profile: str, tmp: Path, settings: Settings) -> 
     }
 
 
-def main(cfg: BenchConfig, settings: Settings | None = None) -> dict:
-    """Measure, print the table, then the JSON line; `settings`: the environment's unless given."""
-    result = run_bench(cfg, settings or get_settings())
+def main(cfg: BenchConfig, settings: Settings) -> dict:
+    """Measure, print the table, then the JSON line; returns the measured figures."""
+    result = run_bench(cfg, settings)
     rows = [
         ("profile", result["profile"]),
         ("model", result["model"]),
@@ -252,4 +256,6 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

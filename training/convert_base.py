@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from aria.files import atomic_dir, atomic_write_json
+from aria.logs import setup_logging
+from aria.settings import Settings, get_settings
 from training.model_files import (
     compute_device,
     model_config_dict,
     release_memory,
     serving_generation_config,
 )
+
+log = logging.getLogger(__name__)
 
 CONVERSION_FILE = "conversion.json"
 PARITY_MAX_ABS_DIFF = 1e-3  # float32: the same weights through the same layers
@@ -287,12 +292,11 @@ def strip_processor_class(folder: Path) -> None:
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def main(cfg: ConvertConfig) -> dict:
-    """Convert the settings' (or the flags') source into the profile's base; print a summary."""
-    from aria.settings import get_settings
+def main(cfg: ConvertConfig, settings: Settings) -> dict:
+    """Convert the settings' (or the flags') source into the profile's base; log a summary, print
+    the conversion report's JSON line and return it."""
     from training.preflight import hub_access, hub_token, local_model, require_model
 
-    settings = get_settings()
     source = require_model(cfg.source or settings.base_source(), "source", settings)
     out_dir = cfg.out_dir or settings.model_dir("base")
     folder = local_model(source, settings)
@@ -302,11 +306,15 @@ def main(cfg: ConvertConfig) -> dict:
     except ConversionParityError as error:
         raise SystemExit(str(error)) from None
     parity = report["parity"]
-    print(f"text-only base: {out_dir} (Gemma3ForCausalLM, {report['dtype']}) from {source}")
-    print(
-        f"kept {report['parameters_kept']:,} parameters, left out {report['parameters_dropped']:,} "
-        f"(vision tower, projector); parity max |logit diff| {parity['max_abs_logit_diff']:.2e} "
-        f"on {parity['positions']} positions (tolerance {parity['tolerance']})"
+    log.info("text-only base: %s (Gemma3ForCausalLM, %s) from %s", out_dir, report["dtype"], source)
+    log.info(
+        "kept %s parameters, left out %s (vision tower, projector); parity max |logit diff| %.2e "
+        "on %s positions (tolerance %s)",
+        f"{report['parameters_kept']:,}",
+        f"{report['parameters_dropped']:,}",
+        parity["max_abs_logit_diff"],
+        parity["positions"],
+        parity["tolerance"],
     )
     print(json.dumps(report))
     return report
@@ -322,4 +330,6 @@ def parse_args(argv: list[str] | None = None) -> ConvertConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

@@ -22,10 +22,16 @@ from the last checkpoint (same number of processes, as the Trainer's per-rank RN
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from aria.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 ACCELERATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 DEFAULT_CONFIG = ACCELERATE_DIR / "ddp.yaml"
@@ -91,8 +97,20 @@ def launch_command(
     return argv, {}
 
 
+@dataclass
+class LaunchConfig:
+    """Which stage to run, on how many processes, and the stage's own flags."""
+
+    stage: str
+    gpus: int | None = None
+    accelerate_config: str | None = None  # default: configs/accelerate/ddp.yaml with --gpus
+    cpu_processes: int | None = None
+    accelerate_args: list[str] = field(default_factory=list)
+    stage_args: list[str] = field(default_factory=list)  # the flags after `--`
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m training.distributed`."""
+    """The command line of `python -m training.distributed` (the stage's flags come after `--`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=sorted(STAGE_MODULES))
     parser.add_argument("--gpus", type=lambda s: int(s) if s else None, default=None)
@@ -115,26 +133,40 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the stage on the processes asked; returns its exit code."""
-    own, args = split_argv(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str] | None = None) -> LaunchConfig:
+    """Command-line flags (default sys.argv) → LaunchConfig."""
+    own, stage_args = split_argv(sys.argv[1:] if argv is None else argv)
     ns = make_parser().parse_args(own)
+    return LaunchConfig(
+        ns.stage,
+        ns.gpus,
+        ns.accelerate_config or None,
+        ns.cpu_processes,
+        ns.accelerate_args.split(),
+        stage_args,
+    )
+
+
+def main(cfg: LaunchConfig) -> int:
+    """Run the stage on the processes asked; returns its exit code. It reads no settings: the
+    stage's own entry point does, in the child."""
     try:
         command, env = launch_command(
-            ns.stage,
-            args,
-            ns.gpus,
-            ns.accelerate_config or None,
-            ns.cpu_processes,
-            ns.accelerate_args.split(),
+            cfg.stage,
+            cfg.stage_args,
+            cfg.gpus,
+            cfg.accelerate_config,
+            cfg.cpu_processes,
+            cfg.accelerate_args,
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
-    if env or command[2] != STAGE_MODULES[ns.stage]:
-        print(" ".join([*(f"{k}={v}" for k, v in env.items()), *command]), flush=True)
+    if env or command[2] != STAGE_MODULES[cfg.stage]:
+        log.info("launching %s", " ".join([*(f"{k}={v}" for k, v in env.items()), *command]))
     return subprocess.call(command, env={**os.environ, **env})
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    setup_logging()
+    raise SystemExit(main(parse_args()))

@@ -13,11 +13,13 @@ training/merge.py.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
-from training.config import parse_sft_args
+from training.config import SFTScriptArguments, parse_sft_args
 from training.merge import (
     AdapterKeyError,
     MergeParityError,
@@ -29,18 +31,21 @@ from training.preflight import hub_access, hub_token, local_model, require_datas
 from training.stages import load_splits
 from training.train_sft import sft_record
 
+log = logging.getLogger(__name__)
 
-def main(argv: list[str] | None = None, settings: Settings | None = None) -> dict:
-    """Merge the last SFT adapter again as the recipe's merge does: its base, adapter, output
-    folder, parity tolerance and eval-split probes. Exit non-zero, naming the cause, on failure.
-    `argv`: train-sft's flags (default sys.argv); `settings`: the environment's
-    (aria.settings.get_settings()) unless given."""
-    # The merge trains nothing: bf16 mixed precision (refused on a CPU by the Trainer) is moot.
-    settings = settings or get_settings()
+
+def parse_args(argv: list[str] | None = None, *, settings: Settings):
+    """train-sft's (script args, SFTConfig, ModelConfig) from its recipe and `argv` (default
+    sys.argv), without bf16 mixed precision: the merge trains nothing, and the Trainer refuses
+    bf16 on a CPU."""
     args = list(sys.argv[1:] if argv is None else argv)
-    script_args, training_args, model_args = parse_sft_args(
-        [*args, "--bf16", "false"], settings=settings
-    )
+    return parse_sft_args([*args, "--bf16", "false"], settings=settings)
+
+
+def main(script_args: SFTScriptArguments, training_args, model_args, settings: Settings) -> dict:
+    """Merge the last SFT adapter again as the recipe's merge does: its base, adapter, output
+    folder, parity tolerance and eval-split probes; returns the parity report. Exit non-zero,
+    naming the cause, on failure. `settings` are the ones the arguments were parsed with."""
     base = require_model(model_args.model_name_or_path, "base", settings)
     base = local_model(base, settings, model_args.model_revision)
     adapter, out = Path(training_args.output_dir), Path(script_args.merged_dir)
@@ -63,17 +68,22 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> dic
             )
     except (MergeParityError, AdapterKeyError) as error:
         raise SystemExit(str(error)) from None
-    print(f"merged {adapter} into {base} → {out} (on {report['device']})")
-    print(
-        f"parity: greedy token agreement {report['greedy_token_agreement']}, decisive flips "
-        f"{report['decisive_flips']}, max |logit diff| {report['max_abs_logit_diff']} = "
-        f"{report['relative_logit_diff']:.2%} of {report['logit_scale']} "
-        f"(tolerance {report['tolerance']:.2%})"
+    log.info("merged %s into %s → %s (on %s)", adapter, base, out, report["device"])
+    log.info(
+        "parity: greedy token agreement %s, decisive flips %s, max |logit diff| %s = %.2f%% of %s "
+        "(tolerance %.2f%%)",
+        report["greedy_token_agreement"],
+        report["decisive_flips"],
+        report["max_abs_logit_diff"],
+        100 * report["relative_logit_diff"],
+        report["logit_scale"],
+        100 * report["tolerance"],
     )
     print(json.dumps(report))
     return report
 
 
 if __name__ == "__main__":
+    setup_logging()
     settings = get_settings()
-    main(sys.argv[1:], settings)
+    main(*parse_args(settings=settings), settings)

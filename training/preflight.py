@@ -14,11 +14,14 @@ that DPO starts from are missing.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from aria.settings import MEDGEMMA_HUB_ID, STAGE_TARGETS, Settings, stage_target
+
+log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -200,4 +203,4 @@ def refuse_when_vllm_holds_gpu(settings: Settings) -> None:
             f"a local vLLM server holds the GPU ({listed}): stop it with `make serve-stop` "
             "before training (never train and serve at once on one GPU)"
         )
-    print(f"warning: a local vLLM server is running ({listed}); on CPU training still starts")
+    log.warning("a local vLLM server is running (%s); on CPU training still starts", listed)

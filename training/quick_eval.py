@@ -27,8 +27,10 @@ from typing import Any
 from aria import metrics
 from aria.domain import CONFIDENCES, label, ranked_pathologies
 from aria.files import read_jsonl
+from aria.logs import setup_logging
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, diagnostic_messages
 from aria.schema import FIELD_ORDER, GUIDED_SEPARATORS, Diagnostic, parse_diagnostic
+from aria.settings import Settings, get_settings
 from aria.verdicts import justification_verdict
 from training.model_files import compute_device, eos_ids_with_end_of_turn, load_bf16
 
@@ -266,11 +268,10 @@ def quick_eval(
     return result
 
 
-def main(cfg: QuickEvalConfig) -> dict:
-    """Print the scores of one model and their JSON line."""
-    from aria.settings import get_settings
-
-    eval_path = cfg.eval_path or get_settings().eval_path
+def main(cfg: QuickEvalConfig, settings: Settings) -> dict:
+    """Print the scores of one model (on the settings' eval set unless cfg names one) and their
+    JSON line; returns them."""
+    eval_path = cfg.eval_path or settings.eval_path
     result = quick_eval(cfg.model, eval_path, cfg.limit, cfg.batch_size, cfg.max_new_tokens)
     print(f"model            {result['model']}")
     print(f"examples         {result['n']}  ({result['seconds']:.1f} s)")
@@ -311,4 +312,6 @@ def parse_args(argv: list[str] | None = None) -> QuickEvalConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    setup_logging()
+    settings = get_settings()
+    main(parse_args(), settings)

@@ -7,7 +7,8 @@ training/train_sft.py and train_dpo.py call them in the order of TRL's example s
 data (a seeded held-out slice), decide whether the checkpoints in output_dir can be resumed (the
 fingerprint of the data, base and recipe), load the base in 4 bits, train and save the adapter,
 then, on rank 0 only, merge it into the bf16 base (parity checked), complete the merged folder
-(training_metrics.json, loss.png, the TensorBoard runs, the quick eval) and print the summary.
+(training_metrics.json, loss.png, the TensorBoard runs, the quick eval) and log the summary, then
+print its JSON line, the stage's result on stdout.
 Under several processes (training/distributed.py) the checkpoint folder is decided by rank 0 first
 and the other ranks stop after saving the adapter.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from training.merge import merge_adapter, parity_probes
 from training.model_files import is_multimodal
 from training.preflight import hub_access, hub_token, local_model, require_model
 from training.quick_eval import quick_eval
+
+log = logging.getLogger(__name__)
 
 RUN_FINGERPRINT = "aria_run.json"  # what the checkpoints in output_dir were trained on
 # The recipe's knobs a checkpoint must match to be resumed (with the data, base and LoRA rank).
@@ -113,7 +117,9 @@ def last_checkpoint(output_dir: Path, resume: bool, fingerprint: dict) -> str | 
     if checkpoint is None and previous == fingerprint:
         return None  # a fresh start already prepared (by rank 0, when several processes train)
     if checkpoint and resume:
-        print(f"not resuming from {checkpoint}: the data, base or recipe changed; starting over")
+        log.warning(
+            "not resuming from %s: the data, base or recipe changed; starting over", checkpoint
+        )
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
     atomic_write_json(stamp, fingerprint)
@@ -221,7 +227,7 @@ def train(
     `output_dir`; rank 0 also writes log_history.json there. None on the other ranks."""
     adapter_in_compute_dtype(trainer.model, model_args)
     if resume_from:
-        print(f"resuming from {resume_from}")
+        log.info("resuming from %s", resume_from)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.save_model(str(output_dir))  # the final adapter, merged by rank 0
@@ -306,7 +312,7 @@ def merge_and_publish(
 ) -> dict:
     """Merge the adapter of `output_dir` into the bf16 `base` (parity checked on prompts of the
     held-out slice, or of the training set when none is held out), complete and publish
-    script_args.merged_dir, print the summary; returns `metrics` with the parity and quick eval."""
+    script_args.merged_dir, report the summary; returns `metrics` with the parity and quick eval."""
     from training.curves import METRICS_FILE
 
     merged_dir = Path(script_args.merged_dir)
@@ -320,7 +326,7 @@ def merge_and_publish(
     merge_adapter(
         base, output_dir, merged_dir, probes, script_args.parity_tolerance, finish, token, revision
     )
-    print_summary(metrics, merged_dir / METRICS_FILE)
+    report_summary(metrics, merged_dir / METRICS_FILE)
     return metrics
 
 
@@ -352,29 +358,36 @@ def complete_merged_folder(
     write_training_report(log_history, tmp, metrics, title)
 
 
-def print_summary(metrics: dict, metrics_path: Path) -> None:
-    """One screen: where the model is, losses, parity, exact match, and the JSON line."""
+def report_summary(metrics: dict, metrics_path: Path) -> None:
+    """One screen logged: where the model is, losses, parity, exact match; then the JSON line of
+    the metrics on stdout, the stage's result."""
     parity = metrics.get("merge_parity", {})
     quick = metrics.get("quick_eval", {})
-    print(f"\n{metrics['stage']} published: {metrics_path.parent}")
-    print(f"  steps {metrics['global_step']}  train loss {metrics['train_loss']}")
-    print(f"  eval loss {metrics['eval_loss']}  train time {metrics['train_seconds']} s")
-    print(
-        f"  merge parity: greedy token agreement {parity.get('greedy_token_agreement')}, "
-        f"decisive flips {parity.get('decisive_flips')}, "
-        f"max |logit diff| {parity.get('max_abs_logit_diff')} = {parity.get('relative_logit_diff')} "
-        f"of the logits' scale (tolerance {parity.get('tolerance')})"
+    log.info("%s published: %s", metrics["stage"], metrics_path.parent)
+    log.info("  steps %s  train loss %s", metrics["global_step"], metrics["train_loss"])
+    log.info("  eval loss %s  train time %s s", metrics["eval_loss"], metrics["train_seconds"])
+    log.info(
+        "  merge parity: greedy token agreement %s, decisive flips %s, max |logit diff| %s = %s "
+        "of the logits' scale (tolerance %s)",
+        parity.get("greedy_token_agreement"),
+        parity.get("decisive_flips"),
+        parity.get("max_abs_logit_diff"),
+        parity.get("relative_logit_diff"),
+        parity.get("tolerance"),
     )
     if quick:
-        print(
-            f"  quick eval ({quick['n']} greedy): exact match {quick['exact_match']:.1%}, "
-            f"JSON valid {quick['json_valid']:.1%}, confiance {quick['exact_match_confiance']:.1%}"
+        log.info(
+            "  quick eval (%s greedy): exact match %.1f%%, JSON valid %.1f%%, confiance %.1f%%",
+            quick["n"],
+            100 * quick["exact_match"],
+            100 * quick["json_valid"],
+            100 * quick["exact_match_confiance"],
         )
         by_slice = quick.get("exact_match_by_slice", {})
         if by_slice:
-            print(
-                "  exact match by slice: " + ", ".join(f"{k} {v:.1%}" for k, v in by_slice.items())
+            log.info(
+                "  exact match by slice: %s", ", ".join(f"{k} {v:.1%}" for k, v in by_slice.items())
             )
-    print(f"  metrics: {metrics_path}")
+    log.info("  metrics: %s", metrics_path)
     summary = {k: v for k, v in metrics.items() if k not in ("quick_eval", "merge_parity")}
     print(json.dumps(summary, ensure_ascii=False, default=str))

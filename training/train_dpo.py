@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
 from training.config import DPOScriptArguments, lora_config, parse_dpo_args
 from training.model_files import release_memory
@@ -105,5 +106,6 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
 
 
 if __name__ == "__main__":
+    setup_logging()
     settings = get_settings()
     main(*parse_dpo_args(settings=settings), settings)

@@ -19,6 +19,7 @@ import random
 import time
 from pathlib import Path
 
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
 from training.config import SFTScriptArguments, lora_config, parse_sft_args
 from training.model_files import release_memory
@@ -176,5 +177,6 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
 
 
 if __name__ == "__main__":
+    setup_logging()
     settings = get_settings()
     main(*parse_sft_args(settings=settings), settings)
