@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import httpx
 
+from aria.logs import setup_logging
 from aria.prompts import DIAGNOSTIC_BODIES, diagnostic_request
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 from evaluation.soak import soak_measurements
 from serve.command import resolve_model
 from serve.process import free_port, start_server
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,12 +131,21 @@ def print_overhead(summary: dict, start_s: float) -> None:
     print(json.dumps(summary))
 
 
-def main(cfg: BenchConfig) -> int:
-    """Run the benchmark on a fresh server; prints a table then a JSON line."""
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    """The run's config from the command line: one flag per BenchConfig field."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, default in asdict(BenchConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return BenchConfig(**vars(parser.parse_args(argv)))
+
+
+def main(cfg: BenchConfig, settings: Settings) -> int:
+    """Run the benchmark on a fresh server (VLLM_MODEL or the stage's model of `settings`);
+    prints a table then a JSON line."""
     if cfg.body not in DIAGNOSTIC_BODIES:
         raise SystemExit(f"--body {cfg.body!r}: expected one of {', '.join(DIAGNOSTIC_BODIES)}")
-    settings = get_settings()
     model = resolve_model(settings, cfg.stage)
+    log.info("starting a vLLM server on %s", model)
     handle = start_server(
         model,
         free_port(),
@@ -144,6 +157,7 @@ def main(cfg: BenchConfig) -> int:
     )
     try:
         start_s = handle.wait_ready(cfg.ready_timeout_s)
+        log.info("server ready after %.1f s; %d paired requests", start_s, cfg.requests)
         results = send_triplets(handle.base_url, handle.served_name, cfg)
     finally:
         handle.stop()
@@ -152,7 +166,6 @@ def main(cfg: BenchConfig) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name, default in asdict(BenchConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    raise SystemExit(main(BenchConfig(**vars(parser.parse_args()))))
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

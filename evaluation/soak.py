@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import random
 import re
 import threading
@@ -34,9 +35,12 @@ import numpy as np
 from aria.client import AriaClient, InvalidDiagnosticError
 from aria.domain import MEASUREMENTS, RULES
 from aria.files import atomic_write_json
+from aria.logs import setup_logging
 from aria.metrics import as_percent, percentile
 from aria.settings import Settings, get_settings
 from serve.process import pid_alive, pid_path, read_pid
+
+log = logging.getLogger(__name__)
 
 # Memory counts as flat when the last quarter's mean is within this of the first quarter's.
 FLAT_MEMORY_TOLERANCE_MIB = 64.0
@@ -395,27 +399,35 @@ def print_table(summary: dict) -> None:
     Console().print(table)
 
 
-def main(cfg: SoakConfig) -> int:
-    """Run the soak against the configured local server; 0 when it passed."""
-    settings = get_settings()
+def parse_args(argv: list[str] | None = None) -> SoakConfig:
+    """The soak's config from the command line: one flag per SoakConfig field."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name, default in asdict(SoakConfig()).items():
+        kind = type(default) if default is not None else Path
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+    return SoakConfig(**vars(parser.parse_args(argv)))
+
+
+def main(cfg: SoakConfig, settings: Settings) -> int:
+    """Run the soak against the local server of `settings`; 0 when it passed, 1 when it did
+    not, 2 when the server is not a local one."""
     if not is_loopback(settings.vllm_host):
-        print(
-            f"error: the soak only targets a local server; VLLM_HOST={settings.vllm_host} is "
-            "not a loopback address (use 127.0.0.1)"
+        log.error(
+            "the soak only targets a local server; VLLM_HOST=%s is not a loopback address "
+            "(use 127.0.0.1)",
+            settings.vllm_host,
         )
         return 2
     summary = run_soak(cfg, settings)
     out = cfg.out or settings.aria_reports_dir / "soak.json"
     atomic_write_json(out, summary)
+    log.info("written %s", out)
     print_table(summary)
-    print(f"written {out}")
     print(json.dumps(summary, ensure_ascii=False))
     return 0 if summary["passed"] else 1
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name, default in asdict(SoakConfig()).items():
-        kind = type(default) if default is not None else Path
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
-    raise SystemExit(main(SoakConfig(**vars(parser.parse_args()))))
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(), settings))

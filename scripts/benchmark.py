@@ -7,9 +7,13 @@ The entry point of the evaluation package: evaluation/__init__.py describes the 
 records files and summary.json; `python -m scripts.benchmark --help` lists the flags.
 """
 
-from evaluation.runner import cli, main
+from aria.logs import setup_logging
+from aria.settings import get_settings
+from evaluation.runner import main, parse_args
 
-__all__ = ["cli", "main"]
+__all__ = ["main", "parse_args"]
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    setup_logging()
+    settings = get_settings()
+    raise SystemExit(main(parse_args(settings=settings), settings))

@@ -136,6 +136,26 @@ def test_bad_rates_are_refused():
             load.config_from_args(args)
 
 
+def test_bad_rates_on_the_command_line_exit_2_with_the_json_line(capsys, caplog):
+    with pytest.raises(SystemExit) as stop:
+        load.parse_args(["--rates", "0"])
+    assert stop.value.code == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["highest_rate_under_slo"] is None
+    assert "--rates" in caplog.text  # the cause, logged at ERROR (stderr under setup_logging)
+
+
+def test_a_dead_server_is_a_logged_error_and_exit_2(tmp_path, capsys, caplog):
+    from serve.process import free_port
+
+    settings = make_settings(tmp_path, vllm_port=free_port())
+    assert load.main(load.LoadConfig(run_id="dead"), settings) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        json.dumps({"error": caplog.records[-1].getMessage(), "highest_rate_under_slo": None})
+    ]
+    assert "make serve-ft-bg" in caplog.text and caplog.records[-1].levelname == "ERROR"
+
+
 def test_cli_patch_answers_vllm_with_the_cpu_label_and_leaves_others(monkeypatch):
     def original(name: str) -> str:
         if name == "vllm":

