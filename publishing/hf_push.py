@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,6 +160,23 @@ def plan_table(files: list[PlannedFile], repo: str, repo_type: str) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def refused_push_names_the_token(repo_id: str) -> Iterator[None]:
+    """A 401/403 from the Hub (no write access, a read token, a bad token) becomes a SystemExit
+    naming HF_TOKEN, instead of a traceback."""
+    try:
+        yield
+    except Exception as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status not in (401, 403):
+            raise
+        raise SystemExit(
+            f"the Hugging Face Hub refused the push to {repo_id} (HTTP {status}): HF_TOKEN must "
+            f"be a token with write access to {repo_id} (a write token, or a fine-grained one "
+            "with write on that repo); put it in .env or the environment"
+        ) from None
+
+
 def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
     """Plan the upload, then (unless dry-run) create the repo, commit once and tag the commit.
     A dry run prints the plan (its result); a push logs it and prints the summary's JSON line."""
@@ -207,12 +225,13 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
             call, attempts=cfg.retry_attempts, base_s=cfg.retry_base_s, on_retry=tell
         )
 
-    url = retried(
-        lambda: api.create_repo(
-            repo_id, repo_type=repo_type, private=not cfg.public, exist_ok=True
-        ),
-        "create repo",
-    )
+    with refused_push_names_the_token(repo_id):
+        url = retried(
+            lambda: api.create_repo(
+                repo_id, repo_type=repo_type, private=not cfg.public, exist_ok=True
+            ),
+            "create repo",
+        )
     # Operations are rebuilt on each attempt: huggingface_hub mutates them during a commit.
     commit = retried(
         lambda: api.create_commit(

@@ -198,6 +198,7 @@ class HubStandIn:
         self.created: list[dict] = []
         self.fail_next: dict[str, int] = {}  # route name -> how many 503 answers to give first
         self.drop_next: dict[str, int] = {}  # route name -> how many connections to drop unanswered
+        self.refuse: int | None = None  # answer every request with this status (401, 403)
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -238,6 +239,10 @@ class HubStandIn:
         match = self.ROUTE.match(path)
         route = match.group(3) if match else path
         self.requests.append({"route": route, "auth": headers.get("authorization")})
+        if self.refuse is not None:  # the Hub's answer to a read-only or a bad token
+            return self.refuse, {
+                "error": "You don't have the rights to create a model under the namespace"
+            }
         if self.fail_next.get(route, 0) > 0:
             self.fail_next[route] -= 1
             return 503, {"error": "Service Unavailable"}
@@ -350,3 +355,14 @@ def test_dataset_push_goes_to_the_dataset_repo_and_public_on_request(tmp_path, h
     assert hub.created[0]["type"] == "dataset" and hub.created[0]["visibility"] == "public"
     assert set(hub.commits[0]["files"]) == {"README.md", "training/sft.jsonl", "eval/eval.jsonl"}
     assert hub.tags[0]["repo"] == "me/aria-datasets" and hub.tags[0]["tag"] == "v1"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_push_the_hub_refuses_names_hf_token_and_write_access(tmp_path, hub, status) -> None:
+    hub.refuse = status
+    settings = make_settings(tmp_path, hf_token="hf_read_only", hf_model_repo="me/aria-ft-dpo")
+    fake_model(settings)
+    with pytest.raises(SystemExit, match=rf"refused the push .*HTTP {status}.*HF_TOKEN.*write"):
+        hf_push.main(PushConfig("model", revision="v-refused", retry_base_s=0.01), settings)
+    assert hub.requests and all(r["auth"] == "Bearer hf_read_only" for r in hub.requests)
+    assert not hub.commits

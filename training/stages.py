@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from aria.files import DataError, atomic_write_json, read_jsonl
-from training.config import PublishArguments, compute_dtype, quantization_config
+from training.config import PublishArguments, compute_dtype, lora_config, quantization_config
 from training.merge import merge_adapter, parity_probes
-from training.model_files import is_multimodal
+from training.model_files import is_multimodal, release_memory
 from training.preflight import hub_access, hub_token, local_model, require_model
 from training.quick_eval import quick_eval
 
@@ -218,6 +218,40 @@ class TrainedRun:
     log_history: list[dict]
     resumed_from: str | None
     seconds: float  # from `started` (data loading included) to the saved adapter
+
+
+def train_and_free(
+    trainer_for: Callable[[Any], Any],
+    loaded: tuple[Any, Any],
+    splits: tuple[Any, Any],
+    recipe: tuple[Any, Any],
+    resume_from: str | None,
+    started: float,
+    **trainer_kwargs: Any,
+) -> TrainedRun | None:
+    """Train a fresh LoRA adapter of the recipe on the loaded (tokenizer, 4-bit model) with the
+    trainer class `trainer_for(tokenizer)` gives (SFTTrainer, DPOTrainer...), save it in
+    output_dir, then free the trainer and the model before the merge loads the bf16 base.
+    `loaded` comes straight from load_for_training, so that no caller keeps a reference to the
+    model; `recipe` is (training_args, model_args)."""
+    tokenizer, model = loaded
+    del loaded
+    (train_set, eval_set), (training_args, model_args) = splits, recipe
+    trainer = trainer_for(tokenizer)(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args),
+        **trainer_kwargs,
+    )
+    del model
+    output_dir = Path(training_args.output_dir)
+    run = train(trainer, model_args, resume_from, output_dir, started)
+    del trainer
+    release_memory()
+    return run
 
 
 def train(

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
-from training.config import DPOScriptArguments, lora_config, parse_dpo_args
-from training.model_files import release_memory
+from training.config import DPOScriptArguments, parse_dpo_args
 from training.stages import (
     load_for_training,
     other_rank_result,
@@ -28,7 +27,7 @@ from training.stages import (
     resume_point,
     run_fingerprint,
     stage_metrics,
-    train,
+    train_and_free,
     training_base,
     training_splits,
 )
@@ -74,19 +73,15 @@ def main(script_args: DPOScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: aria-ft-sft in 4 bits with a fresh LoRA adapter.
-    tokenizer, model = load_for_training(sft_model, model_args, settings)
-    trainer = DPOTrainer(
-        model=model,
+    run = train_and_free(
+        lambda tokenizer: DPOTrainer,
+        load_for_training(sft_model, model_args, settings),
+        (train_set, eval_set),
+        (training_args, model_args),
+        resume_from,
+        started,
         ref_model=None,  # with a peft_config: the reference is this model with the adapter off
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=lora_config(model_args),
     )
-    run = train(trainer, model_args, resume_from, output_dir, started)
-    del trainer, model
-    release_memory()  # before the merge loads the bf16 base (training/merge.py)
     if run is None:
         return other_rank_result("aria-ft-dpo", training_args)
 

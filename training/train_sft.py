@@ -21,8 +21,7 @@ from pathlib import Path
 
 from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
-from training.config import SFTScriptArguments, lora_config, parse_sft_args
-from training.model_files import release_memory
+from training.config import SFTScriptArguments, parse_sft_args
 from training.stages import (
     load_for_training,
     other_rank_result,
@@ -30,7 +29,7 @@ from training.stages import (
     resume_point,
     run_fingerprint,
     stage_metrics,
-    train,
+    train_and_free,
     training_base,
     training_splits,
 )
@@ -150,20 +149,18 @@ def main(script_args: SFTScriptArguments, training_args, model_args, settings: S
     resume_from = resume_point(output_dir, script_args.resume, fingerprint, training_args)
 
     # Model and trainer: the 4-bit base with a fresh LoRA adapter, the loss on the completion.
-    tokenizer, model = load_for_training(base, model_args, settings)
-    trainer = sft_trainer_class(
-        script_args.label_loss_weight, tokenizer, script_args.confidence_loss_weight
-    )(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=lora_config(model_args),
+    label_weight, confidence_weight = (
+        script_args.label_loss_weight,
+        script_args.confidence_loss_weight,
     )
-    run = train(trainer, model_args, resume_from, output_dir, started)
-    del trainer, model
-    release_memory()  # before the merge loads the bf16 base (training/merge.py)
+    run = train_and_free(
+        lambda tokenizer: sft_trainer_class(label_weight, tokenizer, confidence_weight),
+        load_for_training(base, model_args, settings),
+        (train_set, eval_set),
+        (training_args, model_args),
+        resume_from,
+        started,
+    )
     if run is None:
         return other_rank_result("aria-ft-sft", training_args)
 
