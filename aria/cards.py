@@ -279,6 +279,42 @@ def _calls_section(served_name: str) -> list[str]:
     ]
 
 
+# The card's "Intended use and limits" section, the same for every stage and profile.
+INTENDED_USE = (
+    "- Research use only. This model is **not a medical device**: it does not diagnose, "
+    "treat or replace a clinician, and its output must not drive care decisions on its own.",
+    "- It reproduces a fixed, documented rule over seven measurements (thresholds on trunk "
+    "lean, knee valgus, hip adduction, stride length, foot pronation, heel strike and "
+    "dorsiflexion); it knows nothing a measurement does not show.",
+    "- Inputs outside the physical ranges of the measurements are out of scope; validate them "
+    "with `aria.domain.validate_measurements` before calling.",
+    "- The report call is free text at temperature 0.3: check that every number it cites "
+    "comes from the input.",
+)
+
+
+def _origin_and_licence(
+    profile: str, base_model: str, base_parameters: int | None
+) -> tuple[str, str]:
+    """Where the model comes from and the terms it is under: MedGemma's, or the tiny model's."""
+    if profile == "medgemma":
+        origin = f"Fine-tuned from [`{MEDGEMMA_HUB_ID}`](https://huggingface.co/{MEDGEMMA_HUB_ID})."
+        licence = (
+            f"The base model `{MEDGEMMA_HUB_ID}` is subject to the Health AI Developer Foundations "
+            f"terms of use ({HAI_DEF_LICENSE_LINK}); this derived model is distributed under the "
+            "same terms, and using it means accepting them. The ARIA code is Apache-2.0."
+        )
+        return origin, licence
+    size = f"{base_parameters:,}-parameter" if base_parameters else "small"
+    origin = (
+        f"Trained from `{base_model}`: the *tiny* profile, a {size} Gemma 3 built "
+        "locally from a config with a tokenizer learned on our data, then pretrained on "
+        "copying values from its prompt (`make tiny-pretrain`; `make tiny-model` installs "
+        "it). It exists to run the whole chain on a CPU in minutes; it is not a medical model."
+    )
+    return origin, "The tiny model and the ARIA code are Apache-2.0; no MedGemma weight is used."
+
+
 def render_model_card(
     *,
     profile: str,
@@ -309,24 +345,8 @@ def render_model_card(
         dataset_repo=dataset_repo,
         model_repo=model_repo,
     )
-    medgemma = profile == "medgemma"
     title = model_repo or f"aria-{stage}"
-    if medgemma:
-        origin = f"Fine-tuned from [`{MEDGEMMA_HUB_ID}`](https://huggingface.co/{MEDGEMMA_HUB_ID})."
-        licence = (
-            f"The base model `{MEDGEMMA_HUB_ID}` is subject to the Health AI Developer Foundations "
-            f"terms of use ({HAI_DEF_LICENSE_LINK}); this derived model is distributed under the "
-            "same terms, and using it means accepting them. The ARIA code is Apache-2.0."
-        )
-    else:
-        size = f"{base_parameters:,}-parameter" if base_parameters else "small"
-        origin = (
-            f"Trained from `{base_model}`: the *tiny* profile, a {size} Gemma 3 built "
-            "locally from a config with a tokenizer learned on our data, then pretrained on "
-            "copying values from its prompt (`make tiny-pretrain`; `make tiny-model` installs "
-            "it). It exists to run the whole chain on a CPU in minutes; it is not a medical model."
-        )
-        licence = "The tiny model and the ARIA code are Apache-2.0; no MedGemma weight is used."
+    origin, licence = _origin_and_licence(profile, base_model, base_parameters)
     dataset_line = (
         f"Training data: [`{dataset_repo}`](https://huggingface.co/datasets/{dataset_repo})."
         if dataset_repo
@@ -345,15 +365,7 @@ def render_model_card(
         "",
         "## Intended use and limits",
         "",
-        "- Research use only. This model is **not a medical device**: it does not diagnose, "
-        "treat or replace a clinician, and its output must not drive care decisions on its own.",
-        "- It reproduces a fixed, documented rule over seven measurements (thresholds on trunk "
-        "lean, knee valgus, hip adduction, stride length, foot pronation, heel strike and "
-        "dorsiflexion); it knows nothing a measurement does not show.",
-        "- Inputs outside the physical ranges of the measurements are out of scope; validate them "
-        "with `aria.domain.validate_measurements` before calling.",
-        "- The report call is free text at temperature 0.3: check that every number it cites "
-        "comes from the input.",
+        *INTENDED_USE,
         "",
         "## How to call it",
         "",

@@ -91,12 +91,34 @@ def render_dataset_card(
     stats: dict[str, Any], cfg: CardConfig | None = None, generation: dict | None = None
 ) -> str:
     """The full README.md (YAML front matter + Markdown) for `stats` from aria.records.dataset_stats."""
-    from huggingface_hub import DatasetCard, DatasetCardData
+    from huggingface_hub import DatasetCard
 
     cfg = cfg or CardConfig()
     generation = generation or stats.get("generation") or {}
     total = sum(stats["records"].values())
-    data = DatasetCardData(
+    body = CARD_BODY.format(
+        pretty_name=cfg.pretty_name,
+        n_sft=stats["records"]["sft"],
+        n_dpo=stats["records"]["dpo"],
+        n_eval=stats["records"]["eval"],
+        total=total,
+        label_table=_table(list(PATHOLOGIES), SPLIT_NAMES, stats["label"]),
+        slice_table=_table(list(SLICES), SPLIT_NAMES, stats["slice"]),
+        confidence_table=_table(list(CONFIDENCES), SPLIT_NAMES, stats["confidence"]),
+        kinds=", ".join(f"`{k}` {n}" for k, n in stats["rejection_kind"].items()),
+        rule_lines=_rule_lines(),
+        high=_fr(HIGH_CONFIDENCE_MIN_EXCEEDANCE),
+        moderate=_fr(MODERATE_CONFIDENCE_MIN_EXCEEDANCE),
+        how=_how_generated(generation),
+    )
+    return str(DatasetCard(f"---\n{_card_data(cfg, total).to_yaml()}\n---\n{body}"))
+
+
+def _card_data(cfg: CardConfig, total: int):
+    """The card's YAML metadata: language, licence, size, the Hub's dataset configs."""
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(
         language="fr",
         license=cfg.license,
         pretty_name=cfg.pretty_name,
@@ -108,23 +130,28 @@ def render_dataset_card(
             for name, (split, path) in HUB_FILES.items()
         ],
     )
+
+
+def _how_generated(generation: dict) -> str:
+    """How the files were made: the generation command and its seed, or the import."""
     if "command" in generation:
-        how = (
+        return (
             f"Commande : `{generation['command']}` (graine `{generation['seed']}`). "
             "La même commande redonne les mêmes fichiers, octet pour octet."
         )
-    elif "imported_from" in generation:
-        how = "Importé avec `make copy-datasets` et validé ligne à ligne par les mêmes règles."
-    else:
-        how = "Commande : `make datasets`."
-    kinds = ", ".join(f"`{k}` {n}" for k, n in stats["rejection_kind"].items())
-    body = f"""
-# {cfg.pretty_name}
+    if "imported_from" in generation:
+        return "Importé avec `make copy-datasets` et validé ligne à ligne par les mêmes règles."
+    return "Commande : `make datasets`."
+
+
+# The card's body in French; render_dataset_card fills in the figures.
+CARD_BODY = """
+# {pretty_name}
 
 Données synthétiques pour apprendre à un petit modèle de langue à diagnostiquer une blessure de
 course à pied à partir de sept mesures biomécaniques, et à rédiger un rapport en français.
-{stats["records"]["sft"]} exemples SFT, {stats["records"]["dpo"]} triplets DPO et \
-{stats["records"]["eval"]} profils d'évaluation ({total} au total).
+{n_sft} exemples SFT, {n_dpo} triplets DPO et \
+{n_eval} profils d'évaluation ({total} au total).
 
 ## Fichiers
 
@@ -140,7 +167,7 @@ la moitié des rapports n'en ont pas), son `label`, sa `confidence` et sa `slice
 
 ## Répartition par pathologie
 
-{_table(list(PATHOLOGIES), SPLIT_NAMES, stats["label"])}
+{label_table}
 
 ## Répartition par tranche
 
@@ -148,11 +175,11 @@ la moitié des rapports n'en ont pas), son `label`, sa `confidence` et sa `slice
 de son seuil, juste au-dessus ou juste en dessous ; `two_rules` : deux règles se déclenchent, le
 plus grand dépassement l'emporte ; `none_fire` : aucune règle ne se déclenche.
 
-{_table(list(SLICES), SPLIT_NAMES, stats["slice"])}
+{slice_table}
 
 ## Répartition par confiance
 
-{_table(list(CONFIDENCES), SPLIT_NAMES, stats["confidence"])}
+{confidence_table}
 
 Erreurs des réponses rejetées (DPO) : {kinds}.
 
@@ -164,12 +191,12 @@ genou et adduction de hanche plus élevés en moyenne chez les femmes, volume he
 la vitesse, âge de 18 à 70 ans. Chaque valeur est arrondie avant d'être étiquetée. L'étiquette est
 celle de la règle déterministe :
 
-{_rule_lines()}
+{rule_lines}
 
 Le dépassement relatif vaut (valeur − seuil) / seuil (le minimum des deux pour la tendinite
 d'Achille) ; la pathologie retenue est celle du plus grand dépassement. Confiance `élevée` s'il vaut
-au moins {_fr(HIGH_CONFIDENCE_MIN_EXCEEDANCE)} et qu'une seule règle se déclenche, `modérée` s'il \
-vaut au moins {_fr(MODERATE_CONFIDENCE_MIN_EXCEEDANCE)}, `faible` sinon. Aucun profil d'évaluation n'apparaît à l'entraînement (vérifié à la génération).
+au moins {high} et qu'une seule règle se déclenche, `modérée` s'il \
+vaut au moins {moderate}, `faible` sinon. Aucun profil d'évaluation n'apparaît à l'entraînement (vérifié à la génération).
 
 {how}
 
@@ -181,8 +208,6 @@ vaut au moins {_fr(MODERATE_CONFIDENCE_MIN_EXCEEDANCE)}, `faible` sinon. Aucun p
   ils ne remplacent pas l'avis d'un professionnel de santé.
 - Les lois de la population sont plausibles, non ajustées sur une cohorte réelle.
 """
-    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")
-    return str(card)
 
 
 def main(cfg: CardConfig, settings: Settings) -> dict:

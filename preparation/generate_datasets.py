@@ -29,13 +29,8 @@ from typing import Any
 from aria.domain import (
     CONFIDENCES,
     CONTEXT_KEYS,
-    MEASUREMENT_BY_KEY,
     PATHOLOGIES,
-    deciding_evidence,
-    fired_rules,
-    format_value,
     label,
-    runner_up,
 )
 from aria.files import atomic_write_json, atomic_write_jsonl
 from aria.logs import setup_logging
@@ -54,19 +49,17 @@ from aria.records import (
     check_no_leakage,
     check_unique_ids,
     dataset_stats,
-    grounded_numbers,
     validate_dpo_record,
     validate_eval_record,
     validate_sft_record,
 )
 from aria.references import (
-    justification,
     reference_diagnostic,
-    reference_justification,
     reference_report,
 )
-from aria.schema import FIELD_ORDER, FIELD_ORDERS, GUIDED_SEPARATORS, Diagnostic
+from aria.schema import FIELD_ORDER, FIELD_ORDERS
 from aria.settings import Settings, get_settings
+from preparation.rejected import rejected_answer
 
 log = logging.getLogger(__name__)
 
@@ -155,76 +148,6 @@ def _labelled(measurements: dict[str, Any], slice_name: str) -> dict[str, Any]:
         "confidence": confiance,
         "slice": slice_name,
     }
-
-
-def _ungrounded_justification(rng: random.Random, measurements: dict[str, Any]) -> str:
-    """The reference justification with the deciding value replaced by one the input lacks
-    (the pair differs in the cited value alone)."""
-    pathology = label(measurements)[0]
-    allowed = grounded_numbers(measurements)
-    evidence = deciding_evidence(measurements, pathology)
-    key, value, threshold = evidence[0]
-    m = MEASUREMENT_BY_KEY[key]
-    for _ in range(100):
-        delta = rng.uniform(0.08, 0.35) * rng.choice((-1.0, 1.0))
-        fake = float(value) * (1.0 + delta) if float(value) else delta * 10
-        fake = min(max(fake, m.low + 0.01), m.high)
-        text = format_value(key, fake)
-        if float(text) not in allowed:
-            break
-    else:
-        raise RuntimeError(f"could not invent an ungrounded value for {key}")
-    return justification(len(fired_rules(measurements)), [(key, text, threshold), *evidence[1:]])
-
-
-def _invalid_json(rng: random.Random, reference: str) -> str:
-    """A broken version of the reference JSON: cut mid-string, unclosed, or single-quoted."""
-    variant = rng.randrange(3)
-    if variant == 0:  # what max_tokens does to a guided answer: cut inside the justification
-        marker = '"justification"' + GUIDED_SEPARATORS[1] + '"'
-        start = reference.index(marker) + len(marker)
-        broken = reference[: rng.randint(start + 1, len(reference) - 3)]
-    elif variant == 1:
-        broken = reference[:-1]
-    else:
-        broken = reference.replace('"', "'")
-    return broken
-
-
-def _rejected(
-    rng: random.Random,
-    measurements: dict[str, Any],
-    kind: str,
-    reference: str,
-    order: tuple[str, ...] = FIELD_ORDER,
-) -> str:
-    """A plausible wrong answer of the given kind for `measurements`, its fields in `order`."""
-    pathology, confiance = label(measurements)
-    if kind == "wrong_pathology":
-        other = runner_up(measurements)
-        return Diagnostic(
-            pathologie=other,
-            confiance=confiance,
-            justification=reference_justification(measurements, other),
-        ).to_json(order)
-    if kind == "wrong_confidence":
-        wrong = rng.choice([c for c in CONFIDENCES if c != confiance])
-        return Diagnostic(
-            pathologie=pathology,
-            confiance=wrong,
-            justification=reference_justification(measurements, pathology),
-        ).to_json(order)
-    if kind == "ungrounded_value":
-        return Diagnostic(
-            pathologie=pathology,
-            confiance=confiance,
-            justification=_ungrounded_justification(rng, measurements),
-        ).to_json(order)
-    if kind == "invalid_json":
-        return _invalid_json(rng, reference)
-    raise ValueError(
-        f"unknown rejection kind {kind!r}; expected one of {', '.join(REJECTION_KINDS)}"
-    )
 
 
 def _sft_records(
@@ -320,7 +243,7 @@ def build_datasets(
                 "rejected": [
                     {
                         "role": "assistant",
-                        "content": _rejected(rng, measurements, kind, chosen, order),
+                        "content": rejected_answer(rng, measurements, kind, chosen, order),
                     }
                 ],
                 "rejection_kind": kind,

@@ -182,7 +182,6 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
     A dry run prints the plan (its result); a push logs it and prints the summary's JSON line."""
     repo_id, repo_type, repo_var = repo_settings(cfg.target, settings)
     files = upload_plan(cfg.target, settings)
-    total = sum(f.size for f in files)
     tag = cfg.revision or default_tag()
     summary: dict[str, Any] = {
         "target": cfg.target,
@@ -191,7 +190,7 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
         "private": not cfg.public,
         "tag": tag,
         "files": len(files),
-        "bytes": total,
+        "bytes": sum(f.size for f in files),
         "dry_run": cfg.dry_run,
     }
     if cfg.dry_run:
@@ -207,13 +206,32 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
             "HF_TOKEN is not set: add a Hugging Face token with write access to .env "
             "(HF_TOKEN=hf_...), or run with --dry-run to see the plan"
         )
+    log.info("%s", plan_table(files, repo_id, repo_type))
+    url, commit = push(cfg, settings, repo_id, repo_type, files, tag)
+    summary |= {"url": str(url), "commit": commit}
+    log.info(
+        "✓ pushed %d files (%s) to %s @ %s, tag %s",
+        len(files),
+        human_size(summary["bytes"]),
+        url,
+        commit,
+        tag,
+    )
+    print(json.dumps(summary))
+    return summary
+
+
+def push(
+    cfg: PushConfig, settings: Settings, repo_id: str, repo_type: str, files: list, tag: str
+) -> tuple[str, str]:
+    """Create the repo (private unless cfg.public), commit `files` once, tag the commit; each
+    call retried on transient errors. Returns (repo URL, commit id)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     # Read here, not at import, so a test's HF_ENDPOINT reaches huggingface_hub too.
     api = HfApi(
         endpoint=os.environ.get("HF_ENDPOINT") or None, token=settings.hf_token.get_secret_value()
     )
-    log.info("%s", plan_table(files, repo_id, repo_type))
 
     def retried(call: Callable[[], T], what: str) -> T:
         def tell(error: BaseException, wait: float) -> None:
@@ -232,13 +250,14 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
             ),
             "create repo",
         )
+    size = human_size(sum(f.size for f in files))
     # Operations are rebuilt on each attempt: huggingface_hub mutates them during a commit.
     commit = retried(
         lambda: api.create_commit(
             repo_id,
             [CommitOperationAdd(f.path_in_repo, str(f.local_path)) for f in files],
             commit_message=f"ARIA {cfg.target} release {tag}",
-            commit_description=f"{len(files)} files, {human_size(total)}; `python -m publishing.hf_push`",
+            commit_description=f"{len(files)} files, {size}; `python -m publishing.hf_push`",
             repo_type=repo_type,
         ),
         "commit",
@@ -249,24 +268,13 @@ def main(cfg: PushConfig, settings: Settings) -> dict[str, Any]:
             "tag",
         )
     except Exception as error:
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status == 409:
+        if getattr(getattr(error, "response", None), "status_code", None) == 409:
             raise SystemExit(
                 f"tag {tag} already exists on {repo_id}: the commit {commit.oid} is pushed; "
                 "name a new tag with --revision TAG"
             ) from None
         raise
-    summary |= {"url": str(url), "commit": commit.oid}
-    log.info(
-        "✓ pushed %d files (%s) to %s @ %s, tag %s",
-        len(files),
-        human_size(total),
-        url,
-        commit.oid,
-        tag,
-    )
-    print(json.dumps(summary))
-    return summary
+    return url, commit.oid
 
 
 def parse_args(argv: list[str] | None = None) -> PushConfig:

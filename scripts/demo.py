@@ -102,8 +102,15 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
     """Build what is missing, serve the three stages, benchmark them, stop the servers; every
     step on `settings` (the tiny profile's), in this process or a child's."""
     env = child_env(settings)
-    timings: dict[str, float] = {}
+    timings = build_stages(cfg, settings, env)
+    gate = serve_and_benchmark(cfg, settings, env, timings)
+    return report_done(cfg, settings, timings, gate)
 
+
+def build_stages(cfg: DemoConfig, settings: Settings, env: dict[str, str]) -> dict[str, float]:
+    """Run each stage whose output is missing (all with `fresh`), then the grammar audit; their
+    seconds by stage name."""
+    timings: dict[str, float] = {}
     data_files = ("sft.jsonl", "sft_extended.jsonl", "dpo.jsonl")
     eval_files = (settings.eval_path, settings.eval_path.with_name("outside.jsonl"))
     data_ready = all(p.exists() for p in eval_files) and all(
@@ -119,14 +126,18 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
         timings["train-dpo"] = run_stage("DPO QLoRA + merge", "training.train_dpo", env=env)
     # Seconds, no server: every token of the model's answers must pass xgrammar's mask, or the
     # served model cannot write them (serve.grammar_audit).
+    dpo = str(settings.model_dir("aria-ft-dpo"))
     timings["grammar-audit"] = run_stage(
-        "grammar audit of aria-ft-dpo",
-        "serve.grammar_audit",
-        "--model",
-        str(settings.model_dir("aria-ft-dpo")),
-        env=env,
+        "grammar audit of aria-ft-dpo", "serve.grammar_audit", "--model", dpo, env=env
     )
+    return timings
 
+
+def serve_and_benchmark(
+    cfg: DemoConfig, settings: Settings, env: dict[str, str], timings: dict[str, float]
+) -> int:
+    """Serve the three stages side by side, benchmark them, stop them whatever happens; the
+    benchmark's exit code (timings gains `serve` and `benchmark`)."""
     from serve.process import start_server
 
     servers = []
@@ -161,7 +172,12 @@ def main(cfg: DemoConfig, settings: Settings) -> int:
     finally:
         for server in servers:
             server.stop()
+    return gate
 
+
+def report_done(cfg: DemoConfig, settings: Settings, timings: dict[str, float], gate: int) -> int:
+    """Print the demo's result (stage times, report, gate), record the stage times beside the
+    run's summary for `make figures`; 0 when the benchmark ran (passed or not)."""
     print("\n━━ demo done ━━")  # the demo's result: its stage times, report and gate
     for stage, seconds in timings.items():
         print(f"  {stage:<12} {seconds:7.1f} s")
