@@ -148,14 +148,21 @@ def confusion_matrix(expected: Sequence[str], predicted: Sequence[str | None]) -
 
     A prediction that is not one of the six canonical labels (None included) lands in INVALID.
     """
-    columns = [*PATHOLOGIES, INVALID]
-    index = {p: i for i, p in enumerate(PATHOLOGIES)}
-    matrix = [[0] * len(columns) for _ in PATHOLOGIES]
+    return _confusion(PATHOLOGIES, expected, predicted, "label")
+
+
+def _confusion(
+    classes: Sequence[str], expected: Sequence[str], predicted: Sequence[str | None], what: str
+) -> dict[str, Any]:
+    """Counts with rows = the expected class, columns = the answered one (then INVALID)."""
+    columns = [*classes, INVALID]
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(columns) for _ in classes]
     for e, p in zip(expected, predicted, strict=True):
         if e not in index:
-            raise ValueError(f"expected label {e!r} is not one of the six pathologies")
-        matrix[index[e]][index.get(p, len(PATHOLOGIES))] += 1
-    return {"rows": list(PATHOLOGIES), "columns": columns, "matrix": matrix}
+            raise ValueError(f"expected {what} {e!r} is not one of {', '.join(classes)}")
+        matrix[index[e]][index.get(p, len(classes))] += 1
+    return {"rows": list(classes), "columns": columns, "matrix": matrix}
 
 
 def confidence_accuracy(expected: Sequence[str], predicted: Sequence[str | None]) -> float | None:
@@ -207,14 +214,7 @@ def confidence_confusion(
 ) -> dict[str, Any]:
     """Counts of the rule's confidence (rows) against the answered one (columns: the three bands,
     then INVALID for an answer with none)."""
-    columns = [*CONFIDENCES, INVALID]
-    index = {c: i for i, c in enumerate(CONFIDENCES)}
-    matrix = [[0] * len(columns) for _ in CONFIDENCES]
-    for e, p in zip(expected, predicted, strict=True):
-        if e not in index:
-            raise ValueError(f"expected confidence {e!r} is not one of {', '.join(CONFIDENCES)}")
-        matrix[index[e]][index.get(p, len(CONFIDENCES))] += 1
-    return {"rows": list(CONFIDENCES), "columns": columns, "matrix": matrix}
+    return _confusion(CONFIDENCES, expected, predicted, "confidence")
 
 
 def calibration(

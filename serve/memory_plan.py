@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aria.logs import setup_logging
 from aria.settings import Settings, get_settings
+from training.bench_training import GEMMA3_4B_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -72,32 +73,15 @@ class ModelShape:
         )
 
 
-# google/medgemma-4b-it's language model (text_config), the shape the dry run assumes before
-# make convert-base has written the folder: 3.88e9 parameters in bf16.
-MEDGEMMA_4B_TEXT = ModelShape(
-    name="medgemma-4b-it (text)",
-    full_layers=5,
-    sliding_layers=29,
-    sliding_window=1024,
-    kv_heads=4,
-    head_dim=256,
-    hidden_size=2560,
-    vocab_size=262_208,
-    weights_bytes=7_760_000_000,
-)
-
-
-def shape_of_folder(folder: Path) -> ModelShape:
-    """The ModelShape of a model folder: config.json (its text_config when multimodal) and the
-    size of its safetensors files."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    text = config.get("text_config") or config
+def shape_of_config(text: dict, name: str, weights_bytes: int) -> ModelShape:
+    """The ModelShape of a Gemma 3 text config (a config.json's text_config, or the whole
+    config of a text-only model) whose weights take `weights_bytes`."""
     layers = int(text["num_hidden_layers"])
     types = text.get("layer_types") or ["full_attention"] * layers
     sliding = sum(1 for t in types if t == "sliding_attention")
     heads = int(text.get("num_attention_heads", 1))
     return ModelShape(
-        name=Path(folder).name,
+        name=name,
         full_layers=layers - sliding,
         sliding_layers=sliding,
         sliding_window=int(text.get("sliding_window") or 0),
@@ -105,8 +89,32 @@ def shape_of_folder(folder: Path) -> ModelShape:
         head_dim=int(text.get("head_dim") or text["hidden_size"] // heads),
         hidden_size=int(text["hidden_size"]),
         vocab_size=int(text["vocab_size"]),
-        weights_bytes=sum(p.stat().st_size for p in Path(folder).glob("*.safetensors")),
+        weights_bytes=weights_bytes,
     )
+
+
+def shape_of_folder(folder: Path) -> ModelShape:
+    """The ModelShape of a model folder: config.json (its text_config when multimodal) and the
+    size of its safetensors files."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    weights = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return shape_of_config(config.get("text_config") or config, Path(folder).name, weights)
+
+
+# google/medgemma-4b-it's language model, the shape the dry run assumes before make convert-base
+# has written the folder: Gemma 3 4B's text dimensions (training.bench_training, the one place
+# they are written), every sixth layer global, 3.88e9 parameters in bf16.
+MEDGEMMA_4B_TEXT = shape_of_config(
+    {
+        **GEMMA3_4B_TEXT,
+        "layer_types": [
+            "full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+            for i in range(GEMMA3_4B_TEXT["num_hidden_layers"])
+        ],
+    },
+    "medgemma-4b-it (text)",
+    7_760_000_000,
+)
 
 
 def overhead_bytes(shape: ModelShape, max_num_seqs: int) -> int:
