@@ -99,7 +99,7 @@ def test_release_gate_config_holds_the_seed_targets_on_both_bodies_and_a_tiny_gr
             *SEED_GATE,
             GROUNDED_GATE | {"target": 0.90},
             WHOLE_GATE | {"target": 0.70},
-            ELEVEE_GATE | {"target": 0.30},
+            ELEVEE_GATE | {"target": 0.20},
         ]
     )
     assert tiny["overridden"] == [
