@@ -298,11 +298,11 @@ def render_table(figures: Mapping[str, Any]) -> str:
     if figures.get("stages"):
         stages = figures["stages"]
         parts = ", ".join(f"{name} {duration(s)}" for name, s in stages.items())
-        # The demo reuses finished stages: say so, or a 7-minute run reads as the whole chain.
+        # The demo skips finished stages: say so, or a 7-minute run reads as the whole chain.
         reused = [
             s for s in ("datasets", "tiny-model", "train-sft", "train-dpo") if s not in stages
         ]
-        note = f" ({', '.join(reused)} reused from an earlier run)" if reused else ""
+        note = f" ({', '.join(reused)} not run: their outputs were there)" if reused else ""
         rows.append(
             (
                 "`make demo`, time of each stage",

@@ -61,7 +61,7 @@ def test_the_table_of_the_fixture_with_stage_times() -> None:
     stages = rows["`make demo`, time of each stage"]
     assert stages.startswith("datasets 4.4 s, tiny-model 0.3 s, train-sft 8 min 31 s")
     assert stages.endswith(
-        "serve 3 min 24 s; 12 min 0 s in all (train-dpo reused from an earlier run)"
+        "serve 3 min 24 s; 12 min 0 s in all (train-dpo not run: their outputs were there)"
     )
     assert rows["DPO: exact match, `eval.jsonl` (150)"] == "88.0 % / 88.0 %"
     assert rows["DPO: exact match, `outside.jsonl` (150)"] == "73.3 % / 76.0 %"
