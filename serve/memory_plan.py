@@ -32,7 +32,12 @@ GB = 1e9
 # CUDA context, cuBLAS/attention workspaces and CUDA graphs of one vLLM engine, measured on the
 # order of 1 GB for a 4B model; the sampler's logits come on top (see `overhead_bytes`).
 CUDA_FIXED_OVERHEAD_GB = 1.2
-DEFAULT_BUDGET_GB = 9.5  # under the seed's 10 GB with room for allocator fragmentation
+# The engine's limits default to the settings' (VLLM_MEMORY_BUDGET_GB, VLLM_MAX_NUM_SEQS, ...).
+DEFAULT_BUDGET_GB = Settings.model_fields["vllm_memory_budget_gb"].default
+DEFAULT_MAX_NUM_SEQS = Settings.model_fields["vllm_max_num_seqs"].default
+DEFAULT_MAX_MODEL_LEN = Settings.model_fields["vllm_max_model_len"].default
+# The seed's targets the table of cards is judged against: the release gate's own file.
+GATE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "release_gate.yaml"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1}
 
 
@@ -227,7 +232,28 @@ BANDWIDTH_EFFICIENCY = 0.75
 PREFILL_S = 0.08
 ANSWER_TOKENS_P50 = 60  # the diagnostic's JSON in MedGemma's tokens
 ANSWER_TOKENS_P99 = 100
-P50_TARGET_S, P99_TARGET_S, MEMORY_TARGET_GB = 1.5, 3.0, 10.0
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The seed's P50, P99 (seconds) and serving-memory (GB) targets."""
+
+    p50_s: float
+    p99_s: float
+    memory_gb: float
+
+
+def seed_targets(path: Path = GATE_CONFIG) -> Targets:
+    """The production targets of configs/release_gate.yaml (latency in ms there)."""
+    import yaml
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    target = {t["metric"]: float(t["target"]) for t in [*doc["thresholds"], *doc["serving"]]}
+    return Targets(
+        target["latency_p50_ms"] / 1000,
+        target["latency_p99_ms"] / 1000,
+        target["serving_memory_gb"],
+    )
 
 
 def latency_s(weights_bytes: int, card: Card, tokens: int) -> float:
@@ -235,14 +261,18 @@ def latency_s(weights_bytes: int, card: Card, tokens: int) -> float:
     return PREFILL_S + tokens * weights_bytes / (BANDWIDTH_EFFICIENCY * card.bandwidth_gbs * GB)
 
 
-def card_rows(shape: ModelShape = MEDGEMMA_4B_TEXT, max_num_seqs: int = 16) -> list[dict]:
-    """One row per card and weight format: computed P50, P99 and serving memory, each against the
-    seed's target."""
+def card_rows(shape: ModelShape = MEDGEMMA_4B_TEXT, targets: Targets | None = None) -> list[dict]:
+    """One row per card and weight format: computed P50, P99 and serving memory under the default
+    plan, each against the seed's target (`targets`: the release gate's)."""
+    targets = targets or seed_targets()
     rows = []
     for card in CARDS:
         for quantization in ("none", "fp8"):
             plan = plan_memory(
-                shape, max_num_seqs=max_num_seqs, max_model_len=4096, quantization=quantization
+                shape,
+                max_num_seqs=DEFAULT_MAX_NUM_SEQS,
+                max_model_len=DEFAULT_MAX_MODEL_LEN,
+                quantization=quantization,
             )
             weights = shape.served_weights_bytes(quantization)
             p50 = latency_s(weights, card, ANSWER_TOKENS_P50)
@@ -254,20 +284,22 @@ def card_rows(shape: ModelShape = MEDGEMMA_4B_TEXT, max_num_seqs: int = 16) -> l
                     "p50_s": round(p50, 2),
                     "p99_s": round(p99, 2),
                     "memory_gb": round(plan.total_gb, 1),
-                    "p50_ok": p50 < P50_TARGET_S,
-                    "p99_ok": p99 < P99_TARGET_S,
-                    "memory_ok": plan.total_gb < MEMORY_TARGET_GB
+                    "p50_ok": p50 < targets.p50_s,
+                    "p99_ok": p99 < targets.p99_s,
+                    "memory_ok": plan.total_gb < targets.memory_gb
                     and plan.total_gb < card.memory_gb,
                 }
             )
     return rows
 
 
-def cards_table(rows: list[dict]) -> str:
-    """The rows as the Markdown table of docs/serving.md."""
+def cards_table(rows: list[dict], targets: Targets | None = None) -> str:
+    """The rows as the Markdown table of docs/serving.md, the targets in its header."""
+    t = targets or seed_targets()
     mark = {True: "✓", False: "✗"}
     lines = [
-        "| card | weights | P50 (< 1.5 s) | P99 (< 3 s) | serving memory (< 10 GB) |",
+        f"| card | weights | P50 (< {t.p50_s:g} s) | P99 (< {t.p99_s:g} s) | "
+        f"serving memory (< {t.memory_gb:g} GB) |",
         "|---|---|---:|---:|---:|",
     ]
     for r in rows:
@@ -284,8 +316,8 @@ class PlanConfig:
 
     model: Path | None = None  # a model folder; default: MedGemma 4B's shape
     budget_gb: float = DEFAULT_BUDGET_GB
-    max_num_seqs: int = 16
-    max_model_len: int = 4096
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN
     quantization: str = "none"
     cards: bool = False  # the table of cards (docs/serving.md)
 

@@ -106,3 +106,22 @@ def test_the_gpu_dry_run_shows_a_bounded_command_without_secrets(tmp_path, card_
     total = float(re.search(r"= ([\d.]+) GB", out.stdout).group(1))
     assert total < 10 and 0 < kv < 1 * GB
     assert f"on a {card_gb} GB card: fits" in out.stdout
+
+
+def test_the_cards_are_judged_against_the_release_gates_targets(tmp_path):
+    """One place for the seed's targets: configs/release_gate.yaml, not the table's code."""
+    import yaml
+
+    from serve.memory_plan import GATE_CONFIG, seed_targets
+
+    assert seed_targets() == seed_targets(GATE_CONFIG)
+    assert (seed_targets().p50_s, seed_targets().p99_s, seed_targets().memory_gb) == (1.5, 3.0, 10)
+    doc = yaml.safe_load(GATE_CONFIG.read_text())
+    for t in doc["thresholds"]:
+        if t["metric"] == "latency_p50_ms":
+            t["target"] = 2500
+    stricter = tmp_path / "gate.yaml"
+    stricter.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    rows = card_rows(targets=seed_targets(stricter))
+    l4_bf16 = next(r for r in rows if r["card"].startswith("L4") and r["weights"] == "bf16")
+    assert l4_bf16["p50_ok"] and "P50 (< 2.5 s)" in cards_table(rows, seed_targets(stricter))
